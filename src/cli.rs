@@ -1,0 +1,211 @@
+//! Flags of every applet. Detector flags keep upstream NPD's names.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{ArgAction, Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::duration::parse_go;
+use crate::logging::LogFormat;
+
+/// Names argv[0] may carry (symlinks) besides `npd-ext`.
+pub const APPLETS: [&str; 5] = ["detector", "gpu-monitor", "validate-config", "probe", "demo"];
+
+#[derive(Debug, Parser)]
+#[command(multicall = true)]
+pub enum Invocation {
+    /// npd-ext: a node problem detector for Kubernetes GPU fleets.
+    #[command(name = "npd-ext", version, subcommand_required = true, arg_required_else_help = true)]
+    NpdExt {
+        #[command(subcommand)]
+        applet: Applet,
+    },
+    #[command(flatten)]
+    Applet(Applet),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Applet {
+    /// The node problem detector: runs monitors, keeps the node's conditions, exports them.
+    #[command(version)]
+    Detector(DetectorArgs),
+    /// External monitor plugin for NVIDIA GPUs, served over gRPC on a Unix socket.
+    #[command(version)]
+    GpuMonitor(GpuMonitorArgs),
+    /// Checks monitor configs and reports every problem with file:line:column.
+    #[command(version)]
+    ValidateConfig(ValidateConfigArgs),
+    /// Asks a plugin socket for health, metadata and current status.
+    #[command(version)]
+    Probe(ProbeArgs),
+    /// Runs a simulated GPU node and the detector together, with a live view.
+    #[command(version)]
+    Demo(DemoArgs),
+}
+
+impl Applet {
+    pub fn log_format(&self) -> LogFormat {
+        match self {
+            Self::Detector(a) => a.log.log_format,
+            Self::GpuMonitor(a) => a.log.log_format,
+            Self::ValidateConfig(a) => a.log.log_format,
+            Self::Probe(a) => a.log.log_format,
+            Self::Demo(a) => a.log.log_format,
+        }
+    }
+
+    /// Servers log at info; one-shot tools only warn, so their output stays theirs.
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Self::Detector(a) if a.verbosity >= 4 => "debug",
+            Self::Detector(_) | Self::GpuMonitor(_) => "info",
+            Self::Demo(_) | Self::ValidateConfig(_) | Self::Probe(_) => "warn",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Args)]
+pub struct LogArgs {
+    /// Log line format (logs go to stderr; RUST_LOG filters them).
+    #[arg(long, value_enum, default_value_t = LogFormat::Plain)]
+    pub log_format: LogFormat,
+}
+
+fn go_duration(s: &str) -> Result<Duration, String> {
+    parse_go(s).map_err(|e| e.to_string())
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Toggle {
+    #[default]
+    Auto,
+    True,
+    False,
+}
+
+#[derive(Debug, Args)]
+pub struct DetectorArgs {
+    /// External monitor configs (comma-separated, repeatable).
+    #[arg(long = "config.external-monitor", value_delimiter = ',', action = ArgAction::Append, value_name = "FILE")]
+    pub external_monitors: Vec<PathBuf>,
+
+    /// Report to the Kubernetes API (auto: when running in a cluster).
+    #[arg(long, value_enum, default_value_t = Toggle::Auto, num_args = 0..=1, default_missing_value = "true")]
+    pub enable_k8s_exporter: Toggle,
+
+    /// Node name (default: $NODE_NAME, then the hostname).
+    #[arg(long)]
+    pub hostname_override: Option<String>,
+
+    /// Address of the health and /conditions server.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub address: IpAddr,
+
+    /// Port of the health and /conditions server (0 disables it).
+    #[arg(long, default_value_t = 20256)]
+    pub port: u16,
+
+    /// Grace period for shutdown.
+    #[arg(long, value_parser = go_duration, default_value = "10s")]
+    pub shutdown_grace: Duration,
+
+    /// Accepted for NPD compatibility; logs always go to stderr.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub logtostderr: Option<bool>,
+
+    /// NPD (klog) verbosity; 4 or more turns on debug logs.
+    #[arg(short = 'v', long = "v", default_value_t = 0, value_name = "LEVEL")]
+    pub verbosity: u8,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum BackendKind {
+    /// A simulated GPU node driven by a scenario.
+    #[default]
+    Sim,
+}
+
+#[derive(Debug, Args)]
+pub struct GpuMonitorArgs {
+    /// Unix socket to serve on.
+    #[arg(long, default_value = "/var/run/npd/npd-gpu-monitor.sock")]
+    pub socket: PathBuf,
+
+    /// Where GPU readings come from.
+    #[arg(long, value_enum, default_value_t = BackendKind::Sim)]
+    pub backend: BackendKind,
+
+    /// Number of simulated GPUs.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub sim_gpus: u32,
+
+    /// Fault scenario for the sim backend: a JSON file, or builtin:NAME
+    /// (healthy, demo, xid79, reset-required, thermal).
+    #[arg(long, default_value = "builtin:healthy", value_name = "FILE|builtin:NAME")]
+    pub sim_scenario: String,
+
+    /// Grace period for shutdown.
+    #[arg(long, value_parser = go_duration, default_value = "10s")]
+    pub shutdown_grace: Duration,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateConfigArgs {
+    /// Monitor config files to check.
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+
+    /// Print nothing for valid files and no warnings.
+    #[arg(long, short)]
+    pub quiet: bool,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ProbeArgs {
+    /// The plugin's Unix socket.
+    #[arg(value_name = "SOCKET")]
+    pub socket: PathBuf,
+
+    /// Print one JSON document instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Deadline of each call.
+    #[arg(long, value_parser = go_duration, default_value = "5s")]
+    pub timeout: Duration,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Fault scenario: a JSON file or builtin:NAME.
+    #[arg(long, default_value = "builtin:demo", value_name = "FILE|builtin:NAME")]
+    pub scenario: String,
+
+    /// Number of simulated GPUs.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub gpus: u32,
+
+    /// Port of the /conditions server (0 picks a free one).
+    #[arg(long, default_value_t = 20256)]
+    pub port: u16,
+
+    /// Exit after this long instead of waiting for Ctrl-C.
+    #[arg(long, value_parser = go_duration)]
+    pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}

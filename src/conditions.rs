@@ -1,0 +1,277 @@
+//! The condition manager: owns the node's condition set. Enforces ownership
+//! (a monitor sets only the types it declared; kubelet-owned types never),
+//! computes `lastTransitionTime` itself, and says what changed.
+
+use std::collections::{BTreeMap, HashSet};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::problem::{Condition, ConditionStatus, Event, Status, format_time, is_kubelet_owned};
+
+/// Index of a monitor in the detector's list.
+pub type MonitorId = usize;
+
+/// A condition as the node carries it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct NodeCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: ConditionStatus,
+    #[serde(serialize_with = "ser_time")]
+    pub transition: SystemTime,
+    #[serde(serialize_with = "ser_time", rename = "lastUpdate")]
+    pub last_update: SystemTime,
+    pub reason: String,
+    pub message: String,
+    /// The `source` of the monitor that owns the type.
+    pub source: String,
+}
+
+fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&format_time(*t))
+}
+
+/// What a change produced, for exporters.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Published {
+    /// A condition was first written or changed status, reason or message.
+    Condition {
+        condition: NodeCondition,
+        previous: Option<ConditionStatus>,
+    },
+    Event {
+        source: String,
+        event: Event,
+    },
+}
+
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OwnershipError {
+    #[error("{type_} is owned by the kubelet; no monitor may set it")]
+    KubeletOwned { type_: String },
+    #[error("{type_} is declared by both {first} and {second}; each condition type needs exactly one owner")]
+    Conflict {
+        type_: String,
+        first: String,
+        second: String,
+    },
+}
+
+#[derive(Debug, Default)]
+pub struct ConditionManager {
+    sources: Vec<String>,
+    owners: BTreeMap<String, MonitorId>,
+    conditions: BTreeMap<String, NodeCondition>,
+    /// (monitor, type) pairs already logged as refused, so a plugin that keeps
+    /// sending a foreign type logs once, not every second.
+    refused_logged: HashSet<(MonitorId, String)>,
+}
+
+/// Result of applying one status.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    pub published: Vec<Published>,
+    /// Condition types refused because the monitor does not own them.
+    pub refused: Vec<String>,
+}
+
+impl ConditionManager {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a monitor and claims its declared types. Every conflict is
+    /// reported; the types that are free are claimed.
+    pub fn register(&mut self, source: &str, types: &[String]) -> (MonitorId, Vec<OwnershipError>) {
+        let id = self.sources.len();
+        self.sources.push(source.to_owned());
+        let errors = self.claim(id, types);
+        (id, errors)
+    }
+
+    /// Claims more types for a monitor (a plugin's `supported_conditions`
+    /// when its config declared none).
+    pub fn claim(&mut self, id: MonitorId, types: &[String]) -> Vec<OwnershipError> {
+        let mut errors = Vec::new();
+        for t in types {
+            if is_kubelet_owned(t) {
+                errors.push(OwnershipError::KubeletOwned { type_: t.clone() });
+                continue;
+            }
+            match self.owners.get(t) {
+                Some(&owner) if owner != id => errors.push(OwnershipError::Conflict {
+                    type_: t.clone(),
+                    first: self.sources[owner].clone(),
+                    second: self.sources[id].clone(),
+                }),
+                Some(_) => {}
+                None => {
+                    self.owners.insert(t.clone(), id);
+                }
+            }
+        }
+        errors
+    }
+
+    pub fn owned_by(&self, id: MonitorId) -> Vec<String> {
+        self.owners
+            .iter()
+            .filter(|(_, o)| **o == id)
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
+    /// Applies a monitor's status at `now`: owned conditions are written,
+    /// others refused; events pass through with the monitor's source.
+    pub fn apply(&mut self, id: MonitorId, status: &Status, now: SystemTime) -> Applied {
+        let mut out = Applied::default();
+        let source = self.sources.get(id).cloned().unwrap_or_default();
+        for c in &status.conditions {
+            if self.owners.get(&c.type_) != Some(&id) {
+                if self.refused_logged.insert((id, c.type_.clone())) {
+                    let why = if is_kubelet_owned(&c.type_) {
+                        "it is owned by the kubelet"
+                    } else {
+                        "the monitor's config does not declare it"
+                    };
+                    tracing::warn!(monitor = %source, condition = %c.type_, "refused condition: {why}");
+                }
+                out.refused.push(c.type_.clone());
+                continue;
+            }
+            if let Some(p) = self.update(&source, c, now) {
+                out.published.push(p);
+            }
+        }
+        for e in &status.events {
+            out.published.push(Published::Event {
+                source: source.clone(),
+                event: e.clone(),
+            });
+        }
+        out
+    }
+
+    fn update(&mut self, source: &str, c: &Condition, now: SystemTime) -> Option<Published> {
+        match self.conditions.get_mut(&c.type_) {
+            Some(existing) => {
+                existing.last_update = now;
+                if existing.status == c.status && existing.reason == c.reason && existing.message == c.message {
+                    return None;
+                }
+                let previous = existing.status;
+                if existing.status != c.status {
+                    existing.transition = now;
+                }
+                existing.reason.clone_from(&c.reason);
+                existing.message.clone_from(&c.message);
+                existing.status = c.status;
+                Some(Published::Condition {
+                    condition: existing.clone(),
+                    previous: Some(previous),
+                })
+            }
+            None => {
+                // First write: the plugin's hint is believed only if it is not in the future.
+                let transition = c.transition.filter(|t| *t <= now).unwrap_or(now);
+                let nc = NodeCondition {
+                    type_: c.type_.clone(),
+                    status: c.status,
+                    transition,
+                    last_update: now,
+                    reason: c.reason.clone(),
+                    message: c.message.clone(),
+                    source: source.to_owned(),
+                };
+                self.conditions.insert(c.type_.clone(), nc.clone());
+                Some(Published::Condition {
+                    condition: nc,
+                    previous: None,
+                })
+            }
+        }
+    }
+
+    /// Current conditions, by type.
+    pub fn snapshot(&self) -> Vec<NodeCondition> {
+        self.conditions.values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn cond(t: &str, s: ConditionStatus, reason: &str) -> Condition {
+        Condition::new(t, s, reason, "m")
+    }
+
+    fn status(conditions: Vec<Condition>) -> Status {
+        Status {
+            source: "whatever-the-plugin-says".into(),
+            events: vec![],
+            conditions,
+        }
+    }
+
+    #[test]
+    fn ownership_conflicts_and_kubelet_types_are_errors() {
+        let mut m = ConditionManager::new();
+        let (_, e) = m.register("a", &["X".into(), "Ready".into()]);
+        assert_eq!(e, vec![OwnershipError::KubeletOwned { type_: "Ready".into() }]);
+        let (_, e) = m.register("b", &["X".into(), "Y".into()]);
+        assert!(matches!(&e[..], [OwnershipError::Conflict { type_, .. }] if type_ == "X"));
+        assert_eq!(m.owned_by(1), vec!["Y".to_owned()]);
+    }
+
+    #[test]
+    fn refuses_foreign_types_without_disturbing_the_rest() {
+        let mut m = ConditionManager::new();
+        let (a, _) = m.register("a", &["X".into()]);
+        let (_b, _) = m.register("b", &["Y".into()]);
+        let now = SystemTime::now();
+        let r = m.apply(
+            a,
+            &status(vec![
+                cond("Ready", ConditionStatus::False, "r"),
+                cond("Y", ConditionStatus::True, "stolen"),
+                cond("Undeclared", ConditionStatus::True, "u"),
+                cond("X", ConditionStatus::True, "mine"),
+            ]),
+            now,
+        );
+        assert_eq!(r.refused, vec!["Ready", "Y", "Undeclared"]);
+        let snap = m.snapshot();
+        assert_eq!(snap.len(), 1);
+        assert_eq!((snap[0].type_.as_str(), snap[0].reason.as_str()), ("X", "mine"));
+        assert_eq!(snap[0].source, "a", "the config's source, not the plugin's");
+    }
+
+    #[test]
+    fn transition_time_is_ours() {
+        let mut m = ConditionManager::new();
+        let (a, _) = m.register("a", &["X".into()]);
+        let t0 = SystemTime::now();
+        let mut c = cond("X", ConditionStatus::False, "ok");
+        c.transition = Some(t0 + Duration::from_secs(3600)); // a plugin clock in the future
+        m.apply(a, &status(vec![c]), t0);
+        assert_eq!(m.snapshot()[0].transition, t0);
+        // Same status, new message: no transition.
+        let t1 = t0 + Duration::from_secs(5);
+        let mut c = cond("X", ConditionStatus::False, "ok");
+        c.message = "changed".into();
+        let r = m.apply(a, &status(vec![c]), t1);
+        assert!(matches!(&r.published[..], [Published::Condition { previous: Some(ConditionStatus::False), .. }]));
+        assert_eq!(m.snapshot()[0].transition, t0);
+        // Flip: transition now.
+        let t2 = t0 + Duration::from_secs(9);
+        m.apply(a, &status(vec![cond("X", ConditionStatus::True, "bad")]), t2);
+        assert_eq!(m.snapshot()[0].transition, t2);
+        // Identical: nothing published.
+        let r = m.apply(a, &status(vec![cond("X", ConditionStatus::True, "bad")]), t2);
+        assert!(r.published.is_empty());
+    }
+}

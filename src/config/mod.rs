@@ -1,0 +1,91 @@
+//! Monitor configs: NPD's JSON formats, Go-compatible durations, loading with
+//! positions, and two-phase validation that collects every problem.
+//!
+//! Owns turning bytes into typed configs and explaining what is wrong. It must
+//! not start anything.
+
+pub mod duration;
+pub mod external;
+pub mod json;
+pub(crate) mod walk;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use external::{ConditionDecl, ExternalMonitorConfig, HealthCheck, RetryPolicy};
+pub use json::Pos;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Error,
+    Warning,
+}
+
+/// One problem found in a config file, with where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub level: Level,
+    pub file: PathBuf,
+    pub pos: Option<Pos>,
+    /// Key path such as `pluginConfig.retryPolicy.maxBackoff` (empty: the document).
+    pub key: String,
+    pub message: String,
+    pub help: Option<String>,
+    /// An unknown key: an error for `validate-config`, a warning for the detector.
+    pub unknown_key: bool,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some(pos) = self.pos {
+            write!(f, ":{pos}")?;
+        }
+        let level = match self.level {
+            Level::Error => "error",
+            Level::Warning => "warning",
+        };
+        write!(f, ": {level}: ")?;
+        if !self.key.is_empty() {
+            write!(f, "{}: ", self.key)?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(help) = &self.help {
+            write!(f, " ({help})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of checking one file: a config only when there is no error.
+#[derive(Debug)]
+pub struct Checked<T> {
+    pub config: Option<T>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl<T> Checked<T> {
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics.iter().filter(|d| d.level == Level::Error)
+    }
+}
+
+/// Reads and checks an external monitor config file. An unreadable file is
+/// reported as a diagnostic too, so callers handle one shape.
+pub fn check_external_file(path: &Path) -> Checked<ExternalMonitorConfig> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => external::check(path, &text),
+        Err(e) => Checked {
+            config: None,
+            diagnostics: vec![Diagnostic {
+                level: Level::Error,
+                file: path.to_path_buf(),
+                pos: None,
+                key: String::new(),
+                message: format!("cannot read file: {e}"),
+                help: None,
+                unknown_key: false,
+            }],
+        },
+    }
+}

@@ -1,0 +1,162 @@
+//! The detector core: starts monitors, fans their reports into the condition
+//! manager, and hands what changed to the exporters. `cmd::detector` and
+//! `cmd::demo` compose it; tests drive it in-process.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{broadcast, mpsc, watch};
+
+use crate::conditions::{ConditionManager, NodeCondition, Published};
+use crate::config::ExternalMonitorConfig;
+use crate::exporter;
+use crate::liveness::Liveness;
+use crate::monitor::{self, Report, Update};
+use crate::shutdown::Shutdown;
+
+#[derive(Debug, Default)]
+pub struct DetectorOptions {
+    pub external: Vec<ExternalMonitorConfig>,
+    /// Where `/healthz` and `/conditions` are served; `None` disables the server.
+    pub http: Option<std::net::TcpListener>,
+    /// Print every transition and event as one log line.
+    pub log_exporter: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{}", .0.join("; "))]
+    Ownership(Vec<String>),
+    #[error("cannot serve HTTP")]
+    Http(#[source] std::io::Error),
+}
+
+/// A running detector.
+#[derive(Debug)]
+pub struct Detector {
+    pub http_addr: Option<SocketAddr>,
+    conditions: watch::Receiver<Arc<Vec<NodeCondition>>>,
+    published: broadcast::Sender<Published>,
+    pub liveness: Liveness,
+}
+
+impl Detector {
+    /// The node's current conditions, updated after every change.
+    pub fn conditions(&self) -> watch::Receiver<Arc<Vec<NodeCondition>>> {
+        self.conditions.clone()
+    }
+
+    /// Every transition and event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Published> {
+        self.published.subscribe()
+    }
+}
+
+/// Starts every monitor and exporter on `shutdown`'s tracker.
+pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, StartError> {
+    let mut manager = ConditionManager::new();
+    let mut problems = Vec::new();
+    let mut ids = Vec::new();
+    for cfg in &options.external {
+        let types: Vec<String> = cfg.conditions.iter().map(|c| c.type_.clone()).collect();
+        let (id, errors) = manager.register(&cfg.source, &types);
+        problems.extend(errors.iter().map(|e| format!("{}: {e}", cfg.file.display())));
+        ids.push(id);
+    }
+    if !problems.is_empty() {
+        return Err(StartError::Ownership(problems));
+    }
+
+    let liveness = Liveness::new();
+    let (report_tx, report_rx) = mpsc::channel::<Report>(1024);
+    let (published_tx, _) = broadcast::channel(1024);
+    let (conditions_tx, conditions_rx) = watch::channel(Arc::new(Vec::new()));
+
+    let http_addr = match options.http {
+        Some(listener) => {
+            listener.set_nonblocking(true).map_err(StartError::Http)?;
+            let addr = listener.local_addr().map_err(StartError::Http)?;
+            let listener = tokio::net::TcpListener::from_std(listener).map_err(StartError::Http)?;
+            let state = exporter::http::State {
+                conditions: conditions_rx.clone(),
+                liveness: liveness.clone(),
+            };
+            shutdown.spawn(exporter::http::serve(listener, state, shutdown.token().child_token()));
+            tracing::info!(%addr, "serving /healthz and /conditions");
+            Some(addr)
+        }
+        None => None,
+    };
+    if options.log_exporter {
+        shutdown.spawn(exporter::log::run(published_tx.subscribe(), shutdown.token().child_token()));
+    }
+
+    let fan_in_pulse = liveness.register("fan-in", FAN_IN_BEAT * 2);
+    shutdown.spawn(fan_in(
+        manager,
+        report_rx,
+        published_tx.clone(),
+        conditions_tx,
+        fan_in_pulse,
+        shutdown.token().child_token(),
+    ));
+    for (cfg, id) in options.external.into_iter().zip(ids) {
+        let pulse = liveness.register(format!("external-monitor {}", cfg.source), cfg.timeout * 2 + FAN_IN_BEAT);
+        shutdown.spawn(monitor::external::run(
+            id,
+            cfg,
+            report_tx.clone(),
+            pulse,
+            shutdown.token().child_token(),
+        ));
+    }
+    Ok(Detector {
+        http_addr,
+        conditions: conditions_rx,
+        published: published_tx,
+        liveness,
+    })
+}
+
+const FAN_IN_BEAT: Duration = Duration::from_secs(30);
+
+async fn fan_in(
+    mut manager: ConditionManager,
+    mut rx: mpsc::Receiver<Report>,
+    published: broadcast::Sender<Published>,
+    conditions: watch::Sender<Arc<Vec<NodeCondition>>>,
+    pulse: crate::liveness::Pulse,
+    token: tokio_util::sync::CancellationToken,
+) {
+    let mut tick = tokio::time::interval(FAN_IN_BEAT);
+    loop {
+        pulse.beat(FAN_IN_BEAT * 2);
+        let report = tokio::select! {
+            r = rx.recv() => match r { Some(r) => r, None => break },
+            _ = tick.tick() => continue,
+            () = token.cancelled() => break,
+        };
+        match report.update {
+            Update::Status(status) => {
+                let applied = manager.apply(report.monitor, &status, SystemTime::now());
+                let changed = applied
+                    .published
+                    .iter()
+                    .any(|p| matches!(p, Published::Condition { .. }));
+                if changed {
+                    conditions.send_replace(Arc::new(manager.snapshot()));
+                }
+                for p in applied.published {
+                    // No subscriber is fine: exporters may be disabled.
+                    let _ = published.send(p);
+                }
+            }
+            Update::Adopt(types) => {
+                for e in manager.claim(report.monitor, &types) {
+                    tracing::warn!("cannot adopt a condition type the plugin announced: {e}");
+                }
+            }
+        }
+    }
+}

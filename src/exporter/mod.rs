@@ -1,0 +1,5 @@
+//! Exporters: where the node's conditions and events go. Each reads what the
+//! detector publishes and never talks back to a monitor.
+
+pub mod http;
+pub mod log;

@@ -1,0 +1,226 @@
+//! The gpu-monitor plugin: owns the health model, publishes its snapshot on a
+//! watch channel, and serves `ExternalMonitor` plus `grpc.health.v1` on a Unix
+//! socket. Push (`WatchHealth`) and poll (`CheckHealth`) read the same snapshot.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response};
+
+use super::health::{HealthModel, Snapshot};
+use super::{GpuIdentity, Observation, SUPPORTED_CONDITIONS};
+use crate::problem::Status;
+use crate::rpc::pb::external_monitor_server::{ExternalMonitor, ExternalMonitorServer};
+use crate::rpc::pb::{self, HealthCheckRequest, MonitorMetadata};
+use crate::rpc::server::{BindError, BoundSocket};
+use crate::rpc::API_VERSION;
+
+/// The `source` of every status this plugin sends.
+pub const SOURCE: &str = "gpu-monitor";
+
+#[derive(Clone, Debug)]
+pub struct PluginOptions {
+    pub gpus: Vec<GpuIdentity>,
+    /// Backend name, announced in metadata capabilities.
+    pub backend: &'static str,
+    /// How long in-flight calls get after shutdown starts.
+    pub grace: Duration,
+}
+
+/// A bound, not yet serving plugin. Observations fed into
+/// [`Plugin::observations`] reach clients as soon as it serves.
+#[derive(Debug)]
+pub struct Plugin {
+    socket: BoundSocket,
+    options: PluginOptions,
+    tx: mpsc::Sender<Observation>,
+    rx: mpsc::Receiver<Observation>,
+}
+
+impl Plugin {
+    pub fn bind(path: &Path, options: PluginOptions) -> Result<Self, BindError> {
+        let socket = BoundSocket::bind(path)?;
+        let (tx, rx) = mpsc::channel(256);
+        Ok(Self {
+            socket,
+            options,
+            tx,
+            rx,
+        })
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        self.socket.path()
+    }
+
+    /// Where backends send what they see.
+    pub fn observations(&self) -> mpsc::Sender<Observation> {
+        self.tx.clone()
+    }
+
+    /// Serves until `token` is cancelled (by a signal or the `Stop` RPC), then
+    /// reports NOT_SERVING, lets in-flight calls finish within the grace
+    /// period, and unlinks the socket.
+    pub async fn serve(mut self, token: CancellationToken) -> Result<(), tonic::transport::Error> {
+        let Some(listener) = self.socket.take_listener() else {
+            return Ok(());
+        };
+        let model = HealthModel::new(self.options.gpus.clone());
+        let (snap_tx, snap_rx) = watch::channel(Arc::new(model.snapshot()));
+        let engine = tokio::spawn(run_model(model, self.rx, snap_tx, token.clone()));
+
+        let service = GpuMonitorService {
+            snapshots: snap_rx,
+            token: token.clone(),
+            poll_cursor: Arc::new(AtomicU64::new(0)),
+            metadata: metadata(&self.options),
+        };
+        let (reporter, health) = tonic_health::server::health_reporter();
+        reporter.set_serving::<ExternalMonitorServer<GpuMonitorService>>().await;
+        tracing::info!(
+            socket = %self.socket.path().display(),
+            gpus = self.options.gpus.len(),
+            backend = self.options.backend,
+            "gpu-monitor serving"
+        );
+
+        let shutdown = {
+            let token = token.clone();
+            async move {
+                token.cancelled().await;
+                reporter.set_not_serving::<ExternalMonitorServer<GpuMonitorService>>().await;
+                reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                tracing::info!("gpu-monitor shutting down");
+            }
+        };
+        let serve = tonic::transport::Server::builder()
+            .add_service(health)
+            .add_service(ExternalMonitorServer::new(service))
+            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+        let grace = self.options.grace;
+        let result = tokio::select! {
+            r = serve => r,
+            () = async { token.cancelled().await; tokio::time::sleep(grace).await } => {
+                tracing::warn!(?grace, "calls still in flight after the grace period; closing");
+                Ok(())
+            }
+        };
+        engine.abort();
+        drop(self.socket); // unlinks
+        result
+    }
+}
+
+async fn run_model(
+    mut model: HealthModel,
+    mut rx: mpsc::Receiver<Observation>,
+    tx: watch::Sender<Arc<Snapshot>>,
+    token: CancellationToken,
+) {
+    loop {
+        let obs = tokio::select! {
+            o = rx.recv() => match o { Some(o) => o, None => break },
+            () = token.cancelled() => break,
+        };
+        if model.apply(&obs) {
+            tx.send_replace(Arc::new(model.snapshot()));
+        }
+    }
+}
+
+fn metadata(options: &PluginOptions) -> MonitorMetadata {
+    let capabilities: HashMap<String, String> = [
+        ("backend", options.backend.to_owned()),
+        ("gpus", options.gpus.len().to_string()),
+        ("watch_health", "true".to_owned()),
+        ("xid_detection", "true".to_owned()),
+        ("thermal_monitoring", "true".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    MonitorMetadata {
+        name: SOURCE.into(),
+        version: crate::VERSION.into(),
+        description: "NVIDIA GPU health: lost GPUs, reset-class XIDs, thermal throttling".into(),
+        supported_conditions: SUPPORTED_CONDITIONS.iter().map(|s| (*s).to_owned()).collect(),
+        capabilities,
+        api_version: API_VERSION.into(),
+    }
+}
+
+#[derive(Clone, Debug)]
+struct GpuMonitorService {
+    snapshots: watch::Receiver<Arc<Snapshot>>,
+    token: CancellationToken,
+    /// Last event sequence handed to a `CheckHealth` caller: each poll gets
+    /// the events since the previous poll.
+    poll_cursor: Arc<AtomicU64>,
+    metadata: MonitorMetadata,
+}
+
+fn to_wire<'a>(snapshot: &Snapshot, events: impl Iterator<Item = &'a crate::problem::Event>) -> pb::Status {
+    pb::Status::from(&Status {
+        source: SOURCE.into(),
+        events: events.cloned().collect(),
+        conditions: snapshot.conditions.clone(),
+    })
+}
+
+#[tonic::async_trait]
+impl ExternalMonitor for GpuMonitorService {
+    async fn check_health(&self, _req: Request<HealthCheckRequest>) -> Result<Response<pb::Status>, tonic::Status> {
+        let snapshot = Arc::clone(&self.snapshots.borrow());
+        let last = snapshot.last_event_seq();
+        let after = self.poll_cursor.swap(last, Ordering::AcqRel).min(last);
+        Ok(Response::new(to_wire(&snapshot, snapshot.events_after(after))))
+    }
+
+    async fn get_metadata(&self, _req: Request<()>) -> Result<Response<MonitorMetadata>, tonic::Status> {
+        Ok(Response::new(self.metadata.clone()))
+    }
+
+    async fn stop(&self, _req: Request<()>) -> Result<Response<()>, tonic::Status> {
+        tracing::info!("Stop requested over gRPC");
+        self.token.cancel();
+        Ok(Response::new(()))
+    }
+
+    type WatchHealthStream = ReceiverStream<Result<pb::Status, tonic::Status>>;
+
+    async fn watch_health(
+        &self,
+        _req: Request<HealthCheckRequest>,
+    ) -> Result<Response<Self::WatchHealthStream>, tonic::Status> {
+        let mut snapshots = self.snapshots.clone();
+        let token = self.token.clone();
+        let (tx, rx) = mpsc::channel(8);
+        tokio::spawn(async move {
+            // Events from before the subscription are history, not news.
+            let mut seen = snapshots.borrow().last_event_seq();
+            loop {
+                let status = {
+                    let snapshot = Arc::clone(&snapshots.borrow_and_update());
+                    let status = to_wire(&snapshot, snapshot.events_after(seen));
+                    seen = seen.max(snapshot.last_event_seq());
+                    status
+                };
+                if tx.send(Ok(status)).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    r = snapshots.changed() => if r.is_err() { return },
+                    () = token.cancelled() => return,
+                    () = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}

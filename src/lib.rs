@@ -1,0 +1,23 @@
+//! npd-ext: a node problem detector for Kubernetes GPU fleets.
+//!
+//! Data flows one way: sources → monitors (`monitor`, `gpu`) → the detector's
+//! fan-in (`detector`) → the condition manager (`conditions`) → exporters
+//! (`exporter`). `cmd` holds one thin module per applet that parses flags
+//! and composes these.
+
+pub mod cli;
+pub mod cmd;
+pub mod conditions;
+pub mod config;
+pub mod detector;
+pub mod exporter;
+pub mod gpu;
+pub mod liveness;
+pub mod logging;
+pub mod monitor;
+pub mod problem;
+pub mod rpc;
+pub mod shutdown;
+
+/// The version every applet reports.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

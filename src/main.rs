@@ -1,0 +1,70 @@
+//! The `npd-ext` multi-call binary: argv[0] or the first argument picks the applet.
+
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use clap::Parser;
+use npd_ext::cli::{APPLETS, Applet, Invocation};
+use npd_ext::{cmd, logging};
+
+fn main() -> ExitCode {
+    let invocation = match Invocation::try_parse_from(normalise_argv0(std::env::args_os())) {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2));
+        }
+    };
+    let applet = match invocation {
+        Invocation::NpdExt { applet } | Invocation::Applet(applet) => applet,
+    };
+    logging::init(applet.log_format(), applet.default_log_level());
+    match applet {
+        Applet::ValidateConfig(args) => cmd::validate_config::run(&args),
+        Applet::Probe(args) => run_async(|| cmd::probe::run(args)),
+        Applet::Detector(args) => run_async(|| report(cmd::detector::run(args))),
+        Applet::GpuMonitor(args) => run_async(|| report(cmd::gpu_monitor::run(args))),
+        Applet::Demo(args) => run_async(|| report(cmd::demo::run(args))),
+    }
+}
+
+/// Any argv[0] that is not an applet's name behaves as `npd-ext`.
+fn normalise_argv0(mut args: impl Iterator<Item = OsString>) -> Vec<OsString> {
+    let argv0 = args.next().unwrap_or_default();
+    let name = std::path::Path::new(&argv0)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or_default();
+    let name = if APPLETS.contains(&name) { name } else { "npd-ext" };
+    std::iter::once(OsString::from(name)).chain(args).collect()
+}
+
+fn run_async<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = ExitCode>,
+{
+    // Two workers: enough for a node agent, and it keeps a 200-core node from
+    // paying for 200 idle threads.
+    match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f()),
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn report(result: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
+    match result.await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

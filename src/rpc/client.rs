@@ -1,0 +1,41 @@
+//! Client side: lazy channels to a Unix socket and the `grpc.health.v1` check.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+
+/// A channel that connects to `path` on first use and reconnects after a
+/// failure on the next call. Never blocks and never fails up front.
+pub fn lazy_channel(path: &Path) -> Channel {
+    let path: PathBuf = path.to_path_buf();
+    // The authority is never resolved: the connector below ignores the URI.
+    Endpoint::from_static("http://localhost")
+        .connect_timeout(Duration::from_secs(5))
+        .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
+            let path = path.clone();
+            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+        }))
+}
+
+/// Asks `grpc.health.v1.Health/Check` for `service` ("" = the whole server).
+pub async fn health_check(
+    channel: Channel,
+    service: &str,
+    timeout: Duration,
+) -> Result<ServingStatus, tonic::Status> {
+    let mut request = tonic::Request::new(HealthCheckRequest {
+        service: service.to_owned(),
+    });
+    request.set_timeout(timeout);
+    let mut client = HealthClient::new(channel);
+    let response = tokio::time::timeout(timeout, client.check(request))
+        .await
+        .map_err(|_| tonic::Status::deadline_exceeded("health check timed out"))??;
+    Ok(ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown))
+}
