@@ -11,6 +11,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Unimplemented methods answer UNIMPLEMENTED, as peers built against
+        // the Go proof of concept do for WatchHealth.
+        .generate_default_stubs(true)
         .compile_fds(fds)?;
     Ok(())
 }

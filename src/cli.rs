@@ -10,13 +10,24 @@ use crate::config::duration::parse_go;
 use crate::logging::LogFormat;
 
 /// Names argv[0] may carry (symlinks) besides `npd-ext`.
-pub const APPLETS: [&str; 5] = ["detector", "gpu-monitor", "validate-config", "probe", "demo"];
+pub const APPLETS: [&str; 5] = [
+    "detector",
+    "gpu-monitor",
+    "validate-config",
+    "probe",
+    "demo",
+];
 
 #[derive(Debug, Parser)]
 #[command(multicall = true)]
 pub enum Invocation {
     /// npd-ext: a node problem detector for Kubernetes GPU fleets.
-    #[command(name = "npd-ext", version, subcommand_required = true, arg_required_else_help = true)]
+    #[command(
+        name = "npd-ext",
+        version,
+        subcommand_required = true,
+        arg_required_else_help = true
+    )]
     NpdExt {
         #[command(subcommand)]
         applet: Applet,
@@ -145,8 +156,17 @@ pub struct GpuMonitorArgs {
 
     /// Fault scenario for the sim backend: a JSON file, or builtin:NAME
     /// (healthy, demo, xid79, reset-required, thermal).
-    #[arg(long, default_value = "builtin:healthy", value_name = "FILE|builtin:NAME")]
+    #[arg(
+        long,
+        default_value = "builtin:healthy",
+        value_name = "FILE|builtin:NAME"
+    )]
     pub sim_scenario: String,
+
+    /// Answer WatchHealth with UNIMPLEMENTED, as a plugin built against the
+    /// Go proof of concept does, so detectors poll CheckHealth.
+    #[arg(long)]
+    pub disable_watch_health: bool,
 
     /// Grace period for shutdown.
     #[arg(long, value_parser = go_duration, default_value = "10s")]

@@ -50,7 +50,9 @@ pub enum Published {
 pub enum OwnershipError {
     #[error("{type_} is owned by the kubelet; no monitor may set it")]
     KubeletOwned { type_: String },
-    #[error("{type_} is declared by both {first} and {second}; each condition type needs exactly one owner")]
+    #[error(
+        "{type_} is declared by both {first} and {second}; each condition type needs exactly one owner"
+    )]
     Conflict {
         type_: String,
         first: String,
@@ -157,7 +159,10 @@ impl ConditionManager {
         match self.conditions.get_mut(&c.type_) {
             Some(existing) => {
                 existing.last_update = now;
-                if existing.status == c.status && existing.reason == c.reason && existing.message == c.message {
+                if existing.status == c.status
+                    && existing.reason == c.reason
+                    && existing.message == c.message
+                {
                     return None;
                 }
                 let previous = existing.status;
@@ -221,7 +226,12 @@ mod tests {
     fn ownership_conflicts_and_kubelet_types_are_errors() {
         let mut m = ConditionManager::new();
         let (_, e) = m.register("a", &["X".into(), "Ready".into()]);
-        assert_eq!(e, vec![OwnershipError::KubeletOwned { type_: "Ready".into() }]);
+        assert_eq!(
+            e,
+            vec![OwnershipError::KubeletOwned {
+                type_: "Ready".into()
+            }]
+        );
         let (_, e) = m.register("b", &["X".into(), "Y".into()]);
         assert!(matches!(&e[..], [OwnershipError::Conflict { type_, .. }] if type_ == "X"));
         assert_eq!(m.owned_by(1), vec!["Y".to_owned()]);
@@ -246,7 +256,10 @@ mod tests {
         assert_eq!(r.refused, vec!["Ready", "Y", "Undeclared"]);
         let snap = m.snapshot();
         assert_eq!(snap.len(), 1);
-        assert_eq!((snap[0].type_.as_str(), snap[0].reason.as_str()), ("X", "mine"));
+        assert_eq!(
+            (snap[0].type_.as_str(), snap[0].reason.as_str()),
+            ("X", "mine")
+        );
         assert_eq!(snap[0].source, "a", "the config's source, not the plugin's");
     }
 
@@ -264,14 +277,28 @@ mod tests {
         let mut c = cond("X", ConditionStatus::False, "ok");
         c.message = "changed".into();
         let r = m.apply(a, &status(vec![c]), t1);
-        assert!(matches!(&r.published[..], [Published::Condition { previous: Some(ConditionStatus::False), .. }]));
+        assert!(matches!(
+            &r.published[..],
+            [Published::Condition {
+                previous: Some(ConditionStatus::False),
+                ..
+            }]
+        ));
         assert_eq!(m.snapshot()[0].transition, t0);
         // Flip: transition now.
         let t2 = t0 + Duration::from_secs(9);
-        m.apply(a, &status(vec![cond("X", ConditionStatus::True, "bad")]), t2);
+        m.apply(
+            a,
+            &status(vec![cond("X", ConditionStatus::True, "bad")]),
+            t2,
+        );
         assert_eq!(m.snapshot()[0].transition, t2);
         // Identical: nothing published.
-        let r = m.apply(a, &status(vec![cond("X", ConditionStatus::True, "bad")]), t2);
+        let r = m.apply(
+            a,
+            &status(vec![cond("X", ConditionStatus::True, "bad")]),
+            t2,
+        );
         assert!(r.published.is_empty());
     }
 }

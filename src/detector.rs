@@ -61,7 +61,11 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
     for cfg in &options.external {
         let types: Vec<String> = cfg.conditions.iter().map(|c| c.type_.clone()).collect();
         let (id, errors) = manager.register(&cfg.source, &types);
-        problems.extend(errors.iter().map(|e| format!("{}: {e}", cfg.file.display())));
+        problems.extend(
+            errors
+                .iter()
+                .map(|e| format!("{}: {e}", cfg.file.display())),
+        );
         ids.push(id);
     }
     if !problems.is_empty() {
@@ -82,14 +86,21 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
                 conditions: conditions_rx.clone(),
                 liveness: liveness.clone(),
             };
-            shutdown.spawn(exporter::http::serve(listener, state, shutdown.token().child_token()));
+            shutdown.spawn(exporter::http::serve(
+                listener,
+                state,
+                shutdown.token().child_token(),
+            ));
             tracing::info!(%addr, "serving /healthz and /conditions");
             Some(addr)
         }
         None => None,
     };
     if options.log_exporter {
-        shutdown.spawn(exporter::log::run(published_tx.subscribe(), shutdown.token().child_token()));
+        shutdown.spawn(exporter::log::run(
+            published_tx.subscribe(),
+            shutdown.token().child_token(),
+        ));
     }
 
     let fan_in_pulse = liveness.register("fan-in", FAN_IN_BEAT * 2);
@@ -102,7 +113,10 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
         shutdown.token().child_token(),
     ));
     for (cfg, id) in options.external.into_iter().zip(ids) {
-        let pulse = liveness.register(format!("external-monitor {}", cfg.source), cfg.timeout * 2 + FAN_IN_BEAT);
+        let pulse = liveness.register(
+            format!("external-monitor {}", cfg.source),
+            cfg.timeout * 2 + FAN_IN_BEAT,
+        );
         shutdown.spawn(monitor::external::run(
             id,
             cfg,

@@ -65,7 +65,11 @@ impl Liveness {
 impl Pulse {
     /// The task made progress and promises to beat again within `next`.
     pub fn beat(&self, next: Duration) {
-        let mut entries = self.registry.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut entries = self
+            .registry
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(e) = entries.get_mut(self.index) {
             e.deadline = Instant::now() + next;
         }
@@ -74,7 +78,11 @@ impl Pulse {
 
 impl Drop for Pulse {
     fn drop(&mut self) {
-        let mut entries = self.registry.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut entries = self
+            .registry
+            .entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(e) = entries.get_mut(self.index) {
             e.ended = true;
         }

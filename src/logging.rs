@@ -12,7 +12,8 @@ pub enum LogFormat {
 /// Installs the global subscriber, writing to stderr. `RUST_LOG` wins over
 /// `default_level`. Safe to call twice (the second call is a no-op).
 pub fn init(format: LogFormat, default_level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -35,7 +35,11 @@ fn normalise_argv0(mut args: impl Iterator<Item = OsString>) -> Vec<OsString> {
         .file_name()
         .and_then(|n| n.to_str())
         .unwrap_or_default();
-    let name = if APPLETS.contains(&name) { name } else { "npd-ext" };
+    let name = if APPLETS.contains(&name) {
+        name
+    } else {
+        "npd-ext"
+    };
     std::iter::once(OsString::from(name)).chain(args).collect()
 }
 

@@ -66,7 +66,9 @@ impl Shutdown {
     pub async fn drain(&self, grace: Duration) -> bool {
         self.token.cancel();
         self.tracker.close();
-        let done = tokio::time::timeout(grace, self.tracker.wait()).await.is_ok();
+        let done = tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_ok();
         if !done {
             tracing::warn!(grace = ?grace, tasks = self.tracker.len(), "tasks still running after the grace period");
         }

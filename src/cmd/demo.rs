@@ -13,9 +13,9 @@ use crate::cli::DemoArgs;
 use crate::conditions::Published;
 use crate::config::external::{ConditionDecl, ExternalMonitorConfig};
 use crate::detector::{self, DetectorOptions};
+use crate::gpu::SUPPORTED_CONDITIONS;
 use crate::gpu::plugin::{Plugin, PluginOptions};
 use crate::gpu::sim::{self, Scenario};
-use crate::gpu::SUPPORTED_CONDITIONS;
 use crate::problem::ConditionStatus;
 use crate::shutdown::{DEFAULT_GRACE, Shutdown};
 
@@ -26,13 +26,16 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let socket = dir.0.join("gpu-monitor.sock");
 
     let shutdown = Shutdown::new();
-    shutdown.listen_for_signals().context("cannot install signal handlers")?;
+    shutdown
+        .listen_for_signals()
+        .context("cannot install signal handlers")?;
     let plugin = Plugin::bind(
         &socket,
         PluginOptions {
             gpus: sim::identities(args.gpus),
             backend: "sim",
             grace: DEFAULT_GRACE,
+            watch_health: true,
         },
     )?;
     let observations = plugin.observations();
@@ -59,15 +62,31 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     )?;
     let mut published = detector.subscribe();
 
-    let addr = detector.http_addr.map(|a| a.to_string()).unwrap_or_default();
-    println!("npd-ext demo: {} simulated NVIDIA H200 GPUs, scenario {}", args.gpus, scenario.name);
+    let addr = detector
+        .http_addr
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    println!(
+        "npd-ext demo: {} simulated NVIDIA H200 GPUs, scenario {}",
+        args.gpus, scenario.name
+    );
     println!("  plugin socket  {}", socket.display());
     println!("  conditions     http://{addr}/conditions   health http://{addr}/healthz");
     for s in &scenario.steps {
-        println!("  at +{:<6} GPU {} {:?}", format!("{:.1}s", s.at.as_secs_f64()), s.gpu, s.fault);
+        println!(
+            "  at +{:<6} GPU {} {:?}",
+            format!("{:.1}s", s.at.as_secs_f64()),
+            s.gpu,
+            s.fault
+        );
     }
     println!("  Ctrl-C to exit\n");
-    shutdown.spawn(sim::run(scenario, args.gpus, observations, shutdown.token().child_token()));
+    shutdown.spawn(sim::run(
+        scenario,
+        args.gpus,
+        observations,
+        shutdown.token().child_token(),
+    ));
 
     let start = Instant::now();
     let deadline = args.duration.map(|d| tokio::time::Instant::now() + d);
@@ -80,17 +99,28 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         };
         let elapsed = start.elapsed().as_secs_f64();
         let line = match item {
-            Ok(Published::Condition { condition: c, previous }) => {
+            Ok(Published::Condition {
+                condition: c,
+                previous,
+            }) => {
                 let mark = match c.status {
                     ConditionStatus::True => "!!",
                     ConditionStatus::Unknown => "??",
                     ConditionStatus::False => "ok",
                 };
                 let from = previous.map_or_else(String::new, |p| format!(" (was {p})"));
-                format!("+{elapsed:6.2}s {mark} {:<22} {}{from}  {}: {}", c.type_, c.status, c.reason, c.message)
+                format!(
+                    "+{elapsed:6.2}s {mark} {:<22} {}{from}  {}: {}",
+                    c.type_, c.status, c.reason, c.message
+                )
             }
             Ok(Published::Event { event: e, .. }) => {
-                format!("+{elapsed:6.2}s    event {:<16} {:<4} {}", e.reason, e.severity.to_string(), e.message)
+                format!(
+                    "+{elapsed:6.2}s    event {:<16} {:<4} {}",
+                    e.reason,
+                    e.severity.to_string(),
+                    e.message
+                )
             }
             Err(RecvError::Lagged(_)) => continue,
             Err(RecvError::Closed) => break,
@@ -130,7 +160,8 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new() -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("npd-ext-demo-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         Ok(Self(dir))
     }
 }

@@ -33,7 +33,9 @@ pub async fn run(args: DetectorArgs) -> anyhow::Result<()> {
         bail!("invalid monitor config:\n  {}", errors.join("\n  "));
     }
     if configs.is_empty() {
-        bail!("no monitor configured: give --config.external-monitor FILE (see `npd-ext validate-config`)");
+        bail!(
+            "no monitor configured: give --config.external-monitor FILE (see `npd-ext validate-config`)"
+        );
     }
 
     let node = node_name(args.hostname_override.as_deref());
@@ -55,11 +57,16 @@ pub async fn run(args: DetectorArgs) -> anyhow::Result<()> {
         None
     } else {
         let addr = SocketAddr::new(args.address, args.port);
-        Some(std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?)
+        Some(
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        )
     };
 
     let shutdown = Shutdown::new();
-    shutdown.listen_for_signals().context("cannot install signal handlers")?;
+    shutdown
+        .listen_for_signals()
+        .context("cannot install signal handlers")?;
     let _detector = detector::start(
         DetectorOptions {
             external: configs,

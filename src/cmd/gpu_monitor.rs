@@ -13,13 +13,16 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
     scenario.check_gpus(args.sim_gpus)?;
 
     let shutdown = Shutdown::new();
-    shutdown.listen_for_signals().context("cannot install signal handlers")?;
+    shutdown
+        .listen_for_signals()
+        .context("cannot install signal handlers")?;
     let plugin = Plugin::bind(
         &args.socket,
         PluginOptions {
             gpus: sim::identities(args.sim_gpus),
             backend: "sim",
             grace: args.shutdown_grace,
+            watch_health: !args.disable_watch_health,
         },
     )
     .context("cannot serve the plugin socket")?;

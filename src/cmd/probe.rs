@@ -29,7 +29,10 @@ pub async fn run(args: ProbeArgs) -> ExitCode {
         }
         Err(why) => {
             if args.json {
-                println!("{}", json!({"socket": args.socket.display().to_string(), "ok": false, "error": why}));
+                println!(
+                    "{}",
+                    json!({"socket": args.socket.display().to_string(), "ok": false, "error": why})
+                );
             } else {
                 eprintln!("probe: {}: {why}", args.socket.display());
             }
@@ -48,7 +51,9 @@ struct Report {
 async fn probe(args: &ProbeArgs) -> Result<Report, String> {
     let path = &args.socket;
     match std::fs::metadata(path) {
-        Err(e) if e.kind() == ErrorKind::NotFound => return Err("no socket there (is the plugin running?)".into()),
+        Err(e) if e.kind() == ErrorKind::NotFound => {
+            return Err("no socket there (is the plugin running?)".into());
+        }
         Err(e) => return Err(format!("cannot stat: {e}")),
         Ok(m) if !m.file_type().is_socket() => return Err("not a socket".into()),
         Ok(_) => {}
@@ -66,10 +71,20 @@ async fn probe(args: &ProbeArgs) -> Result<Report, String> {
     let channel = client::lazy_channel(path);
     let health = match client::health_check(channel.clone(), "", args.timeout).await {
         Ok(ServingStatus::Serving) => "SERVING".to_owned(),
-        Ok(other) => return Err(format!("plugin is not serving (health: {})", other.as_str_name())),
-        Err(s) if s.code() == Code::Unimplemented => "UNKNOWN (no grpc.health.v1 service)".to_owned(),
+        Ok(other) => {
+            return Err(format!(
+                "plugin is not serving (health: {})",
+                other.as_str_name()
+            ));
+        }
+        Err(s) if s.code() == Code::Unimplemented => {
+            "UNKNOWN (no grpc.health.v1 service)".to_owned()
+        }
         Err(s) if s.code() == Code::DeadlineExceeded => {
-            return Err(format!("deadline: no health answer within {:?}", args.timeout));
+            return Err(format!(
+                "deadline: no health answer within {:?}",
+                args.timeout
+            ));
         }
         Err(s) => return Err(format!("health check failed: {}", describe(&s))),
     };
@@ -79,7 +94,12 @@ async fn probe(args: &ProbeArgs) -> Result<Report, String> {
         Err(s) if s.code() == Code::Unimplemented => None,
         Err(s) => return Err(format!("GetMetadata failed: {}", describe(&s))),
     };
-    let status = match timed(args, rpc.check_health(request(args, HealthCheckRequest::default()))).await? {
+    let status = match timed(
+        args,
+        rpc.check_health(request(args, HealthCheckRequest::default())),
+    )
+    .await?
+    {
         Ok(s) => status_from_pb(s.into_inner(), SystemTime::now()),
         Err(s) => return Err(format!("CheckHealth failed: {}", describe(&s))),
     };
@@ -128,22 +148,41 @@ impl Report {
         println!("socket      {}", self.socket);
         println!("health      {}", self.health);
         if let Some(m) = &self.metadata {
-            println!("plugin      {} {} (api {})", m.name, m.version, m.api_version);
+            println!(
+                "plugin      {} {} (api {})",
+                m.name, m.version, m.api_version
+            );
             println!("conditions  {}", m.supported_conditions.join(", "));
-            let mut caps: Vec<String> = m.capabilities.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            let mut caps: Vec<String> = m
+                .capabilities
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             caps.sort();
             println!("capabilities {}", caps.join(", "));
         }
         println!();
         println!("{:<24} {:<8} {:<22} MESSAGE", "TYPE", "STATUS", "REASON");
         for c in &self.status.conditions {
-            println!("{:<24} {:<8} {:<22} {}", c.type_, c.status.to_string(), c.reason, c.message);
+            println!(
+                "{:<24} {:<8} {:<22} {}",
+                c.type_,
+                c.status.to_string(),
+                c.reason,
+                c.message
+            );
         }
         if !self.status.events.is_empty() {
             println!();
             println!("EVENTS");
             for e in &self.status.events {
-                println!("{} {:<4} {:<22} {}", format_time(e.timestamp), e.severity.to_string(), e.reason, e.message);
+                println!(
+                    "{} {:<4} {:<22} {}",
+                    format_time(e.timestamp),
+                    e.severity.to_string(),
+                    e.reason,
+                    e.message
+                );
             }
         }
     }

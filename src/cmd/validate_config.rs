@@ -29,12 +29,20 @@ pub fn run(args: &ValidateConfigArgs) -> ExitCode {
         }
         if errors > 0 {
             invalid += 1;
-            println!("{}: invalid ({errors} error{})", path.display(), if errors == 1 { "" } else { "s" });
+            println!(
+                "{}: invalid ({errors} error{})",
+                path.display(),
+                if errors == 1 { "" } else { "s" }
+            );
         } else if !args.quiet {
             println!("{}: ok", path.display());
         }
     }
-    if invalid > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if invalid > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 fn plugin_of(path: &std::path::Path) -> Option<String> {

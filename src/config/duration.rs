@@ -5,7 +5,9 @@ use std::time::Duration;
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum DurationError {
-    #[error("invalid duration {0:?}: expected a number with a unit, such as \"30s\", \"1m30s\" or \"300ms\"")]
+    #[error(
+        "invalid duration {0:?}: expected a number with a unit, such as \"30s\", \"1m30s\" or \"300ms\""
+    )]
     Syntax(String),
     #[error("invalid duration {input:?}: missing unit after {number} (units: ns, us, ms, s, m, h)")]
     MissingUnit { input: String, number: String },
@@ -41,7 +43,9 @@ pub fn parse_go(input: &str) -> Result<Duration, DurationError> {
         let (int_part, rest) = s.split_at(int_end);
         let (frac_part, rest) = match rest.strip_prefix('.') {
             Some(after) => {
-                let end = after.find(|c: char| !c.is_ascii_digit()).unwrap_or(after.len());
+                let end = after
+                    .find(|c: char| !c.is_ascii_digit())
+                    .unwrap_or(after.len());
                 after.split_at(end)
             }
             None => ("", rest),
@@ -56,7 +60,10 @@ pub fn parse_go(input: &str) -> Result<Duration, DurationError> {
         if unit.is_empty() {
             return Err(DurationError::MissingUnit {
                 input: input.to_owned(),
-                number: format!("{int_part}{}{frac_part}", if frac_part.is_empty() { "" } else { "." }),
+                number: format!(
+                    "{int_part}{}{frac_part}",
+                    if frac_part.is_empty() { "" } else { "." }
+                ),
             });
         }
         let scale: u128 = match unit {
@@ -98,7 +105,9 @@ pub fn parse_go(input: &str) -> Result<Duration, DurationError> {
     if negative && total > 0 {
         return Err(DurationError::Negative(input.to_owned()));
     }
-    Ok(Duration::from_nanos(u64::try_from(total).map_err(|_| DurationError::Overflow(input.to_owned()))?))
+    Ok(Duration::from_nanos(
+        u64::try_from(total).map_err(|_| DurationError::Overflow(input.to_owned()))?,
+    ))
 }
 
 /// Formats like Go's `Duration.String` for whole units ("1m30s", "300ms", "0s").
@@ -171,14 +180,26 @@ mod tests {
 
     #[test]
     fn refuses_what_go_refuses_and_negatives() {
-        assert!(matches!(parse_go("30"), Err(DurationError::MissingUnit { .. })));
-        assert!(matches!(parse_go("5 s"), Err(DurationError::UnknownUnit { .. })));
-        assert!(matches!(parse_go("1d"), Err(DurationError::UnknownUnit { .. })));
+        assert!(matches!(
+            parse_go("30"),
+            Err(DurationError::MissingUnit { .. })
+        ));
+        assert!(matches!(
+            parse_go("5 s"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
+        assert!(matches!(
+            parse_go("1d"),
+            Err(DurationError::UnknownUnit { .. })
+        ));
         assert!(matches!(parse_go(""), Err(DurationError::Syntax(_))));
         assert!(matches!(parse_go("."), Err(DurationError::Syntax(_))));
         assert!(matches!(parse_go("s"), Err(DurationError::Syntax(_))));
         assert!(matches!(parse_go("-1s"), Err(DurationError::Negative(_))));
-        assert!(matches!(parse_go("9999999999h"), Err(DurationError::Overflow(_))));
+        assert!(matches!(
+            parse_go("9999999999h"),
+            Err(DurationError::Overflow(_))
+        ));
     }
 
     #[test]

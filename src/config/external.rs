@@ -114,7 +114,12 @@ pub fn check(file: &Path, text: &str) -> Checked<ExternalMonitorConfig> {
     let config = match json::parse(text) {
         Ok(doc) => read(&mut sink, file, &doc),
         Err(e) => {
-            sink.push(Level::Error, Some(e.pos), "", format!("invalid JSON: {}", e.message));
+            sink.push(
+                Level::Error,
+                Some(e.pos),
+                "",
+                format!("invalid JSON: {}", e.message),
+            );
             None
         }
     };
@@ -142,7 +147,11 @@ fn read(sink: &mut Sink, file: &Path, doc: &json::Node) -> Option<ExternalMonito
                 );
             }
         }
-        None => sink.error(top.pos, "plugin", "missing; an external monitor config needs \"plugin\": \"external\""),
+        None => sink.error(
+            top.pos,
+            "plugin",
+            "missing; an external monitor config needs \"plugin\": \"external\"",
+        ),
     }
     let source_pos;
     match top.get(sink, &["source"]) {
@@ -153,7 +162,11 @@ fn read(sink: &mut Sink, file: &Path, doc: &json::Node) -> Option<ExternalMonito
         None => source_pos = top.pos,
     }
     if cfg.source.trim().is_empty() {
-        sink.error(source_pos, "source", "missing or empty; name the monitor, for example \"gpu-monitor\"");
+        sink.error(
+            source_pos,
+            "source",
+            "missing or empty; name the monitor, for example \"gpu-monitor\"",
+        );
     }
     if let Some(f) = top.get(sink, &["metricsReporting"]) {
         cfg.metrics_reporting = walk::boolean(sink, &f).unwrap_or(true);
@@ -170,9 +183,8 @@ fn read(sink: &mut Sink, file: &Path, doc: &json::Node) -> Option<ExternalMonito
             "external monitors have no rules (the plugin decides its conditions); ignored, as the Go proof of concept did",
         );
     }
-    match top.get(sink, &["conditions"]) {
-        Some(f) => cfg.conditions = read_conditions(sink, &f),
-        None => {}
+    if let Some(f) = top.get(sink, &["conditions"]) {
+        cfg.conditions = read_conditions(sink, &f);
     }
     let mut socket_pos = top.pos;
     match top.get(sink, &["pluginConfig"]) {
@@ -183,7 +195,11 @@ fn read(sink: &mut Sink, file: &Path, doc: &json::Node) -> Option<ExternalMonito
                 pc.finish(sink);
             }
         }
-        None => sink.error(top.pos, "pluginConfig", "missing; it holds the plugin's socketPath"),
+        None => sink.error(
+            top.pos,
+            "pluginConfig",
+            "missing; it holds the plugin's socketPath",
+        ),
     }
     top.finish(sink);
 
@@ -198,7 +214,10 @@ fn read(sink: &mut Sink, file: &Path, doc: &json::Node) -> Option<ExternalMonito
         sink.warn(
             socket_pos,
             "pluginConfig.socketPath",
-            format!("{} is relative: it is resolved against the detector's working directory", cfg.socket_path.display()),
+            format!(
+                "{} is relative: it is resolved against the detector's working directory",
+                cfg.socket_path.display()
+            ),
         );
     }
     validate(sink, socket_pos, &cfg);
@@ -229,11 +248,21 @@ fn read_plugin_config(sink: &mut Sink, pc: &mut Obj<'_>, cfg: &mut ExternalMonit
     }
     if let Some(f) = pc.get(sink, &["reconnectInterval"]) {
         cfg.retry.initial_backoff = walk::duration(sink, &f).unwrap_or(cfg.retry.initial_backoff);
-        poc_ignored(sink, &f, "reconnectInterval", "as the first reconnect delay (retryPolicy.initialBackoff)");
+        poc_ignored(
+            sink,
+            &f,
+            "reconnectInterval",
+            "as the first reconnect delay (retryPolicy.initialBackoff)",
+        );
     }
     if let Some(f) = pc.get(sink, &["maxReconnectAttempts"]) {
         cfg.retry.max_attempts = read_count(sink, &f).unwrap_or(cfg.retry.max_attempts);
-        poc_ignored(sink, &f, "maxReconnectAttempts", "as retryPolicy.maxAttempts");
+        poc_ignored(
+            sink,
+            &f,
+            "maxReconnectAttempts",
+            "as retryPolicy.maxAttempts",
+        );
     }
     if let Some(f) = pc.get(sink, &["retryPolicy"])
         && let Some(mut rp) = Obj::new(sink, f.node, &f.key)
@@ -242,7 +271,8 @@ fn read_plugin_config(sink: &mut Sink, pc: &mut Obj<'_>, cfg: &mut ExternalMonit
             cfg.retry.max_attempts = read_count(sink, &f).unwrap_or(cfg.retry.max_attempts);
         }
         if let Some(f) = rp.get(sink, &["initialBackoff"]) {
-            cfg.retry.initial_backoff = walk::duration(sink, &f).unwrap_or(cfg.retry.initial_backoff);
+            cfg.retry.initial_backoff =
+                walk::duration(sink, &f).unwrap_or(cfg.retry.initial_backoff);
         }
         if let Some(f) = rp.get(sink, &["maxBackoff"]) {
             cfg.retry.max_backoff = walk::duration(sink, &f).unwrap_or(cfg.retry.max_backoff);
@@ -256,7 +286,8 @@ fn read_plugin_config(sink: &mut Sink, pc: &mut Obj<'_>, cfg: &mut ExternalMonit
         && let Some(mut hc) = Obj::new(sink, f.node, &f.key)
     {
         if let Some(f) = hc.get(sink, &["interval"]) {
-            cfg.health_check.interval = walk::duration(sink, &f).unwrap_or(cfg.health_check.interval);
+            cfg.health_check.interval =
+                walk::duration(sink, &f).unwrap_or(cfg.health_check.interval);
         }
         if let Some(f) = hc.get(sink, &["timeout"]) {
             cfg.health_check.timeout = walk::duration(sink, &f).unwrap_or(cfg.health_check.timeout);
@@ -267,7 +298,8 @@ fn read_plugin_config(sink: &mut Sink, pc: &mut Obj<'_>, cfg: &mut ExternalMonit
             );
         }
         if let Some(f) = hc.get(sink, &["errorThreshold"]) {
-            cfg.health_check.error_threshold = read_count(sink, &f).unwrap_or(cfg.health_check.error_threshold);
+            cfg.health_check.error_threshold =
+                read_count(sink, &f).unwrap_or(cfg.health_check.error_threshold);
         }
         hc.finish(sink);
     }
@@ -282,20 +314,35 @@ fn read_plugin_config(sink: &mut Sink, pc: &mut Obj<'_>, cfg: &mut ExternalMonit
                         other => sink.error(
                             m.value.pos,
                             &join(&f.key, &m.key),
-                            format!("plugin parameters are strings, found {}; quote the value", other.kind()),
+                            format!(
+                                "plugin parameters are strings, found {}; quote the value",
+                                other.kind()
+                            ),
                         ),
                     }
                 }
             }
-            other => sink.error(f.node.pos, &f.key, format!("must be an object of strings, found {}", other.kind())),
+            other => sink.error(
+                f.node.pos,
+                &f.key,
+                format!("must be an object of strings, found {}", other.kind()),
+            ),
         }
     }
 }
 
 /// Explains a key the Go proof of concept silently dropped but we honour.
 fn poc_ignored(sink: &mut Sink, f: &Found<'_>, spelling: &str, how: &str) {
-    if f.key.rsplit('.').next().is_some_and(|k| k.eq_ignore_ascii_case(spelling)) {
-        sink.warn(f.node.pos, &f.key, format!("ignored by the Go proof of concept; npd-ext honours it {how}"));
+    if f.key
+        .rsplit('.')
+        .next()
+        .is_some_and(|k| k.eq_ignore_ascii_case(spelling))
+    {
+        sink.warn(
+            f.node.pos,
+            &f.key,
+            format!("ignored by the Go proof of concept; npd-ext honours it {how}"),
+        );
     }
 }
 
@@ -304,7 +351,11 @@ fn read_count(sink: &mut Sink, f: &Found<'_>) -> Option<u32> {
     match u32::try_from(v) {
         Ok(v) if v >= 1 => Some(v),
         _ => {
-            sink.error(f.node.pos, &f.key, format!("must be between 1 and {}, found {v}", u32::MAX));
+            sink.error(
+                f.node.pos,
+                &f.key,
+                format!("must be between 1 and {}, found {v}", u32::MAX),
+            );
             None
         }
     }
@@ -312,7 +363,14 @@ fn read_count(sink: &mut Sink, f: &Found<'_>) -> Option<u32> {
 
 fn read_conditions(sink: &mut Sink, f: &Found<'_>) -> Vec<ConditionDecl> {
     let Value::Array(items) = &f.node.value else {
-        sink.error(f.node.pos, &f.key, format!("must be an array of conditions, found {}", f.node.value.kind()));
+        sink.error(
+            f.node.pos,
+            &f.key,
+            format!(
+                "must be an array of conditions, found {}",
+                f.node.value.kind()
+            ),
+        );
         return Vec::new();
     };
     let mut out: Vec<ConditionDecl> = Vec::new();
@@ -334,15 +392,27 @@ fn read_conditions(sink: &mut Sink, f: &Found<'_>) -> Vec<ConditionDecl> {
             continue;
         }
         if is_kubelet_owned(&type_) {
-            sink.error(item.pos, &join(&path, "type"), format!("{type_} is owned by the kubelet; a monitor may not set it"));
+            sink.error(
+                item.pos,
+                &join(&path, "type"),
+                format!("{type_} is owned by the kubelet; a monitor may not set it"),
+            );
         }
         if out.iter().any(|c| c.type_ == type_) {
-            sink.error(item.pos, &join(&path, "type"), format!("{type_} is declared twice"));
+            sink.error(
+                item.pos,
+                &join(&path, "type"),
+                format!("{type_} is declared twice"),
+            );
         }
         if reason.is_empty() {
             sink.error(item.pos, &join(&path, "reason"), "must not be empty");
         }
-        out.push(ConditionDecl { type_, reason, message });
+        out.push(ConditionDecl {
+            type_,
+            reason,
+            message,
+        });
     }
     out
 }
@@ -381,7 +451,11 @@ fn validate(sink: &mut Sink, pos: json::Pos, cfg: &ExternalMonitorConfig) {
         );
     }
     if cfg.retry.multiplier < 1.0 {
-        sink.error(pos, &join(rp, "backoffMultiplier"), format!("must be ≥ 1.0, found {}", cfg.retry.multiplier));
+        sink.error(
+            pos,
+            &join(rp, "backoffMultiplier"),
+            format!("must be ≥ 1.0, found {}", cfg.retry.multiplier),
+        );
     }
     let hc = "pluginConfig.healthCheck";
     if cfg.health_check.interval.is_zero() {
@@ -413,13 +487,17 @@ mod tests {
             r#"{"plugin":"external","source":"g","pluginConfig":{"socketAddress":"/s.sock","timeout":2000000000,"invoke_interval":90000000000,"retryPolicy":{"maxAttempts":7}}}"#,
         );
         let b = b.config.expect("valid");
-        assert_eq!((b.timeout, b.invoke_interval), (a.timeout, a.invoke_interval));
+        assert_eq!(
+            (b.timeout, b.invoke_interval),
+            (a.timeout, a.invoke_interval)
+        );
         assert_eq!(b.retry.max_attempts, 7);
     }
 
     #[test]
     fn go_style_case_insensitive_keys() {
-        let c = check_str(r#"{"Plugin":"external","SOURCE":"g","pluginconfig":{"SocketPath":"/s"}}"#);
+        let c =
+            check_str(r#"{"Plugin":"external","SOURCE":"g","pluginconfig":{"SocketPath":"/s"}}"#);
         assert!(c.errors().next().is_none(), "{:?}", c.diagnostics);
         assert_eq!(c.config.expect("valid").source, "g");
     }
@@ -432,25 +510,41 @@ mod tests {
         let lines: Vec<String> = c.errors().map(ToString::to_string).collect();
         let all = lines.join("\n");
         assert!(all.contains("t.json:4:3: error: pluginConfig.socketPth: unknown key (did you mean \"socketPath\"?)"), "{all}");
-        assert!(all.contains("pluginConfig.retryPolicy.maxBackoff: invalid duration \"5 minutes\""), "{all}");
+        assert!(
+            all.contains("pluginConfig.retryPolicy.maxBackoff: invalid duration \"5 minutes\""),
+            "{all}"
+        );
         assert!(all.contains("source: missing or empty"), "{all}");
-        assert!(all.contains("conditions[0].type: Ready is owned by the kubelet"), "{all}");
-        assert!(all.contains("timeout 1h0m0s must be shorter than invoke_interval 30s"), "{all}");
+        assert!(
+            all.contains("conditions[0].type: Ready is owned by the kubelet"),
+            "{all}"
+        );
+        assert!(
+            all.contains("timeout 1h0m0s must be shorter than invoke_interval 30s"),
+            "{all}"
+        );
         assert!(all.contains("pluginConfig.socketPath: missing"), "{all}");
         assert_eq!(lines.len(), 6, "{all}");
     }
 
     #[test]
     fn two_spellings_at_once_is_an_error() {
-        let c = check_str(r#"{"plugin":"external","source":"g","pluginConfig":{"socketPath":"/a","socketAddress":"/b"}}"#);
-        assert!(c.errors().any(|d| d.message.contains("two spellings")), "{:?}", c.diagnostics);
+        let c = check_str(
+            r#"{"plugin":"external","source":"g","pluginConfig":{"socketPath":"/a","socketAddress":"/b"}}"#,
+        );
+        assert!(
+            c.errors().any(|d| d.message.contains("two spellings")),
+            "{:?}",
+            c.diagnostics
+        );
     }
 
     #[test]
     fn defaults_apply() {
-        let c = check_str(r#"{"plugin":"external","source":"g","pluginConfig":{"socketPath":"/s"}}"#)
-            .config
-            .expect("valid");
+        let c =
+            check_str(r#"{"plugin":"external","source":"g","pluginConfig":{"socketPath":"/s"}}"#)
+                .config
+                .expect("valid");
         assert_eq!(c.invoke_interval, DEFAULT_INVOKE_INTERVAL);
         assert_eq!(c.timeout, DEFAULT_TIMEOUT);
         assert_eq!(c.retry.initial_backoff, DEFAULT_INITIAL_BACKOFF);

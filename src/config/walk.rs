@@ -94,8 +94,16 @@ impl<'a> Obj<'a> {
                 })
             }
             other => {
-                let what = if path.is_empty() { "the document" } else { path };
-                sink.error(node.pos, path, format!("{what} must be an object, found {}", other.kind()));
+                let what = if path.is_empty() {
+                    "the document"
+                } else {
+                    path
+                };
+                sink.error(
+                    node.pos,
+                    path,
+                    format!("{what} must be an object, found {}", other.kind()),
+                );
                 None
             }
         }
@@ -151,7 +159,8 @@ impl<'a> Obj<'a> {
             let help = did_you_mean(&m.key, &self.known)
                 .map(|s| format!("did you mean {s:?}?"))
                 .or_else(|| {
-                    (!self.known.is_empty()).then(|| format!("known keys: {}", self.known.join(", ")))
+                    (!self.known.is_empty())
+                        .then(|| format!("known keys: {}", self.known.join(", ")))
                 });
             sink.diagnostics.push(Diagnostic {
                 level: Level::Error,
@@ -199,7 +208,11 @@ pub(crate) fn string(sink: &mut Sink, f: &Found<'_>) -> Option<String> {
     match &f.node.value {
         Value::String(s) => Some(s.clone()),
         other => {
-            sink.error(f.node.pos, &f.key, format!("must be a string, found {}", other.kind()));
+            sink.error(
+                f.node.pos,
+                &f.key,
+                format!("must be a string, found {}", other.kind()),
+            );
             None
         }
     }
@@ -209,7 +222,11 @@ pub(crate) fn boolean(sink: &mut Sink, f: &Found<'_>) -> Option<bool> {
     match &f.node.value {
         Value::Bool(b) => Some(*b),
         other => {
-            sink.error(f.node.pos, &f.key, format!("must be true or false, found {}", other.kind()));
+            sink.error(
+                f.node.pos,
+                &f.key,
+                format!("must be true or false, found {}", other.kind()),
+            );
             None
         }
     }
@@ -220,12 +237,20 @@ pub(crate) fn unsigned(sink: &mut Sink, f: &Found<'_>) -> Option<u64> {
         Value::Number(text) => match text.parse::<u64>() {
             Ok(v) => Some(v),
             Err(_) => {
-                sink.error(f.node.pos, &f.key, format!("must be a whole number ≥ 0, found {text}"));
+                sink.error(
+                    f.node.pos,
+                    &f.key,
+                    format!("must be a whole number ≥ 0, found {text}"),
+                );
                 None
             }
         },
         other => {
-            sink.error(f.node.pos, &f.key, format!("must be a whole number, found {}", other.kind()));
+            sink.error(
+                f.node.pos,
+                &f.key,
+                format!("must be a whole number, found {}", other.kind()),
+            );
             None
         }
     }
@@ -236,12 +261,20 @@ pub(crate) fn float(sink: &mut Sink, f: &Found<'_>) -> Option<f64> {
         Value::Number(text) => match text.parse::<f64>() {
             Ok(v) if v.is_finite() => Some(v),
             _ => {
-                sink.error(f.node.pos, &f.key, format!("must be a finite number, found {text}"));
+                sink.error(
+                    f.node.pos,
+                    &f.key,
+                    format!("must be a finite number, found {text}"),
+                );
                 None
             }
         },
         other => {
-            sink.error(f.node.pos, &f.key, format!("must be a number, found {}", other.kind()));
+            sink.error(
+                f.node.pos,
+                &f.key,
+                format!("must be a number, found {}", other.kind()),
+            );
             None
         }
     }
@@ -285,7 +318,10 @@ pub(crate) fn duration(sink: &mut Sink, f: &Found<'_>) -> Option<Duration> {
             sink.error(
                 f.node.pos,
                 &f.key,
-                format!("must be a duration string such as \"30s\", found {}", other.kind()),
+                format!(
+                    "must be a duration string such as \"30s\", found {}",
+                    other.kind()
+                ),
             );
             None
         }
@@ -300,7 +336,10 @@ mod tests {
     fn suggests_close_names_only() {
         let known = ["socketPath", "invoke_interval", "timeout"];
         assert_eq!(did_you_mean("socketPth", &known), Some("socketPath"));
-        assert_eq!(did_you_mean("invokeintervl", &known), Some("invoke_interval"));
+        assert_eq!(
+            did_you_mean("invokeintervl", &known),
+            Some("invoke_interval")
+        );
         assert_eq!(did_you_mean("colour", &known), None);
     }
 }

@@ -62,7 +62,10 @@ fn route(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
             if stalled.is_empty() {
                 text(StatusCode::OK, "ok\n".into())
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, format!("unhealthy: {}\n", stalled.join(", ")))
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("unhealthy: {}\n", stalled.join(", ")),
+                )
             }
         }
         "/conditions" => {
@@ -75,14 +78,19 @@ fn route(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         }
-        _ => text(StatusCode::NOT_FOUND, "not found; try /healthz or /conditions\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /healthz or /conditions\n".into(),
+        ),
     }
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert("content-type", hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        "content-type",
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }

@@ -13,7 +13,10 @@ pub async fn run(mut rx: broadcast::Receiver<Published>, token: CancellationToke
             () = token.cancelled() => return,
         };
         match item {
-            Ok(Published::Condition { condition: c, previous }) => {
+            Ok(Published::Condition {
+                condition: c,
+                previous,
+            }) => {
                 let previous = previous.map_or_else(|| "none".to_owned(), |p| p.to_string());
                 tracing::info!(
                     target: "npd_ext::exporter::log",
@@ -30,7 +33,10 @@ pub async fn run(mut rx: broadcast::Receiver<Published>, token: CancellationToke
                 ),
             },
             Err(broadcast::error::RecvError::Lagged(n)) => {
-                tracing::warn!(skipped = n, "log exporter fell behind; some lines were skipped");
+                tracing::warn!(
+                    skipped = n,
+                    "log exporter fell behind; some lines were skipped"
+                );
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }

@@ -26,8 +26,9 @@ struct GpuState {
     id: GpuIdentity,
     lost: Option<LostCause>,
     reset_required: Option<XidInfo>,
-    temperature: Option<i32>,
-    throttling: bool,
+    /// Temperature when throttling began (kept out of the live reading so
+    /// the condition message does not churn with every degree).
+    throttled_at: Option<i32>,
 }
 
 /// What the plugin publishes after every change.
@@ -45,7 +46,10 @@ impl Snapshot {
 
     /// Events with a sequence number above `after`.
     pub fn events_after(&self, after: u64) -> impl Iterator<Item = &Event> {
-        self.events.iter().filter(move |(seq, _)| *seq > after).map(|(_, e)| e)
+        self.events
+            .iter()
+            .filter(move |(seq, _)| *seq > after)
+            .map(|(_, e)| e)
     }
 }
 
@@ -66,8 +70,7 @@ impl HealthModel {
                     id,
                     lost: None,
                     reset_required: None,
-                    temperature: None,
-                    throttling: false,
+                    throttled_at: None,
                 })
                 .collect(),
             slowdown_celsius: DEFAULT_SLOWDOWN_CELSIUS,
@@ -85,7 +88,10 @@ impl HealthModel {
         let before = self.conditions();
         let events_before = self.next_seq;
         let Some(idx) = self.gpus.iter().position(|g| g.id.index == obs.gpu()) else {
-            tracing::warn!(gpu = obs.gpu(), "observation for a GPU this node does not have; ignored");
+            tracing::warn!(
+                gpu = obs.gpu(),
+                "observation for a GPU this node does not have; ignored"
+            );
             return false;
         };
         let mut events = Vec::new();
@@ -98,11 +104,18 @@ impl HealthModel {
                     Severity::Warn,
                     at,
                     format!("Xid{xid}"),
-                    format!("{}: XID {xid} ({}); action: {}", gpu.id, info.mnemonic, info.action.describe()),
+                    format!(
+                        "{}: XID {xid} ({}); action: {}",
+                        gpu.id,
+                        info.mnemonic,
+                        info.action.describe()
+                    ),
                 ));
                 match info.action {
                     Action::RebootNode => gpu.lost = Some(LostCause::FellOffTheBus),
-                    Action::ResetGpu if gpu.reset_required.is_none() => gpu.reset_required = Some(info),
+                    Action::ResetGpu if gpu.reset_required.is_none() => {
+                        gpu.reset_required = Some(info)
+                    }
                     _ => {}
                 }
             }
@@ -113,26 +126,45 @@ impl HealthModel {
                         Severity::Warn,
                         at,
                         "GPULost".into(),
-                        format!("{}: GPU stopped answering; action: {}", gpu.id, Action::RebootNode.describe()),
+                        format!(
+                            "{}: GPU stopped answering; action: {}",
+                            gpu.id,
+                            Action::RebootNode.describe()
+                        ),
                     ));
                 }
             }
             Observation::Temperature { celsius, at, .. } => {
-                gpu.temperature = Some(celsius);
-                let now_throttling = if gpu.throttling {
+                let was_throttling = gpu.throttled_at.is_some();
+                let now_throttling = if was_throttling {
                     celsius > slowdown - THERMAL_HYSTERESIS_CELSIUS
                 } else {
                     celsius >= slowdown
                 };
-                if now_throttling != gpu.throttling {
-                    gpu.throttling = now_throttling;
+                if now_throttling != was_throttling {
+                    gpu.throttled_at = now_throttling.then_some(celsius);
                     let (reason, what) = if now_throttling {
-                        ("ThermalThrottlingStarted", format!("{celsius} °C reached slowdown {slowdown} °C"))
+                        (
+                            "ThermalThrottlingStarted",
+                            format!("{celsius} °C reached slowdown {slowdown} °C"),
+                        )
                     } else {
-                        ("ThermalThrottlingStopped", format!("cooled to {celsius} °C"))
+                        (
+                            "ThermalThrottlingStopped",
+                            format!("cooled to {celsius} °C"),
+                        )
                     };
-                    let severity = if now_throttling { Severity::Warn } else { Severity::Info };
-                    events.push(event(severity, at, reason.into(), format!("{}: {what}", gpu.id)));
+                    let severity = if now_throttling {
+                        Severity::Warn
+                    } else {
+                        Severity::Info
+                    };
+                    events.push(event(
+                        severity,
+                        at,
+                        reason.into(),
+                        format!("{}: {what}", gpu.id),
+                    ));
                 }
             }
             Observation::Reset { at, .. } => {
@@ -175,9 +207,17 @@ impl HealthModel {
         let n = self.gpus.len();
         let lost: Vec<&GpuState> = self.gpus.iter().filter(|g| g.lost.is_some()).collect();
         let lost_condition = if lost.is_empty() {
-            Condition::new(GPU_LOST, ConditionStatus::False, "NoGPULost", format!("all {n} GPUs answer"))
+            Condition::new(
+                GPU_LOST,
+                ConditionStatus::False,
+                "NoGPULost",
+                format!("all {n} GPUs answer"),
+            )
         } else {
-            let reason = if lost.iter().any(|g| g.lost == Some(LostCause::FellOffTheBus)) {
+            let reason = if lost
+                .iter()
+                .any(|g| g.lost == Some(LostCause::FellOffTheBus))
+            {
                 "GPUFellOffTheBus"
             } else {
                 "GPUNotResponding"
@@ -187,7 +227,11 @@ impl HealthModel {
                     Some(LostCause::FellOffTheBus) => "fell off the bus (XID 79)",
                     _ => "stopped answering",
                 };
-                format!("{}: {cause}; action: {}", g.id, Action::RebootNode.describe())
+                format!(
+                    "{}: {cause}; action: {}",
+                    g.id,
+                    Action::RebootNode.describe()
+                )
             }));
             Condition::new(GPU_LOST, ConditionStatus::True, reason, msg)
         };
@@ -209,12 +253,22 @@ impl HealthModel {
                 ConditionStatus::True,
                 format!("Xid{}", first.xid),
                 join(reset.iter().map(|(g, i)| {
-                    format!("{}: XID {} ({}); action: {}", g.id, i.xid, i.mnemonic, i.action.describe())
+                    format!(
+                        "{}: XID {} ({}); action: {}",
+                        g.id,
+                        i.xid,
+                        i.mnemonic,
+                        i.action.describe()
+                    )
                 })),
             ),
         };
 
-        let hot: Vec<&GpuState> = self.gpus.iter().filter(|g| g.throttling).collect();
+        let hot: Vec<(&GpuState, i32)> = self
+            .gpus
+            .iter()
+            .filter_map(|g| g.throttled_at.map(|t| (g, t)))
+            .collect();
         let thermal_condition = if hot.is_empty() {
             Condition::new(
                 GPU_THERMAL_THROTTLING,
@@ -227,12 +281,10 @@ impl HealthModel {
                 GPU_THERMAL_THROTTLING,
                 ConditionStatus::True,
                 "ThermalSlowdown",
-                join(hot.iter().map(|g| {
+                join(hot.iter().map(|(g, t)| {
                     format!(
-                        "{}: {} °C ≥ slowdown {} °C; action: check cooling and airflow",
-                        g.id,
-                        g.temperature.unwrap_or_default(),
-                        self.slowdown_celsius
+                        "{}: reached {t} °C, slowdown is {} °C; action: check cooling and airflow",
+                        g.id, self.slowdown_celsius
                     )
                 })),
             )
@@ -264,7 +316,10 @@ mod tests {
     }
 
     fn status_of<'a>(conds: &'a [Condition], t: &str) -> &'a Condition {
-        conds.iter().find(|c| c.type_ == t).expect("condition present")
+        conds
+            .iter()
+            .find(|c| c.type_ == t)
+            .expect("condition present")
     }
 
     #[test]
@@ -272,50 +327,95 @@ mod tests {
         let m = model();
         let c = m.conditions();
         assert_eq!(c.len(), 3);
-        assert!(c.iter().all(|c| c.status == ConditionStatus::False), "{c:?}");
+        assert!(
+            c.iter().all(|c| c.status == ConditionStatus::False),
+            "{c:?}"
+        );
     }
 
     #[test]
     fn xid79_is_lost_and_names_the_gpu_until_reset() {
         let mut m = model();
         let now = SystemTime::now();
-        assert!(m.apply(&Observation::Xid { gpu: 3, xid: 79, at: now }));
+        assert!(m.apply(&Observation::Xid {
+            gpu: 3,
+            xid: 79,
+            at: now
+        }));
         let c = m.conditions();
         let lost = status_of(&c, GPU_LOST);
         assert_eq!(lost.status, ConditionStatus::True);
         assert_eq!(lost.reason, "GPUFellOffTheBus");
         let id = &sim::identities(8)[3];
-        assert!(lost.message.contains(&id.uuid) && lost.message.contains(&id.pci_bus_id), "{}", lost.message);
-        assert_eq!(status_of(&c, GPU_RESET_REQUIRED).status, ConditionStatus::False);
+        assert!(
+            lost.message.contains(&id.uuid) && lost.message.contains(&id.pci_bus_id),
+            "{}",
+            lost.message
+        );
+        assert_eq!(
+            status_of(&c, GPU_RESET_REQUIRED).status,
+            ConditionStatus::False
+        );
         assert_eq!(m.snapshot().events.len(), 1);
         assert!(m.apply(&Observation::Reset { gpu: 3, at: now }));
-        assert_eq!(status_of(&m.conditions(), GPU_LOST).status, ConditionStatus::False);
+        assert_eq!(
+            status_of(&m.conditions(), GPU_LOST).status,
+            ConditionStatus::False
+        );
     }
 
     #[test]
     fn reset_class_xid_sets_reset_required_and_app_xid_only_an_event() {
         let mut m = model();
         let now = SystemTime::now();
-        m.apply(&Observation::Xid { gpu: 1, xid: 48, at: now });
+        m.apply(&Observation::Xid {
+            gpu: 1,
+            xid: 48,
+            at: now,
+        });
         let c = m.conditions();
-        assert_eq!(status_of(&c, GPU_RESET_REQUIRED).status, ConditionStatus::True);
+        assert_eq!(
+            status_of(&c, GPU_RESET_REQUIRED).status,
+            ConditionStatus::True
+        );
         assert_eq!(status_of(&c, GPU_RESET_REQUIRED).reason, "Xid48");
         let mut m = model();
-        assert!(m.apply(&Observation::Xid { gpu: 1, xid: 13, at: now }), "an event is a change");
-        assert!(m.conditions().iter().all(|c| c.status == ConditionStatus::False));
+        assert!(
+            m.apply(&Observation::Xid {
+                gpu: 1,
+                xid: 13,
+                at: now
+            }),
+            "an event is a change"
+        );
+        assert!(
+            m.conditions()
+                .iter()
+                .all(|c| c.status == ConditionStatus::False)
+        );
     }
 
     #[test]
     fn thermal_throttling_has_hysteresis() {
         let mut m = model();
         let now = SystemTime::now();
-        let temp = |m: &mut HealthModel, c| m.apply(&Observation::Temperature { gpu: 5, celsius: c, at: now });
-        let throttling = |m: &HealthModel| status_of(&m.conditions(), GPU_THERMAL_THROTTLING).status;
+        let temp = |m: &mut HealthModel, c| {
+            m.apply(&Observation::Temperature {
+                gpu: 5,
+                celsius: c,
+                at: now,
+            })
+        };
+        let throttling =
+            |m: &HealthModel| status_of(&m.conditions(), GPU_THERMAL_THROTTLING).status;
         temp(&mut m, 88);
         assert_eq!(throttling(&m), ConditionStatus::False);
         temp(&mut m, 89);
         assert_eq!(throttling(&m), ConditionStatus::True);
-        assert!(!temp(&mut m, 86), "inside the hysteresis band nothing changes");
+        assert!(
+            !temp(&mut m, 86),
+            "inside the hysteresis band nothing changes"
+        );
         assert_eq!(throttling(&m), ConditionStatus::True);
         temp(&mut m, 84);
         assert_eq!(throttling(&m), ConditionStatus::False);
@@ -325,7 +425,11 @@ mod tests {
     fn event_backlog_is_bounded() {
         let mut m = model();
         for _ in 0..200 {
-            m.apply(&Observation::Xid { gpu: 0, xid: 13, at: SystemTime::now() });
+            m.apply(&Observation::Xid {
+                gpu: 0,
+                xid: 13,
+                at: SystemTime::now(),
+            });
         }
         let s = m.snapshot();
         assert_eq!(s.events.len(), EVENT_BACKLOG);

@@ -48,7 +48,11 @@ pub enum Observation {
     /// The GPU stopped answering (NVML `GPU_IS_LOST` or equivalent).
     Lost { gpu: u32, at: SystemTime },
     /// A core temperature reading, °C.
-    Temperature { gpu: u32, celsius: i32, at: SystemTime },
+    Temperature {
+        gpu: u32,
+        celsius: i32,
+        at: SystemTime,
+    },
     /// The GPU was reset and answers again: faults that a reset clears are gone.
     Reset { gpu: u32, at: SystemTime },
 }

@@ -16,10 +16,11 @@ use tonic::{Request, Response};
 use super::health::{HealthModel, Snapshot};
 use super::{GpuIdentity, Observation, SUPPORTED_CONDITIONS};
 use crate::problem::Status;
+use crate::rpc::API_VERSION;
 use crate::rpc::pb::external_monitor_server::{ExternalMonitor, ExternalMonitorServer};
 use crate::rpc::pb::{self, HealthCheckRequest, MonitorMetadata};
 use crate::rpc::server::{BindError, BoundSocket};
-use crate::rpc::API_VERSION;
+use tonic::codegen::BoxStream;
 
 /// The `source` of every status this plugin sends.
 pub const SOURCE: &str = "gpu-monitor";
@@ -31,6 +32,9 @@ pub struct PluginOptions {
     pub backend: &'static str,
     /// How long in-flight calls get after shutdown starts.
     pub grace: Duration,
+    /// Serve `WatchHealth`; when false it answers UNIMPLEMENTED, like a
+    /// plugin built against the Go proof of concept.
+    pub watch_health: bool,
 }
 
 /// A bound, not yet serving plugin. Observations fed into
@@ -80,9 +84,12 @@ impl Plugin {
             token: token.clone(),
             poll_cursor: Arc::new(AtomicU64::new(0)),
             metadata: metadata(&self.options),
+            watch_health: self.options.watch_health,
         };
         let (reporter, health) = tonic_health::server::health_reporter();
-        reporter.set_serving::<ExternalMonitorServer<GpuMonitorService>>().await;
+        reporter
+            .set_serving::<ExternalMonitorServer<GpuMonitorService>>()
+            .await;
         tracing::info!(
             socket = %self.socket.path().display(),
             gpus = self.options.gpus.len(),
@@ -94,8 +101,12 @@ impl Plugin {
             let token = token.clone();
             async move {
                 token.cancelled().await;
-                reporter.set_not_serving::<ExternalMonitorServer<GpuMonitorService>>().await;
-                reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+                reporter
+                    .set_not_serving::<ExternalMonitorServer<GpuMonitorService>>()
+                    .await;
+                reporter
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
                 tracing::info!("gpu-monitor shutting down");
             }
         };
@@ -138,7 +149,7 @@ fn metadata(options: &PluginOptions) -> MonitorMetadata {
     let capabilities: HashMap<String, String> = [
         ("backend", options.backend.to_owned()),
         ("gpus", options.gpus.len().to_string()),
-        ("watch_health", "true".to_owned()),
+        ("watch_health", options.watch_health.to_string()),
         ("xid_detection", "true".to_owned()),
         ("thermal_monitoring", "true".to_owned()),
     ]
@@ -149,7 +160,10 @@ fn metadata(options: &PluginOptions) -> MonitorMetadata {
         name: SOURCE.into(),
         version: crate::VERSION.into(),
         description: "NVIDIA GPU health: lost GPUs, reset-class XIDs, thermal throttling".into(),
-        supported_conditions: SUPPORTED_CONDITIONS.iter().map(|s| (*s).to_owned()).collect(),
+        supported_conditions: SUPPORTED_CONDITIONS
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
         capabilities,
         api_version: API_VERSION.into(),
     }
@@ -163,9 +177,13 @@ struct GpuMonitorService {
     /// the events since the previous poll.
     poll_cursor: Arc<AtomicU64>,
     metadata: MonitorMetadata,
+    watch_health: bool,
 }
 
-fn to_wire<'a>(snapshot: &Snapshot, events: impl Iterator<Item = &'a crate::problem::Event>) -> pb::Status {
+fn to_wire<'a>(
+    snapshot: &Snapshot,
+    events: impl Iterator<Item = &'a crate::problem::Event>,
+) -> pb::Status {
     pb::Status::from(&Status {
         source: SOURCE.into(),
         events: events.cloned().collect(),
@@ -175,14 +193,23 @@ fn to_wire<'a>(snapshot: &Snapshot, events: impl Iterator<Item = &'a crate::prob
 
 #[tonic::async_trait]
 impl ExternalMonitor for GpuMonitorService {
-    async fn check_health(&self, _req: Request<HealthCheckRequest>) -> Result<Response<pb::Status>, tonic::Status> {
+    async fn check_health(
+        &self,
+        _req: Request<HealthCheckRequest>,
+    ) -> Result<Response<pb::Status>, tonic::Status> {
         let snapshot = Arc::clone(&self.snapshots.borrow());
         let last = snapshot.last_event_seq();
         let after = self.poll_cursor.swap(last, Ordering::AcqRel).min(last);
-        Ok(Response::new(to_wire(&snapshot, snapshot.events_after(after))))
+        Ok(Response::new(to_wire(
+            &snapshot,
+            snapshot.events_after(after),
+        )))
     }
 
-    async fn get_metadata(&self, _req: Request<()>) -> Result<Response<MonitorMetadata>, tonic::Status> {
+    async fn get_metadata(
+        &self,
+        _req: Request<()>,
+    ) -> Result<Response<MonitorMetadata>, tonic::Status> {
         Ok(Response::new(self.metadata.clone()))
     }
 
@@ -192,12 +219,15 @@ impl ExternalMonitor for GpuMonitorService {
         Ok(Response::new(()))
     }
 
-    type WatchHealthStream = ReceiverStream<Result<pb::Status, tonic::Status>>;
-
     async fn watch_health(
         &self,
         _req: Request<HealthCheckRequest>,
-    ) -> Result<Response<Self::WatchHealthStream>, tonic::Status> {
+    ) -> Result<Response<BoxStream<pb::Status>>, tonic::Status> {
+        if !self.watch_health {
+            return Err(tonic::Status::unimplemented(
+                "WatchHealth is disabled on this plugin",
+            ));
+        }
         let mut snapshots = self.snapshots.clone();
         let token = self.token.clone();
         let (tx, rx) = mpsc::channel(8);
@@ -221,6 +251,6 @@ impl ExternalMonitor for GpuMonitorService {
                 }
             }
         });
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

@@ -64,6 +64,17 @@ pub enum Fault {
     Clear,
 }
 
+impl std::fmt::Display for Fault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Xid(x) => write!(f, "XID {x}"),
+            Self::Lost => f.write_str("lost"),
+            Self::Temperature(c) => write!(f, "temperature {c} °C"),
+            Self::Clear => f.write_str("clear (simulated reset)"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Step {
     /// Time since the monitor started.
@@ -127,8 +138,14 @@ impl Scenario {
             "healthy" => vec![],
             // Healthy, then GPU 3 falls off the bus, then a reset brings it back.
             "demo" => vec![step(3_000, 3, Fault::Xid(79)), step(8_000, 3, Fault::Clear)],
-            "xid79" => vec![step(2_000, 3, Fault::Xid(79)), step(10_000, 3, Fault::Clear)],
-            "reset-required" => vec![step(2_000, 1, Fault::Xid(48)), step(10_000, 1, Fault::Clear)],
+            "xid79" => vec![
+                step(2_000, 3, Fault::Xid(79)),
+                step(10_000, 3, Fault::Clear),
+            ],
+            "reset-required" => vec![
+                step(2_000, 1, Fault::Xid(48)),
+                step(10_000, 1, Fault::Clear),
+            ],
             "thermal" => vec![
                 step(2_000, 5, Fault::Temperature(92)),
                 step(12_000, 5, Fault::Temperature(60)),
@@ -146,19 +163,30 @@ impl Scenario {
         let mut sink = Sink::new(file);
         let mut steps = Vec::new();
         match json::parse(text) {
-            Err(e) => sink.push(Level::Error, Some(e.pos), "", format!("invalid JSON: {}", e.message)),
+            Err(e) => sink.push(
+                Level::Error,
+                Some(e.pos),
+                "",
+                format!("invalid JSON: {}", e.message),
+            ),
             Ok(doc) => {
                 if let Some(mut top) = Obj::new(&mut sink, &doc, "") {
                     match top.get(&mut sink, &["steps"]) {
                         Some(f) => match &f.node.value {
                             Value::Array(items) => {
                                 for (i, item) in items.iter().enumerate() {
-                                    if let Some(s) = parse_step(&mut sink, item, &format!("steps[{i}]")) {
+                                    if let Some(s) =
+                                        parse_step(&mut sink, item, &format!("steps[{i}]"))
+                                    {
                                         steps.push(s);
                                     }
                                 }
                             }
-                            other => sink.error(f.node.pos, "steps", format!("must be an array, found {}", other.kind())),
+                            other => sink.error(
+                                f.node.pos,
+                                "steps",
+                                format!("must be an array, found {}", other.kind()),
+                            ),
                         },
                         None => sink.error(top.pos, "steps", "missing"),
                     }
@@ -229,18 +257,28 @@ fn parse_fault(sink: &mut Sink, node: &json::Node, path: &str) -> Option<Fault> 
         Value::Object(members) if members.len() == 1 => {
             let mut obj = Obj::new(sink, node, path)?;
             let fault = if let Some(f) = obj.get(sink, &["xid"]) {
-                walk::unsigned(sink, &f).and_then(|x| u32::try_from(x).ok()).map(Fault::Xid)
+                walk::unsigned(sink, &f)
+                    .and_then(|x| u32::try_from(x).ok())
+                    .map(Fault::Xid)
             } else if let Some(f) = obj.get(sink, &["temperature"]) {
                 match &f.node.value {
                     Value::Number(t) => match t.parse::<i32>() {
                         Ok(c) => Some(Fault::Temperature(c)),
                         Err(_) => {
-                            sink.error(f.node.pos, &f.key, format!("must be whole degrees Celsius, found {t}"));
+                            sink.error(
+                                f.node.pos,
+                                &f.key,
+                                format!("must be whole degrees Celsius, found {t}"),
+                            );
                             None
                         }
                     },
                     other => {
-                        sink.error(f.node.pos, &f.key, format!("must be a number, found {}", other.kind()));
+                        sink.error(
+                            f.node.pos,
+                            &f.key,
+                            format!("must be a number, found {}", other.kind()),
+                        );
                         None
                     }
                 }
@@ -316,7 +354,11 @@ mod tests {
     fn identities_are_distinct_and_realistic() {
         let ids = identities(8);
         assert_eq!(ids[3].pci_bus_id, "00000000:61:00.0");
-        assert!(ids[0].uuid.starts_with("GPU-") && ids[0].uuid.len() == 40, "{}", ids[0].uuid);
+        assert!(
+            ids[0].uuid.starts_with("GPU-") && ids[0].uuid.len() == 40,
+            "{}",
+            ids[0].uuid
+        );
         for (i, a) in ids.iter().enumerate() {
             for b in &ids[i + 1..] {
                 assert_ne!(a.uuid, b.uuid);
@@ -349,8 +391,11 @@ mod tests {
         )
         .expect_err("invalid");
         let text = err.to_string();
-        assert!(text.contains("s.json:2:9: error: steps[0].at: invalid duration"), "{text}");
-        assert!(text.contains("s.json:3:27: error: steps[1].gpu"), "{text}");
+        assert!(
+            text.contains("s.json:2:9: error: steps[0].at: invalid duration"),
+            "{text}"
+        );
+        assert!(text.contains("s.json:3:22: error: steps[1].gpu"), "{text}");
         assert!(text.contains("steps[1].fault: unknown fault"), "{text}");
     }
 

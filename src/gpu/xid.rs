@@ -41,11 +41,23 @@ pub struct XidInfo {
 const CATALOG: &[XidInfo] = &[
     x(13, "graphics engine exception", Action::RestartApp),
     x(31, "GPU memory page fault", Action::RestartApp),
-    x(43, "channel verification error (application fault)", Action::Ignore),
-    x(45, "preemptive cleanup after another error", Action::Investigate),
+    x(
+        43,
+        "channel verification error (application fault)",
+        Action::Ignore,
+    ),
+    x(
+        45,
+        "preemptive cleanup after another error",
+        Action::Investigate,
+    ),
     x(48, "double-bit ECC error", Action::ResetGpu),
     x(62, "internal micro-controller halt", Action::ResetGpu),
-    x(63, "row remapping or page retirement recorded", Action::Ignore),
+    x(
+        63,
+        "row remapping or page retirement recorded",
+        Action::Ignore,
+    ),
     x(64, "row remapping failure", Action::ResetGpu),
     x(74, "NVLink error", Action::Investigate),
     x(79, "GPU has fallen off the bus", Action::RebootNode),
@@ -59,7 +71,11 @@ const CATALOG: &[XidInfo] = &[
 ];
 
 const fn x(xid: u32, mnemonic: &'static str, action: Action) -> XidInfo {
-    XidInfo { xid, mnemonic, action }
+    XidInfo {
+        xid,
+        mnemonic,
+        action,
+    }
 }
 
 /// The catalog entry, or an `Investigate` entry for an XID we do not know.

@@ -119,7 +119,12 @@ impl Runner {
                     self.config.retry.max_backoff
                 );
             }
-            let delay = self.backoff.next().unwrap_or(self.config.retry.max_backoff);
+            // backon's jitter adds up to 100%; the configured maximum still holds.
+            let delay = self
+                .backoff
+                .next()
+                .unwrap_or(self.config.retry.max_backoff)
+                .min(self.config.retry.max_backoff);
             self.pulse.beat(delay + SLACK);
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -131,7 +136,10 @@ impl Runner {
 
     /// One connection's life: metadata, then watch or poll until something fails.
     async fn session(&mut self) -> End {
-        match self.call(self.client.clone().get_metadata(self.request(()))).await {
+        match self
+            .call(self.client.clone().get_metadata(self.request(())))
+            .await
+        {
             Ok(Ok(meta)) => self.learn(meta.into_inner()).await,
             Ok(Err(s)) if s.code() == Code::Unimplemented => {}
             Ok(Err(s)) => return End::Failed(format!("GetMetadata: {}", describe(&s))),
@@ -204,7 +212,8 @@ impl Runner {
 
     async fn watch(&mut self, mut stream: tonic::Streaming<crate::rpc::pb::Status>) -> End {
         let hc = self.config.health_check.clone();
-        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + hc.interval, hc.interval);
+        let mut tick =
+            tokio::time::interval_at(tokio::time::Instant::now() + hc.interval, hc.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut health_checks = true;
         loop {
@@ -234,7 +243,8 @@ impl Runner {
         let mut tick = tokio::time::interval(self.config.invoke_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            self.pulse.beat(self.config.invoke_interval + self.config.timeout + SLACK);
+            self.pulse
+                .beat(self.config.invoke_interval + self.config.timeout + SLACK);
             tokio::select! {
                 () = self.token.cancelled() => return End::Cancelled,
                 _ = tick.tick() => {}
@@ -266,7 +276,11 @@ impl Runner {
                 severity: Severity::Info,
                 timestamp: now,
                 reason: REASON_RECOVERED.into(),
-                message: format!("plugin {} at {} answers again", self.config.source, self.config.socket_path.display()),
+                message: format!(
+                    "plugin {} at {} answers again",
+                    self.config.source,
+                    self.config.socket_path.display()
+                ),
             });
         }
         self.send(Update::Status(status)).await;
@@ -291,7 +305,14 @@ impl Runner {
             conditions: self
                 .owned
                 .iter()
-                .map(|t| Condition::new(t.clone(), ConditionStatus::Unknown, REASON_UNREACHABLE, message.clone()))
+                .map(|t| {
+                    Condition::new(
+                        t.clone(),
+                        ConditionStatus::Unknown,
+                        REASON_UNREACHABLE,
+                        message.clone(),
+                    )
+                })
                 .collect(),
         };
         self.send(Update::Status(status)).await;

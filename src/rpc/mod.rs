@@ -12,7 +12,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use crate::problem::{Condition, ConditionStatus, Event, Severity, Status};
 
 /// Generated code for package `npd.external.v1`.
-#[allow(missing_docs, missing_debug_implementations, unused_qualifications, clippy::all)]
+#[allow(
+    missing_docs,
+    missing_debug_implementations,
+    unused_qualifications,
+    clippy::all
+)]
 pub mod pb {
     tonic::include_proto!("npd.external.v1");
 }
@@ -157,4 +162,138 @@ mod tests {
         assert_eq!(condition_status_from_pb(1), ConditionStatus::True);
         assert_eq!(condition_status_from_pb(2), ConditionStatus::False);
     }
+}
+
+/// Field numbers proven against bytes laid out by hand from the upstream
+/// `.proto` (tag = field << 3 | wire type), not produced by our own encoder.
+#[cfg(test)]
+mod wire_tests {
+    use prost::Message;
+
+    use super::pb;
+
+    #[test]
+    fn status_event_condition_field_numbers() {
+        #[rustfmt::skip]
+        let bytes: &[u8] = &[
+            0x0A, 0x03, b'g', b'p', b'u',                 // 1 source
+            0x12, 0x0D,                                   // 2 events[0]
+              0x08, 0x02,                                 //   1 severity = WARN
+              0x12, 0x02, 0x08, 0x64,                     //   2 timestamp {seconds: 100}
+              0x1A, 0x02, b'X', b'1',                     //   3 reason
+              0x22, 0x01, b'm',                           //   4 message
+            0x1A, 0x0F,                                   // 3 conditions[0]
+              0x0A, 0x01, b'T',                           //   1 type
+              0x10, 0x01,                                 //   2 status = TRUE
+              0x1A, 0x02, 0x08, 0x64,                     //   3 transition {seconds: 100}
+              0x22, 0x01, b'r',                           //   4 reason
+              0x2A, 0x01, b'M',                           //   5 message
+        ];
+        let s = pb::Status::decode(bytes).expect("decodes");
+        assert_eq!(s.source, "gpu");
+        let e = &s.events[0];
+        assert_eq!(e.severity, pb::Severity::Warn as i32);
+        assert_eq!(e.timestamp.as_ref().map(|t| t.seconds), Some(100));
+        assert_eq!((e.reason.as_str(), e.message.as_str()), ("X1", "m"));
+        let c = &s.conditions[0];
+        assert_eq!(c.r#type, "T");
+        assert_eq!(c.status, pb::ConditionStatus::True as i32);
+        assert_eq!(c.transition.as_ref().map(|t| t.seconds), Some(100));
+        assert_eq!((c.reason.as_str(), c.message.as_str()), ("r", "M"));
+        assert_eq!(s.encode_to_vec(), bytes, "re-encodes to the same layout");
+    }
+
+    #[test]
+    fn enum_values() {
+        assert_eq!(pb::Severity::Unspecified as i32, 0);
+        assert_eq!(pb::Severity::Info as i32, 1);
+        assert_eq!(pb::Severity::Warn as i32, 2);
+        assert_eq!(pb::ConditionStatus::Unspecified as i32, 0);
+        assert_eq!(pb::ConditionStatus::True as i32, 1);
+        assert_eq!(pb::ConditionStatus::False as i32, 2);
+        assert_eq!(pb::ConditionStatus::Unknown as i32, 3);
+    }
+
+    #[test]
+    fn request_and_metadata_field_numbers() {
+        #[rustfmt::skip]
+        let req: &[u8] = &[
+            0x0A, 0x06, 0x0A, 0x01, b'k', 0x12, 0x01, b'v', // 1 parameters {k: v}
+            0x10, 0x07,                                     // 2 sequence = 7
+        ];
+        let r = pb::HealthCheckRequest::decode(req).expect("decodes");
+        assert_eq!(r.parameters.get("k").map(String::as_str), Some("v"));
+        assert_eq!(r.sequence, 7);
+
+        #[rustfmt::skip]
+        let meta: &[u8] = &[
+            0x0A, 0x01, b'n',                               // 1 name
+            0x12, 0x01, b'v',                               // 2 version
+            0x1A, 0x01, b'd',                               // 3 description
+            0x22, 0x01, b'C',                               // 4 supported_conditions
+            0x2A, 0x06, 0x0A, 0x01, b'a', 0x12, 0x01, b'b', // 5 capabilities {a: b}
+            0x32, 0x02, b'v', b'1',                         // 6 api_version
+        ];
+        let m = pb::MonitorMetadata::decode(meta).expect("decodes");
+        assert_eq!(
+            (m.name.as_str(), m.version.as_str(), m.description.as_str()),
+            ("n", "v", "d")
+        );
+        assert_eq!(m.supported_conditions, vec!["C".to_owned()]);
+        assert_eq!(m.capabilities.get("a").map(String::as_str), Some("b"));
+        assert_eq!(m.api_version, "v1");
+    }
+
+    #[test]
+    fn exporter_field_numbers() {
+        #[rustfmt::skip]
+        let req: &[u8] = &[
+            0x0A, 0x03, 0x0A, 0x01, b's',                   // 1 status {source: s}
+            0x10, 0x09,                                     // 2 sequence = 9
+            0x1A, 0x01, b'N',                               // 3 node_name
+            0x22, 0x06, 0x0A, 0x01, b'x', 0x12, 0x01, b'y', // 4 context {x: y}
+        ];
+        let r = pb::ExportRequest::decode(req).expect("decodes");
+        assert_eq!(r.status.map(|s| s.source), Some("s".to_owned()));
+        assert_eq!((r.sequence, r.node_name.as_str()), (9, "N"));
+        assert_eq!(r.context.get("x").map(String::as_str), Some("y"));
+
+        let resp =
+            pb::ExportResponse::decode(&[0x08, 0x01, 0x12, 0x01, b'e', 0x18, 0x02, 0x20, 0x03][..])
+                .expect("decodes");
+        assert!(resp.success);
+        assert_eq!(
+            (
+                resp.error.as_str(),
+                resp.events_exported,
+                resp.conditions_exported
+            ),
+            ("e", 2, 3)
+        );
+
+        let meta = pb::ExporterMetadata::decode(&[0x22, 0x01, b'j', 0x32, 0x02, b'v', b'1'][..])
+            .expect("decodes");
+        assert_eq!(meta.supported_formats, vec!["j".to_owned()]);
+        assert_eq!(meta.api_version, "v1");
+    }
+
+    #[test]
+    fn service_and_method_names() {
+        use tonic::server::NamedService;
+        type Monitor = pb::external_monitor_server::ExternalMonitorServer<Dummy>;
+        type Exporter = pb::external_exporter_server::ExternalExporterServer<Dummy>;
+        assert_eq!(
+            <Monitor as NamedService>::NAME,
+            "npd.external.v1.ExternalMonitor"
+        );
+        assert_eq!(
+            <Exporter as NamedService>::NAME,
+            "npd.external.v1.ExternalExporter"
+        );
+    }
+
+    #[derive(Debug)]
+    struct Dummy;
+    impl pb::external_monitor_server::ExternalMonitor for Dummy {}
+    impl pb::external_exporter_server::ExternalExporter for Dummy {}
 }

@@ -1,0 +1,148 @@
+//! Helpers shared by the integration tests: a plugin and a detector on a
+//! tempdir socket, a tiny HTTP client, and waiting on conditions with a deadline.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use npd_ext::conditions::NodeCondition;
+use npd_ext::config::ExternalMonitorConfig;
+use npd_ext::config::external::ConditionDecl;
+use npd_ext::detector::{self, Detector, DetectorOptions};
+use npd_ext::gpu::plugin::{Plugin, PluginOptions};
+use npd_ext::gpu::{Observation, sim};
+use npd_ext::problem::ConditionStatus;
+use npd_ext::shutdown::Shutdown;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+pub const GPUS: u32 = 8;
+
+/// A gpu-monitor with the sim backend, served in-process.
+pub struct RunningPlugin {
+    pub observations: mpsc::Sender<Observation>,
+    pub token: CancellationToken,
+    pub task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+pub fn start_plugin(socket: &Path, watch_health: bool) -> RunningPlugin {
+    let plugin = Plugin::bind(
+        socket,
+        PluginOptions {
+            gpus: sim::identities(GPUS),
+            backend: "sim",
+            grace: Duration::from_secs(2),
+            watch_health,
+        },
+    )
+    .expect("bind plugin socket");
+    let token = CancellationToken::new();
+    let observations = plugin.observations();
+    let task = tokio::spawn(plugin.serve(token.clone()));
+    RunningPlugin {
+        observations,
+        token,
+        task,
+    }
+}
+
+/// A config for `socket` with fast retries, so failure tests finish quickly.
+pub fn monitor_config(socket: &Path, types: &[&str]) -> ExternalMonitorConfig {
+    let mut c = ExternalMonitorConfig::new("gpu-monitor", socket);
+    c.conditions = types
+        .iter()
+        .map(|t| ConditionDecl {
+            type_: (*t).to_owned(),
+            reason: "Init".into(),
+            message: "init".into(),
+        })
+        .collect();
+    c.invoke_interval = Duration::from_millis(100);
+    c.timeout = Duration::from_millis(500);
+    c.retry.initial_backoff = Duration::from_millis(20);
+    c.retry.max_backoff = Duration::from_millis(100);
+    c.health_check.interval = Duration::from_millis(200);
+    c.health_check.timeout = Duration::from_millis(500);
+    c.health_check.error_threshold = 3;
+    c
+}
+
+pub fn start_detector(configs: Vec<ExternalMonitorConfig>) -> (Shutdown, Detector) {
+    let shutdown = Shutdown::new();
+    let http = std::net::TcpListener::bind("127.0.0.1:0").expect("bind http");
+    let detector = detector::start(
+        DetectorOptions {
+            external: configs,
+            http: Some(http),
+            log_exporter: true,
+        },
+        &shutdown,
+    )
+    .expect("detector starts");
+    (shutdown, detector)
+}
+
+pub type Conditions = watch::Receiver<Arc<Vec<NodeCondition>>>;
+
+/// Waits until `pred` holds for the current conditions, or panics after `limit`.
+pub async fn wait_for(
+    rx: &mut Conditions,
+    limit: Duration,
+    what: &str,
+    pred: impl Fn(&[NodeCondition]) -> bool,
+) -> Vec<NodeCondition> {
+    let waited = tokio::time::timeout(limit, rx.wait_for(|c| pred(c)))
+        .await
+        .map(|r| r.map(|c| c.as_ref().clone()));
+    match waited {
+        Ok(Ok(c)) => c,
+        Ok(Err(_)) => panic!("detector stopped while waiting for {what}"),
+        Err(_) => panic!("no {what} within {limit:?}; conditions: {:#?}", rx.borrow()),
+    }
+}
+
+pub fn find<'a>(conds: &'a [NodeCondition], t: &str) -> Option<&'a NodeCondition> {
+    conds.iter().find(|c| c.type_ == t)
+}
+
+pub fn has(conds: &[NodeCondition], t: &str, status: ConditionStatus) -> bool {
+    find(conds, t).is_some_and(|c| c.status == status)
+}
+
+/// GET over a fresh connection; returns status code and body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// `/conditions` as parsed JSON.
+pub async fn http_conditions(addr: SocketAddr) -> Vec<serde_json::Value> {
+    let (code, body) = http_get(addr, "/conditions").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).expect("JSON array")
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("tempdir")
+}
+
+pub fn sock(dir: &tempfile::TempDir) -> PathBuf {
+    dir.path().join("run/npd/gpu-monitor.sock")
+}
