@@ -229,3 +229,61 @@ pub struct DemoArgs {
     #[command(flatten)]
     pub log: LogArgs,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn detector(args: &[&str]) -> DetectorArgs {
+        let argv = std::iter::once("detector").chain(args.iter().copied());
+        match Invocation::try_parse_from(argv).expect("parses") {
+            Invocation::Applet(Applet::Detector(d)) => d,
+            other => panic!("not the detector: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn external_monitor_flag_is_comma_separated_and_repeatable() {
+        let d = detector(&[
+            "--config.external-monitor",
+            "a.json,b.json",
+            "--config.external-monitor=c.json",
+        ]);
+        let paths: Vec<_> = d
+            .external_monitors
+            .iter()
+            .map(|p| p.to_str().unwrap_or_default())
+            .collect();
+        assert_eq!(paths, ["a.json", "b.json", "c.json"]);
+        assert_eq!(d.enable_k8s_exporter, Toggle::Auto);
+        assert_eq!(
+            (d.address.to_string(), d.port),
+            ("127.0.0.1".to_owned(), 20256)
+        );
+    }
+
+    #[test]
+    fn accepts_npd_logging_flags() {
+        let d = detector(&["--logtostderr", "-v=4", "--enable-k8s-exporter=false"]);
+        assert_eq!(d.logtostderr, Some(true));
+        assert_eq!(d.verbosity, 4);
+        assert_eq!(d.enable_k8s_exporter, Toggle::False);
+        let d = detector(&["--v=2", "--logtostderr=false", "--enable-k8s-exporter"]);
+        assert_eq!((d.verbosity, d.logtostderr), (2, Some(false)));
+        assert_eq!(d.enable_k8s_exporter, Toggle::True);
+    }
+
+    #[test]
+    fn npd_ext_prefix_and_direct_applet_are_the_same() {
+        let a =
+            Invocation::try_parse_from(["npd-ext", "probe", "/s.sock", "--json"]).expect("parses");
+        assert!(matches!(
+            a,
+            Invocation::NpdExt {
+                applet: Applet::Probe(ProbeArgs { json: true, .. })
+            }
+        ));
+        let b = Invocation::try_parse_from(["probe", "/s.sock"]).expect("parses");
+        assert!(matches!(b, Invocation::Applet(Applet::Probe(_))));
+    }
+}

@@ -158,12 +158,14 @@ async fn fan_in(
                     .published
                     .iter()
                     .any(|p| matches!(p, Published::Condition { .. }));
-                if changed {
-                    conditions.send_replace(Arc::new(manager.snapshot()));
-                }
                 for p in applied.published {
                     // No subscriber is fine: exporters may be disabled.
                     let _ = published.send(p);
+                }
+                // After the events: whoever sees the new conditions can also
+                // see what came with them.
+                if changed {
+                    conditions.send_replace(Arc::new(manager.snapshot()));
                 }
             }
             Update::Adopt(types) => {

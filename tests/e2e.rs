@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
+use npd_ext::conditions::Published;
 use npd_ext::gpu::{
     GPU_LOST, GPU_RESET_REQUIRED, GPU_THERMAL_THROTTLING, Observation, SUPPORTED_CONDITIONS, sim,
 };
@@ -158,6 +159,7 @@ async fn killed_plugin_turns_unknown_and_recovers_when_restarted() {
     })
     .await;
 
+    let mut published = detector.subscribe();
     // SIGKILL: no cleanup, the socket file stays behind.
     child.kill().expect("kill");
     child.wait().expect("reap");
@@ -186,6 +188,13 @@ async fn killed_plugin_turns_unknown_and_recovers_when_restarted() {
         code, 200,
         "an unreachable plugin is reported, the detector itself is healthy"
     );
+    let mut unreachable_events = 0;
+    while let Ok(p) = published.try_recv() {
+        if let Published::Event { event, .. } = p {
+            unreachable_events += usize::from(event.reason == REASON_UNREACHABLE);
+        }
+    }
+    assert_eq!(unreachable_events, 1, "one event, not one per failure");
 
     // Restart on the same path: the stale socket is replaced, and the
     // detector reconnects by itself.

@@ -1,7 +1,7 @@
 //! External monitor config (`"plugin": "external"`): both key spellings found
 //! in the wild, Go durations or integer nanoseconds, defaults in one place.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -187,11 +187,12 @@ fn read(sink: &mut Sink, file: &Path, doc: &json::Node) -> Option<ExternalMonito
         cfg.conditions = read_conditions(sink, &f);
     }
     let mut socket_pos = top.pos;
+    let mut spots = Spots::default();
     match top.get(sink, &["pluginConfig"]) {
         Some(f) => {
             if let Some(mut pc) = Obj::new(sink, f.node, &f.key) {
                 socket_pos = pc.pos;
-                read_plugin_config(sink, &mut pc, &mut cfg);
+                read_plugin_config(sink, &mut pc, &mut cfg, &mut spots);
                 pc.finish(sink);
             }
         }
@@ -220,20 +221,29 @@ fn read(sink: &mut Sink, file: &Path, doc: &json::Node) -> Option<ExternalMonito
             ),
         );
     }
-    validate(sink, socket_pos, &cfg);
+    validate(sink, socket_pos, &spots, &cfg);
     Some(cfg)
 }
 
-fn read_plugin_config(sink: &mut Sink, pc: &mut Obj<'_>, cfg: &mut ExternalMonitorConfig) {
+fn read_plugin_config(
+    sink: &mut Sink,
+    pc: &mut Obj<'_>,
+    cfg: &mut ExternalMonitorConfig,
+    spots: &mut Spots,
+) {
     if let Some(f) = pc.get(sink, &["socketPath", "socketAddress"]) {
         let s = walk::string(sink, &f).unwrap_or_default();
         cfg.socket_path = PathBuf::from(s.strip_prefix("unix://").unwrap_or(&s));
     }
     if let Some(f) = pc.get(sink, &["invoke_interval", "invokeInterval"]) {
-        cfg.invoke_interval = walk::duration(sink, &f).unwrap_or(cfg.invoke_interval);
+        cfg.invoke_interval = spots
+            .note("invoke_interval", &f, walk::duration(sink, &f))
+            .unwrap_or(cfg.invoke_interval);
     }
     if let Some(f) = pc.get(sink, &["timeout", "grpcTimeout"]) {
-        cfg.timeout = walk::duration(sink, &f).unwrap_or(cfg.timeout);
+        cfg.timeout = spots
+            .note("timeout", &f, walk::duration(sink, &f))
+            .unwrap_or(cfg.timeout);
         poc_ignored(sink, &f, "grpcTimeout", "as the deadline of every call");
     }
     if let Some(f) = pc.get(sink, &["skip_initial_status", "skipInitialStatus"]) {
@@ -247,7 +257,9 @@ fn read_plugin_config(sink: &mut Sink, pc: &mut Obj<'_>, cfg: &mut ExternalMonit
         }
     }
     if let Some(f) = pc.get(sink, &["reconnectInterval"]) {
-        cfg.retry.initial_backoff = walk::duration(sink, &f).unwrap_or(cfg.retry.initial_backoff);
+        cfg.retry.initial_backoff = spots
+            .note("initialBackoff", &f, walk::duration(sink, &f))
+            .unwrap_or(cfg.retry.initial_backoff);
         poc_ignored(
             sink,
             &f,
@@ -271,14 +283,19 @@ fn read_plugin_config(sink: &mut Sink, pc: &mut Obj<'_>, cfg: &mut ExternalMonit
             cfg.retry.max_attempts = read_count(sink, &f).unwrap_or(cfg.retry.max_attempts);
         }
         if let Some(f) = rp.get(sink, &["initialBackoff"]) {
-            cfg.retry.initial_backoff =
-                walk::duration(sink, &f).unwrap_or(cfg.retry.initial_backoff);
+            cfg.retry.initial_backoff = spots
+                .note("initialBackoff", &f, walk::duration(sink, &f))
+                .unwrap_or(cfg.retry.initial_backoff);
         }
         if let Some(f) = rp.get(sink, &["maxBackoff"]) {
-            cfg.retry.max_backoff = walk::duration(sink, &f).unwrap_or(cfg.retry.max_backoff);
+            cfg.retry.max_backoff = spots
+                .note("maxBackoff", &f, walk::duration(sink, &f))
+                .unwrap_or(cfg.retry.max_backoff);
         }
         if let Some(f) = rp.get(sink, &["backoffMultiplier"]) {
-            cfg.retry.multiplier = walk::float(sink, &f).unwrap_or(cfg.retry.multiplier);
+            cfg.retry.multiplier = spots
+                .note("backoffMultiplier", &f, walk::float(sink, &f))
+                .unwrap_or(cfg.retry.multiplier);
         }
         rp.finish(sink);
     }
@@ -286,11 +303,14 @@ fn read_plugin_config(sink: &mut Sink, pc: &mut Obj<'_>, cfg: &mut ExternalMonit
         && let Some(mut hc) = Obj::new(sink, f.node, &f.key)
     {
         if let Some(f) = hc.get(sink, &["interval"]) {
-            cfg.health_check.interval =
-                walk::duration(sink, &f).unwrap_or(cfg.health_check.interval);
+            cfg.health_check.interval = spots
+                .note("healthCheck.interval", &f, walk::duration(sink, &f))
+                .unwrap_or(cfg.health_check.interval);
         }
         if let Some(f) = hc.get(sink, &["timeout"]) {
-            cfg.health_check.timeout = walk::duration(sink, &f).unwrap_or(cfg.health_check.timeout);
+            cfg.health_check.timeout = spots
+                .note("healthCheck.timeout", &f, walk::duration(sink, &f))
+                .unwrap_or(cfg.health_check.timeout);
             sink.warn(
                 f.node.pos,
                 &f.key,
@@ -417,17 +437,59 @@ fn read_conditions(sink: &mut Sink, f: &Found<'_>) -> Vec<ConditionDecl> {
     out
 }
 
-fn validate(sink: &mut Sink, pos: json::Pos, cfg: &ExternalMonitorConfig) {
-    let pc = "pluginConfig";
-    if cfg.invoke_interval.is_zero() {
-        sink.error(pos, &join(pc, "invoke_interval"), "must be greater than 0");
+/// Where each plugin setting was written, and whether its value parsed, so
+/// phase two points at the right spot and skips values already reported.
+#[derive(Debug, Default)]
+struct Spots {
+    map: HashMap<&'static str, (json::Pos, String, bool)>,
+}
+
+impl Spots {
+    fn note<T>(&mut self, name: &'static str, f: &Found<'_>, value: Option<T>) -> Option<T> {
+        self.map
+            .insert(name, (f.node.pos, f.key.clone(), value.is_some()));
+        value
     }
-    if cfg.timeout.is_zero() {
-        sink.error(pos, &join(pc, "timeout"), "must be greater than 0");
-    } else if cfg.timeout >= cfg.invoke_interval {
+
+    /// Position and key path for a check on `name` (the enclosing object's
+    /// position for a default), or `None` when the value was invalid.
+    fn at(&self, name: &'static str, default_pos: json::Pos) -> Option<(json::Pos, String)> {
+        match self.map.get(name) {
+            Some((pos, key, true)) => Some((*pos, key.clone())),
+            Some((_, _, false)) => None,
+            None => {
+                let key = match name {
+                    "initialBackoff" | "maxBackoff" | "backoffMultiplier" => {
+                        format!("pluginConfig.retryPolicy.{name}")
+                    }
+                    _ => format!("pluginConfig.{name}"),
+                };
+                Some((default_pos, key))
+            }
+        }
+    }
+}
+
+fn validate(sink: &mut Sink, pos: json::Pos, spots: &Spots, cfg: &ExternalMonitorConfig) {
+    let zero = |sink: &mut Sink, name, d: Duration| {
+        if let Some((p, k)) = spots.at(name, pos)
+            && d.is_zero()
+        {
+            sink.error(p, &k, "must be greater than 0");
+        }
+    };
+    zero(sink, "invoke_interval", cfg.invoke_interval);
+    zero(sink, "timeout", cfg.timeout);
+    zero(sink, "initialBackoff", cfg.retry.initial_backoff);
+    zero(sink, "healthCheck.interval", cfg.health_check.interval);
+    zero(sink, "healthCheck.timeout", cfg.health_check.timeout);
+    if let (Some((p, k)), Some(_)) = (spots.at("timeout", pos), spots.at("invoke_interval", pos))
+        && !cfg.timeout.is_zero()
+        && cfg.timeout >= cfg.invoke_interval
+    {
         sink.error(
-            pos,
-            &join(pc, "timeout"),
+            p,
+            &k,
             format!(
                 "timeout {} must be shorter than invoke_interval {}, or checks overlap",
                 format_go(cfg.timeout),
@@ -435,14 +497,12 @@ fn validate(sink: &mut Sink, pos: json::Pos, cfg: &ExternalMonitorConfig) {
             ),
         );
     }
-    let rp = "pluginConfig.retryPolicy";
-    if cfg.retry.initial_backoff.is_zero() {
-        sink.error(pos, &join(rp, "initialBackoff"), "must be greater than 0");
-    }
-    if cfg.retry.max_backoff < cfg.retry.initial_backoff {
+    if let (Some((p, k)), Some(_)) = (spots.at("maxBackoff", pos), spots.at("initialBackoff", pos))
+        && cfg.retry.max_backoff < cfg.retry.initial_backoff
+    {
         sink.error(
-            pos,
-            &join(rp, "maxBackoff"),
+            p,
+            &k,
             format!(
                 "maxBackoff {} is shorter than initialBackoff {}",
                 format_go(cfg.retry.max_backoff),
@@ -450,19 +510,14 @@ fn validate(sink: &mut Sink, pos: json::Pos, cfg: &ExternalMonitorConfig) {
             ),
         );
     }
-    if cfg.retry.multiplier < 1.0 {
+    if let Some((p, k)) = spots.at("backoffMultiplier", pos)
+        && cfg.retry.multiplier < 1.0
+    {
         sink.error(
-            pos,
-            &join(rp, "backoffMultiplier"),
+            p,
+            &k,
             format!("must be ≥ 1.0, found {}", cfg.retry.multiplier),
         );
-    }
-    let hc = "pluginConfig.healthCheck";
-    if cfg.health_check.interval.is_zero() {
-        sink.error(pos, &join(hc, "interval"), "must be greater than 0");
-    }
-    if cfg.health_check.timeout.is_zero() {
-        sink.error(pos, &join(hc, "timeout"), "must be greater than 0");
     }
 }
 

@@ -1,0 +1,358 @@
+//! Binary-level behaviour: argv[0] dispatch, validate-config, probe, signals.
+
+use std::io::Read;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_npd-ext");
+
+fn shared(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared")
+        .join(rel)
+}
+
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = cmd.output().expect("runs");
+    (
+        status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&stdout).into_owned(),
+        String::from_utf8_lossy(&stderr).into_owned(),
+    )
+}
+
+fn npd(args: &[&str]) -> (i32, String, String) {
+    run(Command::new(BIN).args(args))
+}
+
+/// Polls `cond` until it holds or `limit` passes.
+fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("process did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "kill -TERM failed");
+}
+
+#[test]
+fn argv0_symlinks_dispatch_to_applets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for applet in [
+        "detector",
+        "gpu-monitor",
+        "validate-config",
+        "probe",
+        "demo",
+    ] {
+        let link = dir.path().join(applet);
+        symlink(BIN, &link).expect("symlink");
+        let (code, out, _) = run(Command::new(&link).arg("--version"));
+        assert_eq!(code, 0, "{applet}");
+        assert_eq!(
+            out.trim(),
+            format!("{applet} {}", env!("CARGO_PKG_VERSION"))
+        );
+        let (code, out, _) = run(Command::new(&link).arg("--help"));
+        assert_eq!(code, 0);
+        assert!(out.contains("Usage: "), "{out}");
+    }
+    let other = dir.path().join("node-problem-detector");
+    symlink(BIN, &other).expect("symlink");
+    let (code, out, _) = run(Command::new(&other).arg("--version"));
+    assert_eq!(
+        (code, out.trim()),
+        (0, format!("npd-ext {}", env!("CARGO_PKG_VERSION")).as_str())
+    );
+    let (code, out, _) = run(Command::new(&other).args(["validate-config", "--version"]));
+    // clap names a nested applet after its parent.
+    assert_eq!(
+        (code, out.trim()),
+        (
+            0,
+            format!("npd-ext-validate-config {}", env!("CARGO_PKG_VERSION")).as_str()
+        )
+    );
+}
+
+#[test]
+fn validate_config_accepts_good_files_and_explains_poc_keys() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/external-gpu-monitor.json");
+    let poc = shared("npd-configs/npd-ext-poc/gpu-monitor-config.json");
+    let (code, out, _) = npd(&[
+        "validate-config",
+        example.to_str().expect("utf8"),
+        poc.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("external-gpu-monitor.json: ok"), "{out}");
+    assert!(out.contains("gpu-monitor-config.json: ok"), "{out}");
+    assert!(
+        out.contains("gpu-monitor-config.json:16:18: warning: pluginConfig.healthCheck.timeout: ignored by the Go proof of concept"),
+        "{out}"
+    );
+    assert!(out.contains("warning: metricsReporting"), "{out}");
+}
+
+#[test]
+fn validate_config_reports_every_error_with_position() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        "{\n  \"plugin\": \"external\",\n  \"pluginConfig\": {\n    \"socketPath\": \"/run/x.sock\",\n    \"timeout\": \"40s\",\n    \"invoke_interval\": \"30 seconds\"\n  },\n  \"conditions\": [{\"type\": \"Ready\", \"reason\": \"R\", \"message\": \"m\"}]\n}\n",
+    )
+    .expect("write");
+    let unknown = dir.path().join("unknown.json");
+    std::fs::write(
+        &unknown,
+        "{\"plugin\": \"external\", \"source\": \"g\",\n \"pluginConfig\": {\"socketPath\": \"/s\", \"retryPolicy\": {\"maxAtempts\": 3}}}\n",
+    )
+    .expect("write");
+    let good = dir.path().join("good.json");
+    std::fs::write(
+        &good,
+        r#"{"plugin":"external","source":"g","pluginConfig":{"socketPath":"/s"}}"#,
+    )
+    .expect("write");
+    let p = |f: &Path| f.to_str().expect("utf8").to_owned();
+    let (code, out, _) = npd(&["validate-config", &p(&bad), &p(&unknown), &p(&good)]);
+    assert_eq!(code, 1, "{out}");
+    let b = p(&bad);
+    assert!(
+        out.contains(&format!(
+            "{b}:6:24: error: pluginConfig.invoke_interval: invalid duration \"30 seconds\""
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{b}:1:1: error: source: missing or empty")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "{b}:8:18: error: conditions[0].type: Ready is owned by the kubelet"
+        )),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{b}: invalid (3 errors)")), "{out}");
+    assert!(
+        out.contains(&format!(
+            "{}:2:55: error: pluginConfig.retryPolicy.maxAtempts: unknown key (did you mean \"maxAttempts\"?)",
+            p(&unknown)
+        )),
+        "{out}"
+    );
+    assert!(out.contains(&format!("{}: ok", p(&good))), "{out}");
+
+    let (code, _, err) = npd(&["validate-config"]);
+    assert_eq!(code, 2, "usage error: {err}");
+    let (code, out, _) = npd(&["validate-config", "/nonexistent/x.json"]);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("/nonexistent/x.json: error: cannot read file"),
+        "{out}"
+    );
+}
+
+#[test]
+fn detector_refuses_an_invalid_config_and_names_the_spot() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, "{\"plugin\": \"external\", \"source\": \"g\", \"pluginConfig\": {\"socketPath\": \"/s\", \"timeout\": \"5\"}}")
+        .expect("write");
+    let (code, _, err) = npd(&[
+        "detector",
+        "--port",
+        "0",
+        "--config.external-monitor",
+        bad.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(
+            "bad.json:1:87: error: pluginConfig.timeout: invalid duration \"5\": missing unit"
+        ),
+        "{err}"
+    );
+    let (code, _, err) = npd(&["detector", "--port", "0"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no monitor configured"), "{err}");
+}
+
+fn spawn_gpu_monitor(socket: &Path) -> Child {
+    Command::new(BIN)
+        .args(["gpu-monitor", "--log-format", "json", "--socket"])
+        .arg(socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn")
+}
+
+#[test]
+fn gpu_monitor_stops_on_sigterm_and_removes_its_socket() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("nested/dir/gpu.sock");
+    let mut child = spawn_gpu_monitor(&socket);
+    wait_until(Duration::from_secs(20), "socket", || socket.exists());
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&socket).expect("meta").permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o660);
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(!socket.exists(), "socket removed on SIGTERM");
+    let mut logs = String::new();
+    child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut logs)
+        .expect("read");
+    let first = logs.lines().next().expect("a log line");
+    let json: serde_json::Value = serde_json::from_str(first).expect("--log-format json");
+    assert!(json.get("level").is_some(), "{first}");
+}
+
+#[test]
+fn gpu_monitor_refuses_to_replace_a_regular_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("precious");
+    std::fs::write(&path, "data").expect("write");
+    let (code, _, err) = npd(&["gpu-monitor", "--socket", path.to_str().expect("utf8")]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("is not a socket; refusing to remove it"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read_to_string(&path).expect("kept"), "data");
+}
+
+#[test]
+fn probe_reports_health_metadata_and_status_or_what_failed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let missing = dir.path().join("missing.sock");
+    let (code, _, err) = npd(&["probe", missing.to_str().expect("utf8")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no socket there"), "{err}");
+    let file = dir.path().join("file");
+    std::fs::write(&file, "").expect("write");
+    let (code, _, err) = npd(&["probe", file.to_str().expect("utf8")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("not a socket"), "{err}");
+    // A socket nobody listens on (left by a crashed plugin).
+    let stale = dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).expect("bind"));
+    let (code, _, err) = npd(&["probe", stale.to_str().expect("utf8")]);
+    assert_eq!(code, 1);
+    assert!(err.contains("connection refused"), "{err}");
+
+    let socket = dir.path().join("gpu.sock");
+    let mut child = spawn_gpu_monitor(&socket);
+    wait_until(Duration::from_secs(20), "socket", || socket.exists());
+    let (code, out, err) = npd(&["probe", "--json", socket.to_str().expect("utf8")]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
+    assert_eq!(v["health"], "SERVING");
+    assert_eq!(v["metadata"]["api_version"], "v1");
+    assert_eq!(v["status"]["conditions"].as_array().map(Vec::len), Some(3));
+    let (code, out, _) = npd(&["probe", socket.to_str().expect("utf8")]);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains("health      SERVING") && out.contains("GPULost"),
+        "{out}"
+    );
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+}
+
+#[test]
+fn demo_runs_a_short_scenario_and_exits_cleanly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scenario = dir.path().join("s.json");
+    std::fs::write(
+        &scenario,
+        r#"{"steps": [{"at": "200ms", "gpu": 3, "fault": {"xid": 79}}, {"at": "600ms", "gpu": 3, "fault": "clear"}]}"#,
+    )
+    .expect("write");
+    let (code, out, err) = npd(&[
+        "demo",
+        "--port",
+        "0",
+        "--duration",
+        "2s",
+        "--scenario",
+        scenario.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let lost = out
+        .lines()
+        .position(|l| l.contains("GPULost") && l.contains("True (was False)"));
+    let back = out
+        .lines()
+        .position(|l| l.contains("GPULost") && l.contains("False (was True)"));
+    assert!(matches!((lost, back), (Some(a), Some(b)) if a < b), "{out}");
+    assert!(out.contains("pci=00000000:61:00.0"), "{out}");
+}
+
+#[test]
+fn detector_stops_on_sigterm_while_its_plugin_is_away() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let cfg = dir.path().join("gpu.json");
+    let socket = dir.path().join("absent.sock");
+    std::fs::write(
+        &cfg,
+        format!(r#"{{"plugin":"external","source":"gpu-monitor","pluginConfig":{{"socketPath":"{}"}}}}"#, socket.display()),
+    )
+    .expect("write");
+    let mut child = Command::new(BIN)
+        .args(["detector", "--port", "0", "--config.external-monitor"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut stderr = child.stderr.take().expect("stderr");
+    // Wait until it is up: its first log lines say so.
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("external monitor starting") {
+        let n = stderr.read(&mut buf).expect("read");
+        assert!(n > 0, "detector exited early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert!(seen.contains("standalone mode"), "{seen}");
+    sigterm(&child);
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+}
