@@ -50,7 +50,7 @@ impl Liveness {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .iter()
-            .filter(|e| e.ended || now > e.deadline)
+            .filter(|e| e.ended || now >= e.deadline)
             .map(|e| {
                 if e.ended {
                     format!("{} (stopped)", e.name)
@@ -98,7 +98,6 @@ mod tests {
         let l = Liveness::new();
         let a = l.register("a", Duration::from_secs(60));
         let b = l.register("b", Duration::ZERO);
-        std::thread::sleep(Duration::from_millis(2));
         assert_eq!(l.stalled(), vec!["b (no progress)".to_owned()]);
         b.beat(Duration::from_secs(60));
         assert!(l.stalled().is_empty());

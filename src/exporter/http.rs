@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode};
+use hyper::body::Bytes;
+use hyper::{Method, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -38,7 +38,7 @@ pub async fn serve(listener: TcpListener, state: State, token: CancellationToken
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&req, &state)) }
+                async move { Ok::<_, Infallible>(route(req.method(), req.uri().path(), &state)) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -52,11 +52,11 @@ pub async fn serve(listener: TcpListener, state: State, token: CancellationToken
     }
 }
 
-fn route(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
-    if req.method() != Method::GET && req.method() != Method::HEAD {
+fn route(method: &Method, path: &str, state: &State) -> Response<Full<Bytes>> {
+    if method != Method::GET && method != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
     }
-    match req.uri().path() {
+    match path {
         "/healthz" => {
             let stalled = state.liveness.stalled();
             if stalled.is_empty() {
@@ -93,4 +93,88 @@ fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
         hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use http_body_util::BodyExt;
+
+    use super::*;
+    use crate::problem::ConditionStatus;
+
+    async fn body(r: Response<Full<Bytes>>) -> (StatusCode, String) {
+        let status = r.status();
+        let bytes = r
+            .into_body()
+            .collect()
+            .await
+            .map(|c| c.to_bytes())
+            .unwrap_or_default();
+        (status, String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    #[tokio::test]
+    async fn healthz_fails_when_a_task_stalls_or_stops() {
+        let liveness = Liveness::new();
+        let (_tx, conditions) = watch::channel(Arc::new(Vec::new()));
+        let state = State {
+            conditions,
+            liveness: liveness.clone(),
+        };
+        let pulse = liveness.register("external-monitor gpu", Duration::from_secs(60));
+        assert_eq!(
+            body(route(&Method::GET, "/healthz", &state)).await,
+            (StatusCode::OK, "ok\n".into())
+        );
+        pulse.beat(Duration::ZERO);
+        let (code, text) = body(route(&Method::GET, "/healthz", &state)).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            text.contains("external-monitor gpu (no progress)"),
+            "{text}"
+        );
+        pulse.beat(Duration::from_secs(60));
+        drop(pulse);
+        let (code, text) = body(route(&Method::GET, "/healthz", &state)).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(text.contains("(stopped)"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn conditions_is_a_json_array_never_null() {
+        let (tx, conditions) = watch::channel(Arc::new(Vec::new()));
+        let state = State {
+            conditions,
+            liveness: Liveness::new(),
+        };
+        assert_eq!(
+            body(route(&Method::GET, "/conditions", &state)).await.1,
+            "[]"
+        );
+        let now = SystemTime::now();
+        tx.send_replace(Arc::new(vec![NodeCondition {
+            type_: "GPULost".into(),
+            status: ConditionStatus::True,
+            transition: now,
+            last_update: now,
+            reason: "GPUFellOffTheBus".into(),
+            message: "gpu=3".into(),
+            source: "gpu-monitor".into(),
+        }]));
+        let (code, text) = body(route(&Method::GET, "/conditions", &state)).await;
+        assert_eq!(code, StatusCode::OK);
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        assert_eq!(v[0]["type"], "GPULost");
+        assert_eq!(v[0]["status"], "True");
+        assert_eq!(
+            body(route(&Method::POST, "/conditions", &state)).await.0,
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        assert_eq!(
+            body(route(&Method::GET, "/nope", &state)).await.0,
+            StatusCode::NOT_FOUND
+        );
+    }
 }
