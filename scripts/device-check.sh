@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Device check, run on a machine with a real NVIDIA GPU (see docs/gpu-validation.md).
+# Records what the host offers (driver, NVML library, PCI sysfs, /dev/nvidia*,
+# kernel-log format) and runs our release binary there: gpu-monitor + probe +
+# detector + SIGTERM. Writes everything under $OUT (default ./device-out).
+#
+# Usage: scripts/device-check.sh [path/to/npd-ext]
+set -u
+bin=${1:-target/release/npd-ext}
+out=${OUT:-$PWD/device-out}
+mkdir -p "$out"
+work=$(mktemp -d)
+
+{
+  echo "## host"; uname -srm; grep -E '^(PRETTY_NAME)=' /etc/os-release; ldd --version | head -1
+  echo "## nvidia-smi"
+  nvidia-smi --query-gpu=index,name,uuid,pci.bus_id,serial,driver_version,temperature.gpu,clocks_throttle_reasons.active,ecc.errors.uncorrected.volatile.total --format=csv 2>&1
+  echo "## NVML library"
+  ldconfig -p | grep -E 'libnvidia-ml' ; ls -d /run/nvidia/driver 2>&1
+  echo "## /dev/nvidia*"; ls -l /dev/nvidia* 2>&1
+  echo "## NVIDIA PCI functions (vendor 0x10de) in sysfs"
+  for d in /sys/bus/pci/devices/*; do
+    [ "$(cat "$d/vendor")" = 0x10de ] || continue
+    drv=$(readlink "$d/driver" 2>/dev/null); drv=${drv##*/}
+    echo "$(basename "$d") class=$(cat "$d/class") device=$(cat "$d/device") driver=${drv:-none} link=$(cat "$d/current_link_speed" 2>/dev/null)/x$(cat "$d/current_link_width" 2>/dev/null)"
+  done
+  echo "## kernel log: NVRM lines (raw /dev/kmsg records)"
+  timeout 2 cat /dev/kmsg 2>&1 | grep -m 15 -E 'NVRM|nvidia' || echo "(none readable)"
+  echo "## boot id"; cat /proc/sys/kernel/random/boot_id
+} > "$out/host.txt" 2>&1
+
+{
+  echo "## $bin --version"; "$bin" --version
+  sock=$work/run/npd/gpu.sock
+  "$bin" gpu-monitor --socket "$sock" --sim-scenario builtin:xid79 2> "$out/gpu-monitor.log" &
+  gm=$!
+  for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
+  echo "## socket"; ls -l "$sock"
+  echo "## probe (table)"; "$bin" probe "$sock"; echo "rc=$?"
+  sed "s#/var/run/npd/npd-gpu-monitor.sock#$sock#" examples/external-gpu-monitor.json > "$work/gpu.json"
+  "$bin" validate-config "$work/gpu.json"; echo "validate rc=$?"
+  "$bin" detector --config.external-monitor "$work/gpu.json" --port 20256 2> "$out/detector.log" &
+  det=$!
+  sleep 3
+  echo "## /conditions after 3 s (XID 79 on GPU 3 at 2 s)"
+  exec 3<>/dev/tcp/127.0.0.1/20256 && printf 'GET /conditions HTTP/1.0\r\n\r\n' >&3 && cat <&3; echo
+  echo "## footprint"
+  for p in $gm $det; do echo "pid $p $(tr '\0' ' ' < /proc/$p/cmdline | cut -c1-40) $(grep VmRSS /proc/$p/status)"; done
+  kill -TERM $gm $det; wait $gm; echo "gpu-monitor exit=$?"; wait $det; echo "detector exit=$?"
+  [ -e "$sock" ] && echo "socket LEFT BEHIND" || echo "socket removed"
+} > "$out/run.txt" 2>&1
+rm -rf "$work"
+cat "$out/host.txt" "$out/run.txt"
