@@ -20,6 +20,9 @@ pub struct NodeCondition {
     pub status: ConditionStatus,
     #[serde(serialize_with = "ser_time")]
     pub transition: SystemTime,
+    /// When the owning monitor last confirmed this condition (a status, or a
+    /// live plugin with nothing new to say). It stops moving when the
+    /// monitor goes quiet, so stale state is visible as such.
     #[serde(serialize_with = "ser_time", rename = "lastUpdate")]
     pub last_update: SystemTime,
     pub reason: String,
@@ -76,6 +79,8 @@ pub struct Applied {
     pub published: Vec<Published>,
     /// Condition types refused because the monitor does not own them.
     pub refused: Vec<String>,
+    /// Some condition was written or confirmed (its `lastUpdate` moved).
+    pub touched: bool,
 }
 
 impl ConditionManager {
@@ -142,6 +147,7 @@ impl ConditionManager {
                 out.refused.push(c.type_.clone());
                 continue;
             }
+            out.touched = true;
             if let Some(p) = self.update(&source, c, now) {
                 out.published.push(p);
             }
@@ -196,6 +202,19 @@ impl ConditionManager {
                 })
             }
         }
+    }
+
+    /// The monitor is alive and its conditions still hold: `lastUpdate` moves,
+    /// nothing else. Returns whether it owns any written condition.
+    pub fn touch(&mut self, id: MonitorId, now: SystemTime) -> bool {
+        let mut any = false;
+        for c in self.conditions.values_mut() {
+            if self.owners.get(&c.type_) == Some(&id) {
+                c.last_update = now;
+                any = true;
+            }
+        }
+        any
     }
 
     /// Current conditions, by type.

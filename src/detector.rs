@@ -154,17 +154,18 @@ async fn fan_in(
         match report.update {
             Update::Status(status) => {
                 let applied = manager.apply(report.monitor, &status, SystemTime::now());
-                let changed = applied
-                    .published
-                    .iter()
-                    .any(|p| matches!(p, Published::Condition { .. }));
                 for p in applied.published {
                     // No subscriber is fine: exporters may be disabled.
                     let _ = published.send(p);
                 }
                 // After the events: whoever sees the new conditions can also
                 // see what came with them.
-                if changed {
+                if applied.touched {
+                    conditions.send_replace(Arc::new(manager.snapshot()));
+                }
+            }
+            Update::Alive => {
+                if manager.touch(report.monitor, SystemTime::now()) {
                     conditions.send_replace(Arc::new(manager.snapshot()));
                 }
             }

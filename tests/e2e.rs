@@ -438,3 +438,30 @@ async fn watch_health_pushes_each_change_with_its_events() {
         "the stream ends at shutdown"
     );
 }
+
+#[tokio::test]
+async fn a_quiet_but_live_plugin_keeps_conditions_confirmed() {
+    let dir = tempdir();
+    let socket = sock(&dir);
+    let plugin = start_plugin(&socket, true);
+    let (shutdown, detector) = start_detector(vec![monitor_config(&socket, &SUPPORTED_CONDITIONS)]);
+    let mut rx = detector.conditions();
+    let first = wait_for(&mut rx, Duration::from_secs(5), "first status", |c| {
+        has(c, GPU_LOST, ConditionStatus::False)
+    })
+    .await;
+    let first = find(&first, GPU_LOST).expect("present").clone();
+    // No fault, so no push: only the periodic health check can confirm.
+    let later = wait_for(&mut rx, Duration::from_secs(5), "a confirmation", |c| {
+        find(c, GPU_LOST).is_some_and(|x| x.last_update > first.last_update)
+    })
+    .await;
+    let later = find(&later, GPU_LOST).expect("present");
+    assert_eq!(
+        later.transition, first.transition,
+        "confirmation is not a transition"
+    );
+    assert_eq!(later.status, ConditionStatus::False);
+    shutdown.drain(Duration::from_secs(5)).await;
+    plugin.token.cancel();
+}

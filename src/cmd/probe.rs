@@ -11,11 +11,11 @@ use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::cli::ProbeArgs;
-use crate::monitor::external::describe;
 use crate::problem::{Status, format_time};
+use crate::rpc::client::{self, describe};
 use crate::rpc::pb::external_monitor_client::ExternalMonitorClient;
 use crate::rpc::pb::{HealthCheckRequest, MonitorMetadata};
-use crate::rpc::{client, status_from_pb};
+use crate::rpc::status_from_pb;
 
 pub async fn run(args: ProbeArgs) -> ExitCode {
     match probe(&args).await {

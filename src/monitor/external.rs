@@ -22,9 +22,10 @@ use crate::config::ExternalMonitorConfig;
 use crate::config::external::RetryPolicy;
 use crate::liveness::Pulse;
 use crate::problem::{Condition, ConditionStatus, Event, Severity, Status};
+use crate::rpc::client::{self, describe};
 use crate::rpc::pb::external_monitor_client::ExternalMonitorClient;
 use crate::rpc::pb::{HealthCheckRequest, MonitorMetadata};
-use crate::rpc::{API_VERSION, client, status_from_pb};
+use crate::rpc::{API_VERSION, status_from_pb};
 
 pub const REASON_UNREACHABLE: &str = "MonitorUnreachable";
 pub const REASON_RECOVERED: &str = "MonitorRecovered";
@@ -229,7 +230,8 @@ impl Runner {
                     // A plugin that stopped (SIGSTOP, deadlock) keeps the stream
                     // open but cannot answer this.
                     match client::health_check(self.channel.clone(), "", hc.timeout).await {
-                        Ok(ServingStatus::Serving) => {}
+                        // Alive and nothing to push: the current state is confirmed.
+                        Ok(ServingStatus::Serving) => self.send(Update::Alive).await,
                         Ok(other) => return End::Failed(format!("plugin health is {}", other.as_str_name())),
                         Err(s) if s.code() == Code::Unimplemented => health_checks = false,
                         Err(s) => return End::Failed(format!("health check: {}", describe(&s))),
@@ -326,19 +328,4 @@ impl Runner {
         // The fan-in only stops at shutdown; a failed send then does not matter.
         let _ = self.tx.send(report).await;
     }
-}
-
-/// A gRPC status in words, with the transport cause when there is one.
-pub fn describe(s: &tonic::Status) -> String {
-    let mut out = format!("{:?}: {}", s.code(), s.message());
-    let mut source = std::error::Error::source(s);
-    while let Some(cause) = source {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = cause.source();
-    }
-    out
 }

@@ -10,6 +10,9 @@ use crate::problem::Status;
 pub enum Update {
     /// What the monitor sees now.
     Status(Status),
+    /// The monitor's source is alive and its last status still holds
+    /// (a watched plugin that had nothing new to push).
+    Alive,
     /// Condition types to claim (a plugin's `supported_conditions` when its
     /// config declared none).
     Adopt(Vec<String>),

@@ -39,3 +39,18 @@ pub async fn health_check(
         .map_err(|_| tonic::Status::deadline_exceeded("health check timed out"))??;
     Ok(ServingStatus::try_from(response.into_inner().status).unwrap_or(ServingStatus::Unknown))
 }
+
+/// A gRPC status in words, with the transport cause when there is one.
+pub fn describe(s: &tonic::Status) -> String {
+    let mut out = format!("{:?}: {}", s.code(), s.message());
+    let mut source = std::error::Error::source(s);
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
+}
