@@ -425,7 +425,8 @@ async fn watch_health_pushes_each_change_with_its_events() {
         .expect("ok")
         .expect("status");
     assert_eq!(next.events.len(), 1);
-    assert_eq!(next.events[0].reason, "Xid13");
+    assert_eq!(next.events[0].reason, "XIDAppError");
+    assert!(next.events[0].message.contains("XID 13"));
     assert!(next.events[0].message.contains("gpu=2 "));
     plugin.token.cancel();
     assert!(

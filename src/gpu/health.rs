@@ -12,6 +12,11 @@ use crate::problem::{Condition, ConditionStatus, Event, Severity};
 pub const DEFAULT_SLOWDOWN_CELSIUS: i32 = 89;
 /// A throttling GPU must cool this far below slowdown before it counts as clear.
 pub const THERMAL_HYSTERESIS_CELSIUS: i32 = 5;
+// Event reasons.
+pub const REASON_XID_ERROR: &str = "XIDError";
+pub const REASON_XID_APP_ERROR: &str = "XIDAppError";
+pub const REASON_RECOVERED: &str = "GPURecovered";
+
 /// Recent events kept for clients that have not yet seen them.
 const EVENT_BACKLOG: usize = 64;
 
@@ -100,10 +105,15 @@ impl HealthModel {
         match *obs {
             Observation::Xid { xid, at, .. } => {
                 let info = xid::lookup(xid);
+                // Application-class XIDs are the job's problem, not the GPU's.
+                let (severity, reason) = match info.action {
+                    Action::Ignore | Action::RestartApp => (Severity::Info, REASON_XID_APP_ERROR),
+                    _ => (Severity::Warn, REASON_XID_ERROR),
+                };
                 events.push(event(
-                    Severity::Warn,
+                    severity,
                     at,
-                    format!("Xid{xid}"),
+                    reason.into(),
                     format!(
                         "{}: XID {xid} ({}); action: {}",
                         gpu.id,
@@ -175,7 +185,7 @@ impl HealthModel {
                     events.push(event(
                         Severity::Info,
                         at,
-                        "GPUReset".into(),
+                        REASON_RECOVERED.into(),
                         format!("{}: GPU reset and answering; faults cleared", gpu.id),
                     ));
                 }
@@ -356,7 +366,12 @@ mod tests {
             status_of(&c, GPU_RESET_REQUIRED).status,
             ConditionStatus::False
         );
-        assert_eq!(m.snapshot().events.len(), 1);
+        let events = m.snapshot().events;
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].1.reason.as_str(), events[0].1.severity),
+            (REASON_XID_ERROR, Severity::Warn)
+        );
         assert!(m.apply(&Observation::Reset { gpu: 3, at: now }));
         assert_eq!(
             status_of(&m.conditions(), GPU_LOST).status,
@@ -387,6 +402,11 @@ mod tests {
                 at: now
             }),
             "an event is a change"
+        );
+        let events = m.snapshot().events;
+        assert_eq!(
+            (events[0].1.reason.as_str(), events[0].1.severity),
+            (REASON_XID_APP_ERROR, Severity::Info)
         );
         assert!(
             m.conditions()
