@@ -466,3 +466,136 @@ async fn a_quiet_but_live_plugin_keeps_conditions_confirmed() {
     shutdown.drain(Duration::from_secs(5)).await;
     plugin.token.cancel();
 }
+
+fn signal(child: &Child, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &child.id().to_string()])
+        .status()
+        .expect("kill runs")
+        .success();
+    assert!(ok, "kill {sig} failed");
+}
+
+#[tokio::test]
+async fn a_hung_plugin_turns_unknown_and_recovers_when_it_resumes() {
+    let dir = tempdir();
+    let socket = sock(&dir);
+    let mut child = spawn_plugin_process(&socket);
+    let (shutdown, detector) = start_detector(vec![monitor_config(&socket, &SUPPORTED_CONDITIONS)]);
+    let mut rx = detector.conditions();
+    wait_for(&mut rx, Duration::from_secs(20), "plugin answering", |c| {
+        has(c, GPU_LOST, ConditionStatus::False)
+    })
+    .await;
+
+    // Stopped, not dead: the socket and the WatchHealth stream stay open,
+    // but nothing answers.
+    signal(&child, "-STOP");
+    let c = wait_for(
+        &mut rx,
+        Duration::from_secs(20),
+        "Unknown while hung",
+        |c| {
+            SUPPORTED_CONDITIONS
+                .iter()
+                .all(|t| has(c, t, ConditionStatus::Unknown))
+        },
+    )
+    .await;
+    let message = &find(&c, GPU_LOST).expect("present").message;
+    assert!(message.contains("no answer"), "{message}");
+
+    signal(&child, "-CONT");
+    wait_for(
+        &mut rx,
+        Duration::from_secs(20),
+        "recovery after SIGCONT",
+        |c| {
+            SUPPORTED_CONDITIONS
+                .iter()
+                .all(|t| find(c, t).is_some_and(|x| x.status != ConditionStatus::Unknown))
+        },
+    )
+    .await;
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    shutdown.drain(Duration::from_secs(5)).await;
+}
+
+/// Pushes one status over WatchHealth, then stays silent; serves no
+/// grpc.health.v1, so the detector must check liveness another way.
+#[derive(Debug)]
+struct WatchOnlyPlugin {
+    metadata_calls: tokio::sync::watch::Sender<usize>,
+}
+
+#[tonic::async_trait]
+impl pb::external_monitor_server::ExternalMonitor for WatchOnlyPlugin {
+    async fn get_metadata(
+        &self,
+        _req: tonic::Request<()>,
+    ) -> Result<tonic::Response<pb::MonitorMetadata>, tonic::Status> {
+        self.metadata_calls.send_modify(|n| *n += 1);
+        Ok(tonic::Response::new(pb::MonitorMetadata {
+            name: "watch-only".into(),
+            api_version: "v1".into(),
+            ..Default::default()
+        }))
+    }
+
+    async fn watch_health(
+        &self,
+        _req: tonic::Request<pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<tonic::codegen::BoxStream<pb::Status>>, tonic::Status> {
+        let first = pb::Status {
+            source: "watch-only".into(),
+            events: vec![],
+            conditions: vec![cond("Declared", pb::ConditionStatus::False, "Fine")],
+        };
+        let stream =
+            tokio_stream::StreamExt::chain(tokio_stream::once(Ok(first)), tokio_stream::pending());
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+}
+
+#[tokio::test]
+async fn plugins_without_a_health_service_are_checked_through_metadata() {
+    let dir = tempdir();
+    let socket = dir.path().join("watch-only.sock");
+    let mut bound = BoundSocket::bind(&socket).expect("bind");
+    let listener = bound.take_listener().expect("listener");
+    let (metadata_calls, mut calls) = tokio::sync::watch::channel(0);
+    let token = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(pb::external_monitor_server::ExternalMonitorServer::new(
+                WatchOnlyPlugin { metadata_calls },
+            ))
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener),
+                token.clone().cancelled_owned(),
+            ),
+    );
+    let (shutdown, detector) = start_detector(vec![monitor_config(&socket, &["Declared"])]);
+    let mut rx = detector.conditions();
+    let first = wait_for(&mut rx, Duration::from_secs(5), "the pushed status", |c| {
+        has(c, "Declared", ConditionStatus::False)
+    })
+    .await;
+    let first = find(&first, "Declared").expect("present").last_update;
+    let after_connect = *calls.borrow();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        calls.wait_for(|n| *n >= after_connect + 2),
+    )
+    .await
+    .expect("metadata used as the liveness check")
+    .expect("plugin alive");
+    wait_for(&mut rx, Duration::from_secs(5), "confirmation", |c| {
+        find(c, "Declared")
+            .is_some_and(|x| x.last_update > first && x.status == ConditionStatus::False)
+    })
+    .await;
+    shutdown.drain(Duration::from_secs(5)).await;
+    token.cancel();
+}

@@ -216,7 +216,7 @@ impl Runner {
         let mut tick =
             tokio::time::interval_at(tokio::time::Instant::now() + hc.interval, hc.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut health_checks = true;
+        let mut health_service = true;
         loop {
             self.pulse.beat(hc.interval + hc.timeout + SLACK);
             tokio::select! {
@@ -226,18 +226,41 @@ impl Runner {
                     Ok(None) => return End::Failed("plugin closed the WatchHealth stream".into()),
                     Err(s) => return End::Failed(format!("WatchHealth stream: {}", describe(&s))),
                 },
-                _ = tick.tick(), if health_checks => {
+                _ = tick.tick() => {
                     // A plugin that stopped (SIGSTOP, deadlock) keeps the stream
-                    // open but cannot answer this.
-                    match client::health_check(self.channel.clone(), "", hc.timeout).await {
+                    // open but cannot answer this. Plugins without
+                    // grpc.health.v1 are asked for their metadata instead.
+                    let alive = if health_service {
+                        match client::health_check(self.channel.clone(), "", hc.timeout).await {
+                            Ok(ServingStatus::Serving) => Ok(()),
+                            Ok(other) => Err(format!("plugin health is {}", other.as_str_name())),
+                            Err(s) if s.code() == Code::Unimplemented => {
+                                health_service = false;
+                                self.metadata_alive(hc.timeout).await
+                            }
+                            Err(s) => Err(format!("health check: {}", describe(&s))),
+                        }
+                    } else {
+                        self.metadata_alive(hc.timeout).await
+                    };
+                    match alive {
                         // Alive and nothing to push: the current state is confirmed.
-                        Ok(ServingStatus::Serving) => self.send(Update::Alive).await,
-                        Ok(other) => return End::Failed(format!("plugin health is {}", other.as_str_name())),
-                        Err(s) if s.code() == Code::Unimplemented => health_checks = false,
-                        Err(s) => return End::Failed(format!("health check: {}", describe(&s))),
+                        Ok(()) => self.send(Update::Alive).await,
+                        Err(e) => return End::Failed(e),
                     }
                 }
             }
+        }
+    }
+
+    /// Liveness through `GetMetadata`, for plugins without a health service.
+    async fn metadata_alive(&self, timeout: Duration) -> Result<(), String> {
+        let mut request = Request::new(());
+        request.set_timeout(timeout);
+        match tokio::time::timeout(timeout, self.client.clone().get_metadata(request)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(s)) => Err(format!("GetMetadata: {}", describe(&s))),
+            Err(_) => Err(format!("GetMetadata: no answer within {timeout:?}")),
         }
     }
 

@@ -42,15 +42,36 @@ pub async fn health_check(
 
 /// A gRPC status in words, with the transport cause when there is one.
 pub fn describe(s: &tonic::Status) -> String {
+    // tonic reports its own client-side deadline as a cancellation.
+    if s.code() == tonic::Code::Cancelled && s.message().contains("Timeout expired") {
+        return "DeadlineExceeded: no answer before the deadline".into();
+    }
     let mut out = format!("{:?}: {}", s.code(), s.message());
     let mut source = std::error::Error::source(s);
     while let Some(cause) = source {
         let text = cause.to_string();
-        if !out.contains(&text) {
+        // "transport error" only repeats what the code already says.
+        if !out.contains(&text) && text != "transport error" {
             out.push_str(": ");
             out.push_str(&text);
         }
         source = cause.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn describes_deadlines_and_skips_generic_transport_text() {
+        let s = tonic::Status::cancelled("Timeout expired");
+        assert_eq!(
+            describe(&s),
+            "DeadlineExceeded: no answer before the deadline"
+        );
+        let s = tonic::Status::unavailable("connection refused");
+        assert_eq!(describe(&s), "Unavailable: connection refused");
+    }
 }
