@@ -8,7 +8,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use npd_ext::config::ExternalMonitorConfig;
-use npd_ext::config::external::ConditionDecl;
 use npd_ext::detector::{self, DetectorOptions};
 use npd_ext::gpu::plugin::{Plugin, PluginOptions};
 use npd_ext::gpu::{Observation, SUPPORTED_CONDITIONS, sim};
@@ -80,15 +79,8 @@ async fn fault_to_conditions(
     n: usize,
 ) {
     let shutdown = Shutdown::new();
-    let mut cfg = ExternalMonitorConfig::new("gpu-monitor", socket);
-    cfg.conditions = SUPPORTED_CONDITIONS
-        .iter()
-        .map(|t| ConditionDecl {
-            type_: (*t).to_owned(),
-            reason: String::new(),
-            message: String::new(),
-        })
-        .collect();
+    let cfg =
+        ExternalMonitorConfig::new("gpu-monitor", socket).with_conditions(&SUPPORTED_CONDITIONS);
     let detector = detector::start(
         DetectorOptions {
             external: vec![cfg],

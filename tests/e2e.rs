@@ -168,11 +168,7 @@ async fn killed_plugin_turns_unknown_and_recovers_when_restarted() {
         &mut rx,
         Duration::from_secs(10),
         "Unknown after threshold",
-        |c| {
-            SUPPORTED_CONDITIONS
-                .iter()
-                .all(|t| has(c, t, ConditionStatus::Unknown))
-        },
+        all_unknown,
     )
     .await;
     let lost = find(&c, GPU_LOST).expect("present");
@@ -199,12 +195,7 @@ async fn killed_plugin_turns_unknown_and_recovers_when_restarted() {
     // Restart on the same path: the stale socket is replaced, and the
     // detector reconnects by itself.
     let mut child = spawn_plugin_process(&socket);
-    wait_for(&mut rx, Duration::from_secs(20), "recovery", |c| {
-        SUPPORTED_CONDITIONS
-            .iter()
-            .all(|t| find(c, t).is_some_and(|x| x.status != ConditionStatus::Unknown))
-    })
-    .await;
+    wait_for(&mut rx, Duration::from_secs(20), "recovery", all_known).await;
     child.kill().expect("kill");
     child.wait().expect("reap");
     shutdown.drain(Duration::from_secs(5)).await;
@@ -495,11 +486,7 @@ async fn a_hung_plugin_turns_unknown_and_recovers_when_it_resumes() {
         &mut rx,
         Duration::from_secs(20),
         "Unknown while hung",
-        |c| {
-            SUPPORTED_CONDITIONS
-                .iter()
-                .all(|t| has(c, t, ConditionStatus::Unknown))
-        },
+        all_unknown,
     )
     .await;
     let message = &find(&c, GPU_LOST).expect("present").message;
@@ -510,11 +497,7 @@ async fn a_hung_plugin_turns_unknown_and_recovers_when_it_resumes() {
         &mut rx,
         Duration::from_secs(20),
         "recovery after SIGCONT",
-        |c| {
-            SUPPORTED_CONDITIONS
-                .iter()
-                .all(|t| find(c, t).is_some_and(|x| x.status != ConditionStatus::Unknown))
-        },
+        all_known,
     )
     .await;
     child.kill().expect("kill");

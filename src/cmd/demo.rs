@@ -11,7 +11,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use crate::cli::DemoArgs;
 use crate::conditions::Published;
-use crate::config::external::{ConditionDecl, ExternalMonitorConfig};
+use crate::config::ExternalMonitorConfig;
 use crate::detector::{self, DetectorOptions};
 use crate::gpu::SUPPORTED_CONDITIONS;
 use crate::gpu::plugin::{Plugin, PluginOptions};
@@ -41,15 +41,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let observations = plugin.observations();
     shutdown.spawn(plugin.serve(shutdown.token().clone()));
 
-    let mut monitor = ExternalMonitorConfig::new("gpu-monitor", &socket);
-    monitor.conditions = SUPPORTED_CONDITIONS
-        .iter()
-        .map(|t| ConditionDecl {
-            type_: (*t).to_owned(),
-            reason: String::new(),
-            message: String::new(),
-        })
-        .collect();
+    let mut monitor =
+        ExternalMonitorConfig::new("gpu-monitor", &socket).with_conditions(&SUPPORTED_CONDITIONS);
     monitor.retry.initial_backoff = Duration::from_millis(100);
     monitor.retry.max_backoff = Duration::from_secs(2);
     let detector = detector::start(

@@ -103,6 +103,23 @@ impl ExternalMonitorConfig {
     }
 }
 
+impl ExternalMonitorConfig {
+    /// Declares `types` as the conditions this monitor owns (reason and
+    /// message of a declaration only matter in config files).
+    #[must_use]
+    pub fn with_conditions(mut self, types: &[&str]) -> Self {
+        self.conditions = types
+            .iter()
+            .map(|t| ConditionDecl {
+                type_: (*t).to_owned(),
+                reason: String::new(),
+                message: String::new(),
+            })
+            .collect();
+        self
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Loading
 // ---------------------------------------------------------------------------

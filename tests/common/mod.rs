@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use npd_ext::conditions::NodeCondition;
 use npd_ext::config::ExternalMonitorConfig;
-use npd_ext::config::external::ConditionDecl;
 use npd_ext::detector::{self, Detector, DetectorOptions};
 use npd_ext::gpu::plugin::{Plugin, PluginOptions};
 use npd_ext::gpu::{Observation, sim};
@@ -51,15 +50,7 @@ pub fn start_plugin(socket: &Path, watch_health: bool) -> RunningPlugin {
 
 /// A config for `socket` with fast retries, so failure tests finish quickly.
 pub fn monitor_config(socket: &Path, types: &[&str]) -> ExternalMonitorConfig {
-    let mut c = ExternalMonitorConfig::new("gpu-monitor", socket);
-    c.conditions = types
-        .iter()
-        .map(|t| ConditionDecl {
-            type_: (*t).to_owned(),
-            reason: "Init".into(),
-            message: "init".into(),
-        })
-        .collect();
+    let mut c = ExternalMonitorConfig::new("gpu-monitor", socket).with_conditions(types);
     c.invoke_interval = Duration::from_millis(100);
     c.timeout = Duration::from_millis(500);
     c.retry.initial_backoff = Duration::from_millis(20);
@@ -106,6 +97,20 @@ pub async fn wait_for(
 
 pub fn find<'a>(conds: &'a [NodeCondition], t: &str) -> Option<&'a NodeCondition> {
     conds.iter().find(|c| c.type_ == t)
+}
+
+/// Every condition the GPU plugin supports is Unknown (the plugin is unreachable).
+pub fn all_unknown(conds: &[NodeCondition]) -> bool {
+    npd_ext::gpu::SUPPORTED_CONDITIONS
+        .iter()
+        .all(|t| has(conds, t, ConditionStatus::Unknown))
+}
+
+/// Every condition the GPU plugin supports is known again (True or False).
+pub fn all_known(conds: &[NodeCondition]) -> bool {
+    npd_ext::gpu::SUPPORTED_CONDITIONS
+        .iter()
+        .all(|t| find(conds, t).is_some_and(|x| x.status != ConditionStatus::Unknown))
 }
 
 pub fn has(conds: &[NodeCondition], t: &str, status: ConditionStatus) -> bool {
