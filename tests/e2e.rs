@@ -147,17 +147,38 @@ fn spawn_plugin_process(socket: &std::path::Path) -> Child {
         .expect("spawn gpu-monitor")
 }
 
+/// A gpu-monitor child process and a detector that has heard from it.
+async fn detector_with_plugin_process(
+    socket: &std::path::Path,
+) -> (
+    Child,
+    npd_ext::shutdown::Shutdown,
+    npd_ext::detector::Detector,
+) {
+    let child = spawn_plugin_process(socket);
+    let (shutdown, detector) = start_detector(vec![monitor_config(socket, &SUPPORTED_CONDITIONS)]);
+    wait_for(
+        &mut detector.conditions(),
+        Duration::from_secs(20),
+        "plugin answering",
+        |c| has(c, GPU_LOST, ConditionStatus::False),
+    )
+    .await;
+    (child, shutdown, detector)
+}
+
+async fn stop(mut child: Child, shutdown: npd_ext::shutdown::Shutdown) {
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    shutdown.drain(Duration::from_secs(5)).await;
+}
+
 #[tokio::test]
 async fn killed_plugin_turns_unknown_and_recovers_when_restarted() {
     let dir = tempdir();
     let socket = sock(&dir);
-    let mut child = spawn_plugin_process(&socket);
-    let (shutdown, detector) = start_detector(vec![monitor_config(&socket, &SUPPORTED_CONDITIONS)]);
+    let (mut child, shutdown, detector) = detector_with_plugin_process(&socket).await;
     let mut rx = detector.conditions();
-    wait_for(&mut rx, Duration::from_secs(20), "plugin answering", |c| {
-        has(c, GPU_LOST, ConditionStatus::False)
-    })
-    .await;
 
     let mut published = detector.subscribe();
     // SIGKILL: no cleanup, the socket file stays behind.
@@ -194,11 +215,9 @@ async fn killed_plugin_turns_unknown_and_recovers_when_restarted() {
 
     // Restart on the same path: the stale socket is replaced, and the
     // detector reconnects by itself.
-    let mut child = spawn_plugin_process(&socket);
+    let child = spawn_plugin_process(&socket);
     wait_for(&mut rx, Duration::from_secs(20), "recovery", all_known).await;
-    child.kill().expect("kill");
-    child.wait().expect("reap");
-    shutdown.drain(Duration::from_secs(5)).await;
+    stop(child, shutdown).await;
 }
 
 // ---------------------------------------------------------------------------
@@ -471,13 +490,8 @@ fn signal(child: &Child, sig: &str) {
 async fn a_hung_plugin_turns_unknown_and_recovers_when_it_resumes() {
     let dir = tempdir();
     let socket = sock(&dir);
-    let mut child = spawn_plugin_process(&socket);
-    let (shutdown, detector) = start_detector(vec![monitor_config(&socket, &SUPPORTED_CONDITIONS)]);
+    let (child, shutdown, detector) = detector_with_plugin_process(&socket).await;
     let mut rx = detector.conditions();
-    wait_for(&mut rx, Duration::from_secs(20), "plugin answering", |c| {
-        has(c, GPU_LOST, ConditionStatus::False)
-    })
-    .await;
 
     // Stopped, not dead: the socket and the WatchHealth stream stay open,
     // but nothing answers.
@@ -500,9 +514,7 @@ async fn a_hung_plugin_turns_unknown_and_recovers_when_it_resumes() {
         all_known,
     )
     .await;
-    child.kill().expect("kill");
-    child.wait().expect("reap");
-    shutdown.drain(Duration::from_secs(5)).await;
+    stop(child, shutdown).await;
 }
 
 /// Pushes one status over WatchHealth, then stays silent; serves no
