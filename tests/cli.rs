@@ -356,3 +356,89 @@ fn detector_stops_on_sigterm_while_its_plugin_is_away() {
     let status = wait_exit(&mut child, Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
 }
+
+#[test]
+fn probe_says_deadline_for_a_hung_plugin_and_permission_denied_for_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Traversable by other users, so only the socket's own mode decides.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let socket = dir.path().join("gpu.sock");
+    let mut child = spawn_gpu_monitor(&socket);
+    wait_until(Duration::from_secs(20), "socket", || socket.exists());
+    let s = socket.to_str().expect("utf8");
+
+    // Another user: the 0660 socket refuses them.
+    let as_nobody = run(Command::new("setpriv").args([
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        BIN,
+        "probe",
+        s,
+    ]));
+    match as_nobody {
+        (1, _, err) if err.contains("permission denied") => {}
+        (code, _, err) if code == 126 || code == 127 || err.contains("setpriv") => {
+            eprintln!(
+                "permission check skipped: cannot run the binary as another user here ({err})"
+            );
+        }
+        other => panic!("expected permission denied, got {other:?}"),
+    }
+
+    Command::new("kill")
+        .args(["-STOP", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    let (code, _, err) = npd(&["probe", "--timeout", "300ms", s]);
+    Command::new("kill")
+        .args(["-CONT", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert_eq!(code, 1);
+    assert!(err.contains("deadline"), "{err}");
+
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+}
+
+#[test]
+fn demo_exits_cleanly_on_ctrl_c() {
+    let mut child = Command::new(BIN)
+        .args(["demo", "--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut stdout = child.stdout.take().expect("stdout");
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains("GPUThermalThrottling") {
+        let n = stdout.read(&mut buf).expect("read");
+        assert!(n > 0, "demo exited early: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
+    let status = wait_exit(&mut child, Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    stdout.read_to_string(&mut seen).expect("read rest");
+    assert!(seen.contains("npd-ext demo: shutting down"), "{seen}");
+    let socket_line = seen
+        .lines()
+        .find(|l| l.contains("plugin socket"))
+        .expect("socket line");
+    let socket = socket_line.split_whitespace().last().expect("path");
+    assert!(
+        !Path::new(socket).exists(),
+        "demo removes its socket and directory"
+    );
+}
