@@ -56,6 +56,7 @@ pub async fn run(
         unreachable: false,
         sequence: 0,
         metadata: None,
+        polling: false,
     };
     runner.run().await;
 }
@@ -93,6 +94,8 @@ struct Runner {
     unreachable: bool,
     sequence: i64,
     metadata: Option<MonitorMetadata>,
+    /// The plugin answered UNIMPLEMENTED to WatchHealth (said once in the log).
+    polling: bool,
 }
 
 impl Runner {
@@ -152,7 +155,10 @@ impl Runner {
         match self.call(self.client.clone().watch_health(request)).await {
             Ok(Ok(stream)) => self.watch(stream.into_inner()).await,
             Ok(Err(s)) if s.code() == Code::Unimplemented => {
-                tracing::info!(monitor = %self.config.source, "plugin has no WatchHealth; polling CheckHealth every {:?}", self.config.invoke_interval);
+                if !self.polling {
+                    self.polling = true;
+                    tracing::info!(monitor = %self.config.source, "plugin has no WatchHealth; polling CheckHealth every {:?}", self.config.invoke_interval);
+                }
                 self.poll().await
             }
             Ok(Err(s)) => End::Failed(format!("WatchHealth: {}", describe(&s))),
