@@ -31,7 +31,7 @@ fn main() {
         let plugin = Plugin::bind(
             &socket,
             PluginOptions {
-                gpus: sim::identities(8),
+                gpus: Some(sim::identities(8)),
                 backend: "sim",
                 grace: Duration::from_secs(1),
                 watch_health: true,

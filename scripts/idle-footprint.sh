@@ -14,7 +14,7 @@ cleanup() { kill "${gm:-}" "${det:-}" 2>/dev/null || true; wait 2>/dev/null || t
 trap cleanup EXIT
 
 sed "s#/var/run/npd/npd-gpu-monitor.sock#$dir/gpu.sock#" examples/external-gpu-monitor.json > "$dir/gpu.json"
-"$bin" gpu-monitor --socket "$dir/gpu.sock" 2>"$dir/gpu.log" & gm=$!
+"$bin" gpu-monitor --backend sim --socket "$dir/gpu.sock" 2>"$dir/gpu.log" & gm=$!
 "$bin" detector --config.external-monitor "$dir/gpu.json" --port 20356 2>"$dir/detector.log" & det=$!
 
 hz=$(getconf CLK_TCK)

@@ -135,8 +135,10 @@ pub struct DetectorArgs {
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
 pub enum BackendKind {
-    /// A simulated GPU node driven by a scenario.
+    /// NVIDIA's management library, loaded at run time.
     #[default]
+    Nvml,
+    /// A simulated GPU node driven by a scenario (tests, demos).
     Sim,
 }
 
@@ -149,6 +151,19 @@ pub struct GpuMonitorArgs {
     /// Where GPU readings come from.
     #[arg(long, value_enum, default_value_t = BackendKind::Sim)]
     pub backend: BackendKind,
+
+    /// NVML library to load (default: libnvidia-ml.so.1 from the loader's
+    /// path, then the GPU Operator's /run/nvidia/driver).
+    #[arg(long, value_name = "PATH")]
+    pub nvml_lib: Option<PathBuf>,
+
+    /// Deadline of every NVML call; a call that takes longer makes GPUUnresponsive True.
+    #[arg(long, value_parser = go_duration, default_value = "30s")]
+    pub nvml_timeout: Duration,
+
+    /// Fast poll period (and retry period while the driver is not ready).
+    #[arg(long, value_parser = go_duration, default_value = "10s")]
+    pub poll_interval: Duration,
 
     /// Number of simulated GPUs.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]

@@ -210,7 +210,14 @@ fn detector_refuses_an_invalid_config_and_names_the_spot() {
 
 fn spawn_gpu_monitor(socket: &Path) -> Child {
     Command::new(BIN)
-        .args(["gpu-monitor", "--log-format", "json", "--socket"])
+        .args([
+            "gpu-monitor",
+            "--backend",
+            "sim",
+            "--log-format",
+            "json",
+            "--socket",
+        ])
         .arg(socket)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -285,7 +292,7 @@ fn probe_reports_health_metadata_and_status_or_what_failed() {
     let v: serde_json::Value = serde_json::from_str(&out).expect("one JSON document");
     assert_eq!(v["health"], "SERVING");
     assert_eq!(v["metadata"]["api_version"], "v1");
-    assert_eq!(v["status"]["conditions"].as_array().map(Vec::len), Some(3));
+    assert_eq!(v["status"]["conditions"].as_array().map(Vec::len), Some(5));
     let (code, out, _) = npd(&["probe", socket.to_str().expect("utf8")]);
     assert_eq!(code, 0);
     assert!(
@@ -441,4 +448,56 @@ fn demo_exits_cleanly_on_ctrl_c() {
         !Path::new(socket).exists(),
         "demo removes its socket and directory"
     );
+}
+
+#[test]
+fn nvml_backend_without_a_driver_reports_driver_not_ready_and_keeps_serving() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("gpu.sock");
+    let mut child = Command::new(BIN)
+        .args([
+            "gpu-monitor",
+            "--backend",
+            "nvml",
+            "--nvml-lib",
+            "/nonexistent/libnvidia-ml.so.1",
+            "--socket",
+        ])
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    wait_until(Duration::from_secs(20), "socket", || socket.exists());
+    let s = socket.to_str().expect("utf8");
+    let mut status = serde_json::Value::Null;
+    wait_until(Duration::from_secs(20), "GPUDriverNotReady True", || {
+        let (code, out, _) = npd(&["probe", "--json", s]);
+        status = serde_json::from_str(&out).unwrap_or_default();
+        code == 0
+            && status["status"]["conditions"].as_array().is_some_and(|c| {
+                c.iter()
+                    .any(|c| c["type"] == "GPUDriverNotReady" && c["status"] == "True")
+            })
+    });
+    let conditions = status["status"]["conditions"]
+        .as_array()
+        .expect("conditions");
+    let driver = conditions
+        .iter()
+        .find(|c| c["type"] == "GPUDriverNotReady")
+        .expect("present");
+    assert!(
+        driver["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("/nonexistent/libnvidia-ml.so.1")),
+        "{driver}"
+    );
+    for t in ["GPULost", "GPUResetRequired", "GPUThermalThrottling"] {
+        let c = conditions.iter().find(|c| c["type"] == t).expect("present");
+        assert_eq!(c["status"], "Unknown", "{t} must not be guessed: {c}");
+    }
+    assert_eq!(status["metadata"]["capabilities"]["backend"], "nvml");
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
 }

@@ -139,7 +139,14 @@ async fn reset_class_xid_and_thermal_and_clear() {
 
 fn spawn_plugin_process(socket: &std::path::Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_npd-ext"))
-        .args(["gpu-monitor", "--sim-scenario", "builtin:xid79", "--socket"])
+        .args([
+            "gpu-monitor",
+            "--backend",
+            "sim",
+            "--sim-scenario",
+            "builtin:xid79",
+            "--socket",
+        ])
         .arg(socket)
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -32,7 +32,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let plugin = Plugin::bind(
         &socket,
         PluginOptions {
-            gpus: sim::identities(args.gpus),
+            gpus: Some(sim::identities(args.gpus)),
             backend: "sim",
             grace: DEFAULT_GRACE,
             watch_health: true,

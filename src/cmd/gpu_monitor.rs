@@ -3,14 +3,20 @@
 use anyhow::Context;
 
 use crate::cli::{BackendKind, GpuMonitorArgs};
+use crate::gpu::nvml::{self, NvmlOptions};
 use crate::gpu::plugin::{Plugin, PluginOptions};
 use crate::gpu::sim::{self, Scenario};
 use crate::shutdown::Shutdown;
 
 pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
-    let BackendKind::Sim = args.backend;
-    let scenario = Scenario::load(&args.sim_scenario).context("cannot load the sim scenario")?;
-    scenario.check_gpus(args.sim_gpus)?;
+    let scenario = match args.backend {
+        BackendKind::Sim => {
+            let s = Scenario::load(&args.sim_scenario).context("cannot load the sim scenario")?;
+            s.check_gpus(args.sim_gpus)?;
+            Some(s)
+        }
+        BackendKind::Nvml => None,
+    };
 
     let shutdown = Shutdown::new();
     shutdown
@@ -19,20 +25,36 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
     let plugin = Plugin::bind(
         &args.socket,
         PluginOptions {
-            gpus: sim::identities(args.sim_gpus),
-            backend: "sim",
+            gpus: scenario.as_ref().map(|_| sim::identities(args.sim_gpus)),
+            backend: match args.backend {
+                BackendKind::Nvml => "nvml",
+                BackendKind::Sim => "sim",
+            },
             grace: args.shutdown_grace,
             watch_health: !args.disable_watch_health,
         },
     )
     .context("cannot serve the plugin socket")?;
-    tracing::info!(scenario = %scenario.name, gpus = args.sim_gpus, "sim backend");
-    shutdown.spawn(sim::run(
-        scenario,
-        args.sim_gpus,
-        plugin.observations(),
-        shutdown.token().child_token(),
-    ));
+    let token = shutdown.token().child_token();
+    match scenario {
+        Some(scenario) => {
+            tracing::info!(scenario = %scenario.name, gpus = args.sim_gpus, "sim backend");
+            shutdown.spawn(sim::run(
+                scenario,
+                args.sim_gpus,
+                plugin.observations(),
+                token,
+            ));
+        }
+        None => {
+            let options = NvmlOptions {
+                library: args.nvml_lib.clone(),
+                call_timeout: args.nvml_timeout,
+                poll_interval: args.poll_interval,
+            };
+            shutdown.spawn(nvml::run(options, plugin.observations(), token));
+        }
+    }
     let result = plugin.serve(shutdown.token().clone()).await;
     shutdown.drain(args.shutdown_grace).await;
     result.context("gRPC server failed")

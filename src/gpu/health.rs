@@ -2,10 +2,13 @@
 //! conditions (True = problem) that name every affected GPU, plus events.
 
 use std::collections::VecDeque;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::xid::{self, Action, XidInfo};
-use super::{GPU_LOST, GPU_RESET_REQUIRED, GPU_THERMAL_THROTTLING, GpuIdentity, Observation};
+use super::{
+    GPU_DRIVER_NOT_READY, GPU_LOST, GPU_RESET_REQUIRED, GPU_THERMAL_THROTTLING, GPU_UNRESPONSIVE,
+    GpuIdentity, Observation,
+};
 use crate::problem::{Condition, ConditionStatus, Event, Severity};
 
 /// Hopper's slowdown threshold (H200 fixture: slowdown 89 °C, shutdown 95 °C).
@@ -16,6 +19,10 @@ pub const THERMAL_HYSTERESIS_CELSIUS: i32 = 5;
 pub const REASON_XID_ERROR: &str = "XIDError";
 pub const REASON_XID_APP_ERROR: &str = "XIDAppError";
 pub const REASON_RECOVERED: &str = "GPURecovered";
+pub const REASON_DRIVER_NOT_READY: &str = "DriverNotReady";
+pub const REASON_DRIVER_READY: &str = "DriverReady";
+pub const REASON_UNRESPONSIVE: &str = "NVMLCallHung";
+pub const REASON_RESPONSIVE: &str = "NVMLResponsive";
 
 /// Recent events kept for clients that have not yet seen them.
 const EVENT_BACKLOG: usize = 64;
@@ -26,9 +33,24 @@ enum LostCause {
     NotResponding,
 }
 
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Driver {
+    Ready { version: String },
+    NotReady { reason: String },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Stuck {
+    call: String,
+    gpu: Option<u32>,
+    waited: Duration,
+}
+
 #[derive(Clone, Debug)]
 struct GpuState {
     id: GpuIdentity,
+    /// This GPU's slowdown temperature (NVML's, or the H200 default).
+    slowdown: i32,
     lost: Option<LostCause>,
     reset_required: Option<XidInfo>,
     /// Temperature when throttling began (kept out of the live reading so
@@ -61,27 +83,46 @@ impl Snapshot {
 #[derive(Debug)]
 pub struct HealthModel {
     gpus: Vec<GpuState>,
-    slowdown_celsius: i32,
+    driver: Driver,
+    unresponsive: Option<Stuck>,
     events: VecDeque<(u64, Event)>,
     next_seq: u64,
 }
 
+impl GpuState {
+    fn new(id: GpuIdentity) -> Self {
+        Self {
+            id,
+            slowdown: DEFAULT_SLOWDOWN_CELSIUS,
+            lost: None,
+            reset_required: None,
+            throttled_at: None,
+        }
+    }
+}
+
 impl HealthModel {
+    /// A node whose GPUs are known up front (the sim backend).
     pub fn new(gpus: Vec<GpuIdentity>) -> Self {
         Self {
-            gpus: gpus
-                .into_iter()
-                .map(|id| GpuState {
-                    id,
-                    lost: None,
-                    reset_required: None,
-                    throttled_at: None,
-                })
-                .collect(),
-            slowdown_celsius: DEFAULT_SLOWDOWN_CELSIUS,
+            gpus: gpus.into_iter().map(GpuState::new).collect(),
+            driver: Driver::Ready {
+                version: String::new(),
+            },
+            unresponsive: None,
             events: VecDeque::new(),
             next_seq: 1,
         }
+    }
+
+    /// A node whose GPUs are learnt from the driver: until it answers,
+    /// nothing about the GPUs is known.
+    pub fn awaiting_driver() -> Self {
+        let mut m = Self::new(Vec::new());
+        m.driver = Driver::NotReady {
+            reason: "the NVIDIA driver has not been reached yet".into(),
+        };
+        m
     }
 
     pub fn gpu_count(&self) -> usize {
@@ -92,16 +133,118 @@ impl HealthModel {
     pub fn apply(&mut self, obs: &Observation) -> bool {
         let before = self.conditions();
         let events_before = self.next_seq;
-        let Some(idx) = self.gpus.iter().position(|g| g.id.index == obs.gpu()) else {
-            tracing::warn!(
-                gpu = obs.gpu(),
-                "observation for a GPU this node does not have; ignored"
-            );
-            return false;
+        let events = match obs {
+            Observation::DriverNotReady { reason, at } => self.driver_not_ready(reason, *at),
+            Observation::DriverReady { gpus, version, at } => self.driver_ready(gpus, version, *at),
+            Observation::Unresponsive {
+                call,
+                gpu,
+                waited,
+                at,
+            } => {
+                let stuck = Stuck {
+                    call: call.clone(),
+                    gpu: *gpu,
+                    waited: *waited,
+                };
+                let first = self.unresponsive.is_none();
+                let message = self.describe_stuck(&stuck);
+                self.unresponsive = Some(stuck);
+                if first {
+                    vec![event(Severity::Warn, *at, GPU_UNRESPONSIVE.into(), message)]
+                } else {
+                    vec![]
+                }
+            }
+            Observation::Responsive { at } => match self.unresponsive.take() {
+                Some(_) => vec![event(
+                    Severity::Info,
+                    *at,
+                    REASON_RESPONSIVE.into(),
+                    "NVML calls return in time again".into(),
+                )],
+                None => vec![],
+            },
+            gpu_obs => self.apply_gpu(gpu_obs),
+        };
+        for e in events {
+            self.push_event(e);
+        }
+        self.next_seq != events_before || self.conditions() != before
+    }
+
+    fn driver_not_ready(&mut self, reason: &str, at: SystemTime) -> Vec<Event> {
+        let was_ready = matches!(self.driver, Driver::Ready { .. });
+        self.driver = Driver::NotReady {
+            reason: reason.to_owned(),
+        };
+        if was_ready {
+            vec![event(
+                Severity::Warn,
+                at,
+                REASON_DRIVER_NOT_READY.into(),
+                reason.to_owned(),
+            )]
+        } else {
+            vec![]
+        }
+    }
+
+    /// The driver's inventory replaces ours; GPUs that stay (same UUID) keep their state.
+    fn driver_ready(&mut self, gpus: &[GpuIdentity], version: &str, at: SystemTime) -> Vec<Event> {
+        let was_ready = matches!(self.driver, Driver::Ready { .. });
+        let mut old = std::mem::take(&mut self.gpus);
+        self.gpus = gpus
+            .iter()
+            .map(|id| match old.iter().position(|g| g.id.uuid == id.uuid) {
+                Some(i) => {
+                    let mut g = old.swap_remove(i);
+                    g.id = id.clone();
+                    g
+                }
+                None => GpuState::new(id.clone()),
+            })
+            .collect();
+        self.driver = Driver::Ready {
+            version: version.to_owned(),
+        };
+        if was_ready {
+            vec![]
+        } else {
+            vec![event(
+                Severity::Info,
+                at,
+                REASON_DRIVER_READY.into(),
+                format!(
+                    "NVIDIA driver {version} answers; {} GPUs visible",
+                    gpus.len()
+                ),
+            )]
+        }
+    }
+
+    fn describe_stuck(&self, stuck: &Stuck) -> String {
+        let on = stuck
+            .gpu
+            .and_then(|i| self.gpus.iter().find(|g| g.id.index == i))
+            .map_or_else(|| "the driver".to_owned(), |g| g.id.to_string());
+        format!(
+            "{on}: {} did not return within {:?}; action: check the driver (nvidia-smi may hang too), then reset the GPU or reboot",
+            stuck.call, stuck.waited
+        )
+    }
+
+    fn apply_gpu(&mut self, obs: &Observation) -> Vec<Event> {
+        let Some(idx) = obs
+            .gpu()
+            .and_then(|i| self.gpus.iter().position(|g| g.id.index == i))
+        else {
+            tracing::warn!(gpu = ?obs.gpu(), "observation for a GPU this node does not have; ignored");
+            return Vec::new();
         };
         let mut events = Vec::new();
-        let slowdown = self.slowdown_celsius;
         let gpu = &mut self.gpus[idx];
+        let slowdown = gpu.slowdown;
         match *obs {
             Observation::Xid { xid, at, .. } => {
                 let info = xid::lookup(xid);
@@ -190,11 +333,13 @@ impl HealthModel {
                     ));
                 }
             }
+            Observation::SlowdownThreshold { celsius, .. } => gpu.slowdown = celsius,
+            Observation::DriverNotReady { .. }
+            | Observation::DriverReady { .. }
+            | Observation::Unresponsive { .. }
+            | Observation::Responsive { .. } => {}
         }
-        for e in events {
-            self.push_event(e);
-        }
-        self.next_seq != events_before || self.conditions() != before
+        events
     }
 
     fn push_event(&mut self, e: Event) {
@@ -212,8 +357,81 @@ impl HealthModel {
         }
     }
 
-    /// Node-level conditions, one per supported type, naming each affected GPU.
+    /// Node-level conditions, one per supported type, naming each affected
+    /// GPU. What the monitor cannot see is `Unknown`, never a guess.
     pub fn conditions(&self) -> Vec<Condition> {
+        let n = self.gpus.len();
+        let driver = match &self.driver {
+            Driver::Ready { version } => {
+                let who = if version.is_empty() {
+                    "driver ready".to_owned()
+                } else {
+                    format!("NVIDIA driver {version} ready")
+                };
+                Condition::new(
+                    GPU_DRIVER_NOT_READY,
+                    ConditionStatus::False,
+                    REASON_DRIVER_READY,
+                    format!("{who}; {n} GPUs visible"),
+                )
+            }
+            Driver::NotReady { reason } => Condition::new(
+                GPU_DRIVER_NOT_READY,
+                ConditionStatus::True,
+                REASON_DRIVER_NOT_READY,
+                format!(
+                    "{reason}; action: check that the NVIDIA driver is loaded (nvidia-smi) and the NVML library path"
+                ),
+            ),
+        };
+        let unresponsive = match &self.unresponsive {
+            None => Condition::new(
+                GPU_UNRESPONSIVE,
+                ConditionStatus::False,
+                REASON_RESPONSIVE,
+                "NVML calls return in time",
+            ),
+            Some(stuck) => Condition::new(
+                GPU_UNRESPONSIVE,
+                ConditionStatus::True,
+                REASON_UNRESPONSIVE,
+                self.describe_stuck(stuck),
+            ),
+        };
+        let mut out = vec![driver, unresponsive];
+        match &self.driver {
+            Driver::NotReady { reason } => {
+                out.extend(
+                    [GPU_LOST, GPU_RESET_REQUIRED, GPU_THERMAL_THROTTLING].map(|t| {
+                        Condition::new(
+                            t,
+                            ConditionStatus::Unknown,
+                            REASON_DRIVER_NOT_READY,
+                            format!("cannot see the GPUs: {reason}"),
+                        )
+                    }),
+                );
+            }
+            Driver::Ready { .. } => {
+                let [lost, reset, mut thermal] = self.gpu_conditions();
+                // Readings stopped: a throttling GPU stays reported, a cool
+                // one is no longer known to be cool.
+                if self.unresponsive.is_some() && thermal.status != ConditionStatus::True {
+                    thermal = Condition::new(
+                        GPU_THERMAL_THROTTLING,
+                        ConditionStatus::Unknown,
+                        REASON_UNRESPONSIVE,
+                        "temperature readings stopped: NVML does not answer",
+                    );
+                }
+                out.extend([lost, reset, thermal]);
+            }
+        }
+        out
+    }
+
+    /// The conditions judged from per-GPU state (driver ready).
+    fn gpu_conditions(&self) -> [Condition; 3] {
         let n = self.gpus.len();
         let lost: Vec<&GpuState> = self.gpus.iter().filter(|g| g.lost.is_some()).collect();
         let lost_condition = if lost.is_empty() {
@@ -294,12 +512,12 @@ impl HealthModel {
                 join(hot.iter().map(|(g, t)| {
                     format!(
                         "{}: reached {t} °C, slowdown is {} °C; action: check cooling and airflow",
-                        g.id, self.slowdown_celsius
+                        g.id, g.slowdown
                     )
                 })),
             )
         };
-        vec![lost_condition, reset_condition, thermal_condition]
+        [lost_condition, reset_condition, thermal_condition]
     }
 }
 
@@ -336,7 +554,7 @@ mod tests {
     fn healthy_node_reports_all_false() {
         let m = model();
         let c = m.conditions();
-        assert_eq!(c.len(), 3);
+        assert_eq!(c.len(), 5);
         assert!(
             c.iter().all(|c| c.status == ConditionStatus::False),
             "{c:?}"
@@ -439,6 +657,157 @@ mod tests {
         assert_eq!(throttling(&m), ConditionStatus::True);
         temp(&mut m, 84);
         assert_eq!(throttling(&m), ConditionStatus::False);
+    }
+
+    #[test]
+    fn without_a_driver_gpu_conditions_are_unknown_not_healthy() {
+        let mut m = HealthModel::awaiting_driver();
+        let c = m.conditions();
+        assert_eq!(
+            status_of(&c, GPU_DRIVER_NOT_READY).status,
+            ConditionStatus::True
+        );
+        for t in [GPU_LOST, GPU_RESET_REQUIRED, GPU_THERMAL_THROTTLING] {
+            assert_eq!(status_of(&c, t).status, ConditionStatus::Unknown, "{t}");
+        }
+        let now = SystemTime::now();
+        m.apply(&Observation::DriverNotReady {
+            reason: "cannot load NVML (x: not found)".into(),
+            at: now,
+        });
+        let c = m.conditions();
+        assert!(
+            status_of(&c, GPU_DRIVER_NOT_READY)
+                .message
+                .contains("cannot load NVML (x: not found)")
+        );
+        assert!(
+            m.snapshot().events.is_empty(),
+            "never ready: no transition event"
+        );
+
+        let gpus = sim::identities(2);
+        assert!(m.apply(&Observation::DriverReady {
+            gpus: gpus.clone(),
+            version: "580.159.04".into(),
+            at: now
+        }));
+        let c = m.conditions();
+        assert_eq!(
+            status_of(&c, GPU_DRIVER_NOT_READY).status,
+            ConditionStatus::False
+        );
+        assert!(
+            status_of(&c, GPU_DRIVER_NOT_READY)
+                .message
+                .contains("580.159.04 ready; 2 GPUs visible")
+        );
+        assert!(
+            c.iter().all(|c| c.status == ConditionStatus::False),
+            "{c:?}"
+        );
+        assert_eq!(
+            m.snapshot().events.last().map(|(_, e)| e.reason.as_str()),
+            Some(REASON_DRIVER_READY)
+        );
+    }
+
+    #[test]
+    fn a_new_inventory_keeps_the_state_of_gpus_that_stay() {
+        let mut m = HealthModel::awaiting_driver();
+        let now = SystemTime::now();
+        let gpus = sim::identities(3);
+        m.apply(&Observation::DriverReady {
+            gpus: gpus.clone(),
+            version: "v".into(),
+            at: now,
+        });
+        m.apply(&Observation::Xid {
+            gpu: 2,
+            xid: 48,
+            at: now,
+        });
+        // GPU 0 disappears: indexes shift, the UUID decides who is who.
+        let mut shifted: Vec<GpuIdentity> = gpus[1..].to_vec();
+        for (i, g) in shifted.iter_mut().enumerate() {
+            g.index = i as u32;
+        }
+        m.apply(&Observation::DriverReady {
+            gpus: shifted,
+            version: "v".into(),
+            at: now,
+        });
+        let reset = status_of(&m.conditions(), GPU_RESET_REQUIRED).clone();
+        assert_eq!(reset.status, ConditionStatus::True);
+        assert!(
+            reset
+                .message
+                .contains(&format!("gpu=1 uuid={}", gpus[2].uuid)),
+            "{}",
+            reset.message
+        );
+    }
+
+    #[test]
+    fn a_hung_call_is_unresponsive_and_stale_readings_unknown() {
+        let mut m = model();
+        let now = SystemTime::now();
+        m.apply(&Observation::Temperature {
+            gpu: 4,
+            celsius: 40,
+            at: now,
+        });
+        assert!(m.apply(&Observation::Unresponsive {
+            call: "nvmlDeviceGetTemperature".into(),
+            gpu: Some(4),
+            waited: Duration::from_secs(30),
+            at: now,
+        }));
+        let c = m.conditions();
+        let u = status_of(&c, GPU_UNRESPONSIVE);
+        assert_eq!(u.status, ConditionStatus::True);
+        assert!(
+            u.message.contains("gpu=4 ") && u.message.contains("nvmlDeviceGetTemperature"),
+            "{}",
+            u.message
+        );
+        assert_eq!(
+            status_of(&c, GPU_THERMAL_THROTTLING).status,
+            ConditionStatus::Unknown
+        );
+        assert_eq!(
+            status_of(&c, GPU_LOST).status,
+            ConditionStatus::False,
+            "XID-based state is not a reading"
+        );
+        assert!(m.apply(&Observation::Responsive { at: now }));
+        assert!(
+            m.conditions()
+                .iter()
+                .all(|c| c.status == ConditionStatus::False)
+        );
+        assert!(
+            !m.apply(&Observation::Responsive { at: now }),
+            "nothing new"
+        );
+    }
+
+    #[test]
+    fn the_gpus_own_slowdown_threshold_is_used() {
+        let mut m = model();
+        let now = SystemTime::now();
+        m.apply(&Observation::SlowdownThreshold {
+            gpu: 0,
+            celsius: 80,
+        });
+        m.apply(&Observation::Temperature {
+            gpu: 0,
+            celsius: 82,
+            at: now,
+        });
+        let t = status_of(&m.conditions(), GPU_THERMAL_THROTTLING).clone();
+        assert_eq!(t.status, ConditionStatus::True);
+        assert!(t.message.contains("slowdown is 80 °C"), "{}", t.message);
     }
 
     #[test]

@@ -5,20 +5,30 @@
 //! Kubernetes: its only output is a `Status` on the wire.
 
 pub mod health;
+pub mod nvml;
 pub mod plugin;
 pub mod sim;
+pub mod watchdog;
 pub mod xid;
 
 use std::fmt;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 // Condition types (True = problem).
+pub const GPU_DRIVER_NOT_READY: &str = "GPUDriverNotReady";
+pub const GPU_UNRESPONSIVE: &str = "GPUUnresponsive";
 pub const GPU_LOST: &str = "GPULost";
 pub const GPU_RESET_REQUIRED: &str = "GPUResetRequired";
 pub const GPU_THERMAL_THROTTLING: &str = "GPUThermalThrottling";
 
 /// Every condition type this monitor reports, in report order.
-pub const SUPPORTED_CONDITIONS: [&str; 3] = [GPU_LOST, GPU_RESET_REQUIRED, GPU_THERMAL_THROTTLING];
+pub const SUPPORTED_CONDITIONS: [&str; 5] = [
+    GPU_DRIVER_NOT_READY,
+    GPU_UNRESPONSIVE,
+    GPU_LOST,
+    GPU_RESET_REQUIRED,
+    GPU_THERMAL_THROTTLING,
+];
 
 /// Who a GPU is: everything an operator needs to find the board.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,9 +50,28 @@ impl fmt::Display for GpuIdentity {
     }
 }
 
-/// Something a backend saw on one GPU (by index).
+/// Something a backend saw: about the driver, or about one GPU (by index).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Observation {
+    /// The driver (NVML) cannot be reached; `reason` says why.
+    DriverNotReady { reason: String, at: SystemTime },
+    /// The driver answers and sees these GPUs.
+    DriverReady {
+        gpus: Vec<GpuIdentity>,
+        version: String,
+        at: SystemTime,
+    },
+    /// A driver call did not return within `waited`.
+    Unresponsive {
+        call: String,
+        gpu: Option<u32>,
+        waited: Duration,
+        at: SystemTime,
+    },
+    /// Driver calls return in time again.
+    Responsive { at: SystemTime },
+    /// The GPU's own slowdown temperature, °C.
+    SlowdownThreshold { gpu: u32, celsius: i32 },
     /// An XID error was reported for the GPU.
     Xid { gpu: u32, xid: u32, at: SystemTime },
     /// The GPU stopped answering (NVML `GPU_IS_LOST` or equivalent).
@@ -58,12 +87,18 @@ pub enum Observation {
 }
 
 impl Observation {
-    pub fn gpu(&self) -> u32 {
+    /// The GPU this is about, or `None` for the driver as a whole.
+    pub fn gpu(&self) -> Option<u32> {
         match self {
             Self::Xid { gpu, .. }
             | Self::Lost { gpu, .. }
             | Self::Temperature { gpu, .. }
-            | Self::Reset { gpu, .. } => *gpu,
+            | Self::Reset { gpu, .. }
+            | Self::SlowdownThreshold { gpu, .. } => Some(*gpu),
+            Self::DriverNotReady { .. }
+            | Self::DriverReady { .. }
+            | Self::Unresponsive { .. }
+            | Self::Responsive { .. } => None,
         }
     }
 }

@@ -27,7 +27,9 @@ pub const SOURCE: &str = "gpu-monitor";
 
 #[derive(Clone, Debug)]
 pub struct PluginOptions {
-    pub gpus: Vec<GpuIdentity>,
+    /// The GPUs, when known up front (sim); `None` when the backend learns
+    /// them from the driver (NVML).
+    pub gpus: Option<Vec<GpuIdentity>>,
     /// Backend name, announced in metadata capabilities.
     pub backend: &'static str,
     /// How long in-flight calls get after shutdown starts.
@@ -75,7 +77,10 @@ impl Plugin {
         let Some(listener) = self.socket.take_listener() else {
             return Ok(());
         };
-        let model = HealthModel::new(self.options.gpus.clone());
+        let model = match &self.options.gpus {
+            Some(gpus) => HealthModel::new(gpus.clone()),
+            None => HealthModel::awaiting_driver(),
+        };
         let (snap_tx, snap_rx) = watch::channel(Arc::new(model.snapshot()));
         let engine = tokio::spawn(run_model(model, self.rx, snap_tx, token.clone()));
 
@@ -92,7 +97,7 @@ impl Plugin {
             .await;
         tracing::info!(
             socket = %self.socket.path().display(),
-            gpus = self.options.gpus.len(),
+            gpus = ?self.options.gpus.as_ref().map(Vec::len),
             backend = self.options.backend,
             "gpu-monitor serving"
         );
@@ -148,7 +153,13 @@ async fn run_model(
 fn metadata(options: &PluginOptions) -> MonitorMetadata {
     let capabilities: HashMap<String, String> = [
         ("backend", options.backend.to_owned()),
-        ("gpus", options.gpus.len().to_string()),
+        (
+            "gpus",
+            options
+                .gpus
+                .as_ref()
+                .map_or_else(|| "from-driver".to_owned(), |g| g.len().to_string()),
+        ),
         ("watch_health", options.watch_health.to_string()),
         ("xid_detection", "true".to_owned()),
         ("thermal_monitoring", "true".to_owned()),
@@ -159,7 +170,7 @@ fn metadata(options: &PluginOptions) -> MonitorMetadata {
     MonitorMetadata {
         name: SOURCE.into(),
         version: crate::VERSION.into(),
-        description: "NVIDIA GPU health: lost GPUs, reset-class XIDs, thermal throttling".into(),
+        description: "NVIDIA GPU health: driver readiness, hung NVML calls, lost GPUs, reset-class XIDs, thermal throttling".into(),
         supported_conditions: SUPPORTED_CONDITIONS
             .iter()
             .map(|s| (*s).to_owned())

@@ -31,7 +31,7 @@ pub fn start_plugin(socket: &Path, watch_health: bool) -> RunningPlugin {
     let plugin = Plugin::bind(
         socket,
         PluginOptions {
-            gpus: sim::identities(GPUS),
+            gpus: Some(sim::identities(GPUS)),
             backend: "sim",
             grace: Duration::from_secs(2),
             watch_health,
