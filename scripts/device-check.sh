@@ -32,7 +32,7 @@ work=$(mktemp -d)
 {
   echo "## $bin --version"; "$bin" --version
   sock=$work/run/npd/gpu.sock
-  "$bin" gpu-monitor --socket "$sock" --sim-scenario builtin:xid79 2> "$out/gpu-monitor.log" &
+  "$bin" gpu-monitor --backend sim --socket "$sock" --sim-scenario builtin:xid79 2> "$out/gpu-monitor.log" &
   gm=$!
   for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
   echo "## socket"; ls -l "$sock"
@@ -49,5 +49,29 @@ work=$(mktemp -d)
   kill -TERM $gm $det; wait $gm; echo "gpu-monitor exit=$?"; wait $det; echo "detector exit=$?"
   [ -e "$sock" ] && echo "socket LEFT BEHIND" || echo "socket removed"
 } > "$out/run.txt" 2>&1
+
+# The NVML backend against the real GPU: fast sweeps every second, logged
+# with their cost; probe and detector see the real GPUs.
+{
+  sock=$work/nvml/gpu.sock
+  RUST_LOG=npd_ext=debug "$bin" gpu-monitor --backend nvml --poll-interval 1s --socket "$sock" 2> "$out/nvml-gpu-monitor.log" &
+  gm=$!
+  for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
+  sleep 3
+  echo "## probe --json (NVML backend)"; "$bin" probe --json "$sock"; echo "rc=$?"
+  sed "s#/var/run/npd/npd-gpu-monitor.sock#$sock#" examples/external-gpu-monitor.json > "$work/nvml.json"
+  "$bin" detector --config.external-monitor "$work/nvml.json" --port 20257 2> "$out/nvml-detector.log" &
+  det=$!
+  sleep 12
+  echo "## /conditions (NVML backend)"
+  exec 3<>/dev/tcp/127.0.0.1/20257 && printf 'GET /conditions HTTP/1.0\r\n\r\n' >&3 && cat <&3; echo
+  echo "## footprint after ~15 s"
+  for p in $gm $det; do echo "pid $p $(tr '\0' ' ' < /proc/$p/cmdline | cut -c1-40) $(grep VmRSS /proc/$p/status) cpu_ticks=$(awk '{print $14+$15}' /proc/$p/stat)"; done
+  kill -TERM $gm $det; wait $gm; echo "gpu-monitor exit=$?"; wait $det; echo "detector exit=$?"
+  echo "## NVML timings from the log"
+  grep -E "NVML ready|NVML sweep" "$out/nvml-gpu-monitor.log" | head -5
+  grep -c "NVML sweep" "$out/nvml-gpu-monitor.log"
+  grep -oE 'took_us=[0-9]+' "$out/nvml-gpu-monitor.log" | cut -d= -f2 | sort -n | awk '{a[NR]=$1} END {if (NR) print "sweep us: n=" NR " min=" a[1] " p50=" a[int((NR+1)/2)] " max=" a[NR]}'
+} > "$out/nvml.txt" 2>&1
 rm -rf "$work"
-cat "$out/host.txt" "$out/run.txt"
+cat "$out/host.txt" "$out/run.txt" "$out/nvml.txt"

@@ -160,12 +160,17 @@ fn sweep(nvml: &Nvml, gpus: &[u32], in_flight: &Shared) -> Vec<Observation> {
 /// Runs the backend until `token` is cancelled.
 pub async fn run(options: NvmlOptions, tx: mpsc::Sender<Observation>, token: CancellationToken) {
     let in_flight: Shared = Arc::default();
+    let mut last_reason = String::new();
     loop {
         let outcome = session(&options, &tx, &token, &in_flight).await;
         let obs = match outcome {
             Session::Cancelled => return,
             Session::NotReady(reason) => {
-                tracing::warn!("NVML not ready: {reason}");
+                // Retries with the same cause are not news.
+                if reason != last_reason {
+                    tracing::warn!("NVML not ready: {reason}");
+                    last_reason.clone_from(&reason);
+                }
                 Observation::DriverNotReady {
                     reason,
                     at: SystemTime::now(),
@@ -225,6 +230,7 @@ async fn session(
     let deadline = options.call_timeout;
     mark(in_flight, "nvmlInit", None);
     let library = options.library.clone();
+    let started = Instant::now();
     let nvml = match run_once("nvml-init", deadline, move || open(library)).await {
         Ok(Ok(nvml)) => nvml,
         Ok(Err(reason)) => return Session::NotReady(reason),
@@ -234,7 +240,9 @@ async fn session(
         Ok(w) => w,
         Err(e) => return Session::NotReady(format!("cannot start the NVML worker thread: {e}")),
     };
+    let init_us = started.elapsed().as_micros();
     let shared = Arc::clone(in_flight);
+    let started = Instant::now();
     let inventory = match worker
         .call(deadline, move |nvml| enumerate(nvml, &shared))
         .await
@@ -244,7 +252,13 @@ async fn session(
         Err(e) => return e.into(),
     };
     let indexes: Arc<[u32]> = inventory.gpus.iter().map(|g| g.index).collect();
-    tracing::info!(driver = %inventory.version, gpus = indexes.len(), "NVML ready");
+    tracing::info!(
+        driver = %inventory.version,
+        gpus = indexes.len(),
+        init_us,
+        enumerate_us = started.elapsed().as_micros(),
+        "NVML ready"
+    );
     let now = SystemTime::now();
     let mut first = vec![
         Observation::Responsive { at: now },
