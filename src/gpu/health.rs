@@ -372,7 +372,7 @@ impl HealthModel {
                     GPU_DRIVER_NOT_READY,
                     ConditionStatus::False,
                     REASON_DRIVER_READY,
-                    format!("{who}; {n} GPUs visible"),
+                    format!("{who}; {}", gpus_visible(n)),
                 )
             }
             Driver::NotReady { reason } => Condition::new(
@@ -439,7 +439,11 @@ impl HealthModel {
                 GPU_LOST,
                 ConditionStatus::False,
                 "NoGPULost",
-                format!("all {n} GPUs answer"),
+                if n == 1 {
+                    "the GPU answers".to_owned()
+                } else {
+                    format!("all {n} GPUs answer")
+                },
             )
         } else {
             let reason = if lost
@@ -527,6 +531,14 @@ fn event(severity: Severity, timestamp: SystemTime, reason: String, message: Str
         timestamp,
         reason,
         message,
+    }
+}
+
+fn gpus_visible(n: usize) -> String {
+    if n == 1 {
+        "1 GPU visible".into()
+    } else {
+        format!("{n} GPUs visible")
     }
 }
 
