@@ -165,6 +165,15 @@ pub struct GpuMonitorArgs {
     #[arg(long, value_parser = go_duration, default_value = "10s")]
     pub poll_interval: Duration,
 
+    /// Kernel log to read XIDs from: /dev/kmsg, or a file or FIFO of records
+    /// in its format (default: /dev/kmsg with the NVML backend, none with sim).
+    #[arg(long, value_name = "PATH")]
+    pub kmsg_path: Option<PathBuf>,
+
+    /// Where the kernel-log position (boot id, last sequence) is kept across restarts.
+    #[arg(long, default_value = "/var/lib/npd-ext", value_name = "DIR")]
+    pub state_dir: PathBuf,
+
     /// Number of simulated GPUs.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub sim_gpus: u32,

@@ -501,3 +501,67 @@ fn nvml_backend_without_a_driver_reports_driver_not_ready_and_keeps_serving() {
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
 }
+
+#[test]
+fn kernel_log_xids_reach_the_plugin_status_by_pci_address() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("gpu.sock");
+    let kmsg = dir.path().join("kmsg");
+    std::fs::write(
+        &kmsg,
+        "6,1,100,-;NVRM: loading NVIDIA UNIX Open Kernel Module for x86_64  580.159.04\n\
+         4,2,200,-;NVRM: Xid (PCI:0000:61:00): 79, pid=9, name=train, GPU has fallen off the bus.\n\
+         4,3,300,-;NVRM: Xid (PCI:0000:3b:00): 48, pid=9, name=train, An uncorrectable double bit error\n",
+    )
+    .expect("write");
+    let mut child = Command::new(BIN)
+        .args(["gpu-monitor", "--backend", "sim", "--kmsg-path"])
+        .arg(&kmsg)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--socket")
+        .arg(&socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    wait_until(Duration::from_secs(20), "socket", || socket.exists());
+    let s = socket.to_str().expect("utf8");
+    let mut conditions = Vec::new();
+    wait_until(Duration::from_secs(20), "both kernel XIDs applied", || {
+        let (_, out, _) = npd(&["probe", "--json", s]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+        conditions = v["status"]["conditions"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        ["GPULost", "GPUResetRequired"].iter().all(|t| {
+            conditions
+                .iter()
+                .any(|c| c["type"] == *t && c["status"] == "True")
+        })
+    });
+    let message = |t: &str| {
+        conditions
+            .iter()
+            .find(|c| c["type"] == t)
+            .and_then(|c| c["message"].as_str())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(
+        message("GPULost").starts_with("gpu=3 uuid=GPU-"),
+        "{}",
+        message("GPULost")
+    );
+    assert!(
+        message("GPUResetRequired").starts_with("gpu=unknown pci=0000:3b:00"),
+        "an XID on an address no backend enumerates is still reported: {}",
+        message("GPUResetRequired")
+    );
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    let position =
+        std::fs::read_to_string(dir.path().join("state/kmsg-position")).expect("position kept");
+    assert!(position.trim().ends_with(" 3"), "{position}");
+}

@@ -1,8 +1,11 @@
 //! `npd-ext gpu-monitor`: the GPU external monitor plugin.
 
+use std::path::PathBuf;
+
 use anyhow::Context;
 
 use crate::cli::{BackendKind, GpuMonitorArgs};
+use crate::gpu::kmsg::{self, KmsgOptions};
 use crate::gpu::nvml::{self, NvmlOptions};
 use crate::gpu::plugin::{Plugin, PluginOptions};
 use crate::gpu::sim::{self, Scenario};
@@ -54,6 +57,22 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
             };
             shutdown.spawn(nvml::run(options, plugin.observations(), token));
         }
+    }
+    let kmsg_path = args.kmsg_path.clone().or_else(|| match args.backend {
+        BackendKind::Nvml => Some(PathBuf::from("/dev/kmsg")),
+        BackendKind::Sim => None,
+    });
+    if let Some(path) = kmsg_path {
+        let options = KmsgOptions {
+            path,
+            state_dir: Some(args.state_dir.clone()),
+            boot_id: kmsg::boot_id(),
+        };
+        shutdown.spawn(kmsg::run(
+            options,
+            plugin.observations(),
+            shutdown.token().child_token(),
+        ));
     }
     let result = plugin.serve(shutdown.token().clone()).await;
     shutdown.drain(args.shutdown_grace).await;

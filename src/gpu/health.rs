@@ -4,10 +4,11 @@
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime};
 
+use super::kmsg::PciAddr;
 use super::xid::{self, Action, XidInfo};
 use super::{
     GPU_DRIVER_NOT_READY, GPU_LOST, GPU_RESET_REQUIRED, GPU_THERMAL_THROTTLING, GPU_UNRESPONSIVE,
-    GpuIdentity, Observation,
+    GpuIdentity, Observation, UNENUMERATED,
 };
 use crate::problem::{Condition, ConditionStatus, Event, Severity};
 
@@ -125,8 +126,12 @@ impl HealthModel {
         m
     }
 
-    pub fn gpu_count(&self) -> usize {
-        self.gpus.len()
+    /// GPUs the driver enumerates (not those known only from the kernel log).
+    pub fn enumerated(&self) -> usize {
+        self.gpus
+            .iter()
+            .filter(|g| g.id.index != UNENUMERATED)
+            .count()
     }
 
     /// Applies one observation. Returns false when nothing a client can see changed.
@@ -165,6 +170,24 @@ impl HealthModel {
                 )],
                 None => vec![],
             },
+            Observation::KernelXid {
+                pci,
+                xid,
+                detail,
+                at,
+            } => {
+                let pos = self.position_for_pci(*pci);
+                let gpu = self.gpus[pos].id.index;
+                self.apply_at(
+                    pos,
+                    &Observation::Xid {
+                        gpu,
+                        xid: *xid,
+                        at: *at,
+                    },
+                    Some(detail),
+                )
+            }
             gpu_obs => self.apply_gpu(gpu_obs),
         };
         for e in events {
@@ -205,6 +228,15 @@ impl HealthModel {
                 None => GpuState::new(id.clone()),
             })
             .collect();
+        // GPUs known only from the kernel log stay until the driver names them.
+        let named: Vec<Option<PciAddr>> = self
+            .gpus
+            .iter()
+            .map(|g| PciAddr::parse(&g.id.pci_bus_id))
+            .collect();
+        self.gpus.extend(old.into_iter().filter(|g| {
+            g.id.index == UNENUMERATED && !named.contains(&PciAddr::parse(&g.id.pci_bus_id))
+        }));
         self.driver = Driver::Ready {
             version: version.to_owned(),
         };
@@ -216,8 +248,8 @@ impl HealthModel {
                 at,
                 REASON_DRIVER_READY.into(),
                 format!(
-                    "NVIDIA driver {version} answers; {} GPUs visible",
-                    gpus.len()
+                    "NVIDIA driver {version} answers; {}",
+                    gpus_visible(gpus.len())
                 ),
             )]
         }
@@ -234,16 +266,42 @@ impl HealthModel {
         )
     }
 
+    /// The GPU at `pci`, or a new entry named by the address alone.
+    fn position_for_pci(&mut self, pci: PciAddr) -> usize {
+        if let Some(pos) = self
+            .gpus
+            .iter()
+            .position(|g| PciAddr::parse(&g.id.pci_bus_id) == Some(pci))
+        {
+            return pos;
+        }
+        tracing::warn!(%pci, "kernel log names a GPU the driver does not enumerate");
+        self.gpus.push(GpuState::new(GpuIdentity {
+            index: UNENUMERATED,
+            uuid: "unknown".into(),
+            pci_bus_id: pci.to_string(),
+            serial: "unknown".into(),
+            name: "unknown".into(),
+        }));
+        self.gpus.len() - 1
+    }
+
     fn apply_gpu(&mut self, obs: &Observation) -> Vec<Event> {
-        let Some(idx) = obs
+        let Some(pos) = obs
             .gpu()
             .and_then(|i| self.gpus.iter().position(|g| g.id.index == i))
         else {
             tracing::warn!(gpu = ?obs.gpu(), "observation for a GPU this node does not have; ignored");
             return Vec::new();
         };
+        self.apply_at(pos, obs, None)
+    }
+
+    /// Applies a per-GPU observation to the GPU at `pos`; `kernel` is the
+    /// driver's text when the observation came from the kernel log.
+    fn apply_at(&mut self, pos: usize, obs: &Observation, kernel: Option<&str>) -> Vec<Event> {
         let mut events = Vec::new();
-        let gpu = &mut self.gpus[idx];
+        let gpu = &mut self.gpus[pos];
         let slowdown = gpu.slowdown;
         match *obs {
             Observation::Xid { xid, at, .. } => {
@@ -257,12 +315,21 @@ impl HealthModel {
                     severity,
                     at,
                     reason.into(),
-                    format!(
-                        "{}: XID {xid} ({}); action: {}",
-                        gpu.id,
-                        info.mnemonic,
-                        info.action.describe()
-                    ),
+                    match kernel.filter(|k| !k.is_empty()) {
+                        Some(k) => format!(
+                            "{}: XID {xid} ({}); action: {}; kernel: {}",
+                            gpu.id,
+                            info.mnemonic,
+                            info.action.describe(),
+                            truncate(k, 256)
+                        ),
+                        None => format!(
+                            "{}: XID {xid} ({}); action: {}",
+                            gpu.id,
+                            info.mnemonic,
+                            info.action.describe()
+                        ),
+                    },
                 ));
                 match info.action {
                     Action::RebootNode => gpu.lost = Some(LostCause::FellOffTheBus),
@@ -334,7 +401,8 @@ impl HealthModel {
                 }
             }
             Observation::SlowdownThreshold { celsius, .. } => gpu.slowdown = celsius,
-            Observation::DriverNotReady { .. }
+            Observation::KernelXid { .. }
+            | Observation::DriverNotReady { .. }
             | Observation::DriverReady { .. }
             | Observation::Unresponsive { .. }
             | Observation::Responsive { .. } => {}
@@ -360,7 +428,7 @@ impl HealthModel {
     /// Node-level conditions, one per supported type, naming each affected
     /// GPU. What the monitor cannot see is `Unknown`, never a guess.
     pub fn conditions(&self) -> Vec<Condition> {
-        let n = self.gpus.len();
+        let n = self.enumerated();
         let driver = match &self.driver {
             Driver::Ready { version } => {
                 let who = if version.is_empty() {
@@ -432,7 +500,7 @@ impl HealthModel {
 
     /// The conditions judged from per-GPU state (driver ready).
     fn gpu_conditions(&self) -> [Condition; 3] {
-        let n = self.gpus.len();
+        let n = self.enumerated();
         let lost: Vec<&GpuState> = self.gpus.iter().filter(|g| g.lost.is_some()).collect();
         let lost_condition = if lost.is_empty() {
             Condition::new(
@@ -531,6 +599,13 @@ fn event(severity: Severity, timestamp: SystemTime, reason: String, message: Str
         timestamp,
         reason,
         message,
+    }
+}
+
+fn truncate(s: &str, max_chars: usize) -> String {
+    match s.char_indices().nth(max_chars) {
+        Some((i, _)) => format!("{}…", &s[..i]),
+        None => s.to_owned(),
     }
 }
 
@@ -820,6 +895,56 @@ mod tests {
         let t = status_of(&m.conditions(), GPU_THERMAL_THROTTLING).clone();
         assert_eq!(t.status, ConditionStatus::True);
         assert!(t.message.contains("slowdown is 80 °C"), "{}", t.message);
+    }
+
+    #[test]
+    fn kernel_xids_find_their_gpu_by_pci_address_or_are_named_by_it() {
+        let mut m = model();
+        let now = SystemTime::now();
+        let pci = |s: &str| PciAddr::parse(s).expect("address");
+        // GPU 3 of the sim is 00000000:61:00.0; the kernel writes 0000:61:00.
+        m.apply(&Observation::KernelXid {
+            pci: pci("0000:61:00"),
+            xid: 79,
+            detail: "pid=7, name=python3, GPU has fallen off the bus.".into(),
+            at: now,
+        });
+        let lost = status_of(&m.conditions(), GPU_LOST).clone();
+        assert!(lost.message.starts_with("gpu=3 "), "{}", lost.message);
+        let events = m.snapshot().events;
+        assert!(
+            events[0].1.message.contains("kernel: pid=7, name=python3"),
+            "{}",
+            events[0].1.message
+        );
+
+        // An address no GPU has: still reported, named by the address.
+        m.apply(&Observation::KernelXid {
+            pci: pci("0000:3b:00"),
+            xid: 48,
+            detail: String::new(),
+            at: now,
+        });
+        let reset = status_of(&m.conditions(), GPU_RESET_REQUIRED).clone();
+        assert_eq!(reset.status, ConditionStatus::True);
+        assert!(
+            reset
+                .message
+                .starts_with("gpu=unknown pci=0000:3b:00 (not enumerated by the driver)"),
+            "{}",
+            reset.message
+        );
+        assert_eq!(
+            m.enumerated(),
+            8,
+            "the stranger is not counted as a GPU the driver sees"
+        );
+        let driver = status_of(&m.conditions(), GPU_DRIVER_NOT_READY).clone();
+        assert!(
+            driver.message.ends_with("8 GPUs visible"),
+            "{}",
+            driver.message
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! Kubernetes: its only output is a `Status` on the wire.
 
 pub mod health;
+pub mod kmsg;
 pub mod nvml;
 pub mod plugin;
 pub mod sim;
@@ -30,6 +31,10 @@ pub const SUPPORTED_CONDITIONS: [&str; 5] = [
     GPU_THERMAL_THROTTLING,
 ];
 
+/// The index of a GPU seen only in the kernel log, not enumerated by the
+/// driver (often one that has just fallen off the bus).
+pub const UNENUMERATED: u32 = u32::MAX;
+
 /// Who a GPU is: everything an operator needs to find the board.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GpuIdentity {
@@ -42,6 +47,13 @@ pub struct GpuIdentity {
 
 impl fmt::Display for GpuIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.index == UNENUMERATED {
+            return write!(
+                f,
+                "gpu=unknown pci={} (not enumerated by the driver)",
+                self.pci_bus_id
+            );
+        }
         write!(
             f,
             "gpu={} uuid={} pci={} serial={}",
@@ -74,6 +86,14 @@ pub enum Observation {
     SlowdownThreshold { gpu: u32, celsius: i32 },
     /// An XID error was reported for the GPU.
     Xid { gpu: u32, xid: u32, at: SystemTime },
+    /// An XID from the kernel log, named by PCI address (the GPU may not be
+    /// enumerated at all); `detail` is the driver's text after the number.
+    KernelXid {
+        pci: kmsg::PciAddr,
+        xid: u32,
+        detail: String,
+        at: SystemTime,
+    },
     /// The GPU stopped answering (NVML `GPU_IS_LOST` or equivalent).
     Lost { gpu: u32, at: SystemTime },
     /// A core temperature reading, °C.
@@ -95,7 +115,8 @@ impl Observation {
             | Self::Temperature { gpu, .. }
             | Self::Reset { gpu, .. }
             | Self::SlowdownThreshold { gpu, .. } => Some(*gpu),
-            Self::DriverNotReady { .. }
+            Self::KernelXid { .. }
+            | Self::DriverNotReady { .. }
             | Self::DriverReady { .. }
             | Self::Unresponsive { .. }
             | Self::Responsive { .. } => None,

@@ -1,0 +1,535 @@
+//! Kernel-log XIDs: parses `/dev/kmsg` records (`prio,seq,usec,flag;text`)
+//! for the NVIDIA driver's `NVRM: Xid` and fallen-off-the-bus lines, and
+//! remembers `(boot_id, last seq)` under the state directory so a restart
+//! neither re-reports nor misses a line. NVML alone misses XIDs 79, 119 and
+//! 120; the kernel log has them all, with their text.
+//!
+//! `path` may also be a regular file or FIFO holding records in the same
+//! format, one per line (tests and replays).
+
+use std::fmt;
+use std::fs::File;
+use std::io::{BufRead, BufReader, ErrorKind, Read};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::Observation;
+
+// ---------------------------------------------------------------------------
+// Records and lines
+// ---------------------------------------------------------------------------
+
+/// One kernel log record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub priority: u8,
+    pub seq: u64,
+    /// Microseconds since boot.
+    pub usec: u64,
+    pub text: String,
+}
+
+/// Parses `prio,seq,usec,flag[,more];text`. Dictionary lines (starting with
+/// a space) and malformed lines give `None`.
+pub fn parse_record(line: &str) -> Option<Record> {
+    let (head, text) = line.split_once(';')?;
+    let mut fields = head.split(',');
+    let prio: u32 = fields.next()?.trim().parse().ok()?;
+    let seq = fields.next()?.parse().ok()?;
+    let usec = fields.next()?.parse().ok()?;
+    Some(Record {
+        // The facility sits above the low three bits.
+        priority: (prio & 7) as u8,
+        seq,
+        usec,
+        text: text.trim_end_matches(['\n', '\r']).to_owned(),
+    })
+}
+
+/// A PCI address without the function: the kernel log usually omits it,
+/// NVML writes an 8-digit domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PciAddr {
+    pub domain: u32,
+    pub bus: u8,
+    pub device: u8,
+}
+
+impl PciAddr {
+    /// `00000000:61:00.0`, `0000:61:00`, `0000:61:00.0` or `61:00.0`.
+    pub fn parse(s: &str) -> Option<Self> {
+        let s = s.trim();
+        let s = s.split_once('.').map_or(s, |(a, _)| a);
+        let parts: Vec<&str> = s.split(':').collect();
+        let (domain, bus, device) = match parts.as_slice() {
+            [d, b, v] => (u32::from_str_radix(d, 16).ok()?, *b, *v),
+            [b, v] => (0, *b, *v),
+            _ => return None,
+        };
+        Some(Self {
+            domain,
+            bus: u8::from_str_radix(bus, 16).ok()?,
+            device: u8::from_str_radix(device, 16).ok()?,
+        })
+    }
+}
+
+impl fmt::Display for PciAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:04x}:{:02x}:{:02x}",
+            self.domain, self.bus, self.device
+        )
+    }
+}
+
+/// What an NVRM line says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KernelLine {
+    /// `NVRM: Xid (PCI:0000:61:00): 79, pid=…, name=…, <text>`
+    Xid {
+        pci: PciAddr,
+        xid: u32,
+        detail: String,
+    },
+    /// `NVRM: GPU 0000:61:00.0: GPU has fallen off the bus.` or the
+    /// multi-line "The NVIDIA GPU … has fallen off the bus" record.
+    FellOffBus { pci: PciAddr },
+}
+
+/// Recognises the NVIDIA driver lines we act on; everything else is `None`.
+pub fn parse_line(text: &str) -> Option<KernelLine> {
+    let nvrm = text.find("NVRM: ").map(|i| &text[i + 6..])?;
+    if let Some(rest) = nvrm.strip_prefix("Xid (PCI:") {
+        let (addr, rest) = rest.split_once("):")?;
+        let rest = rest.trim_start();
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let xid = rest[..digits].parse().ok()?;
+        let detail = rest[digits..]
+            .trim_start_matches([',', ' '])
+            .trim()
+            .to_owned();
+        return Some(KernelLine::Xid {
+            pci: PciAddr::parse(addr)?,
+            xid,
+            detail,
+        });
+    }
+    if nvrm.contains("fallen off the bus") {
+        let addr = nvrm
+            .strip_prefix("The NVIDIA GPU ")
+            .or_else(|| nvrm.strip_prefix("GPU "))?;
+        let addr = addr.split([' ', ':']).take(3).collect::<Vec<_>>().join(":");
+        return Some(KernelLine::FellOffBus {
+            pci: PciAddr::parse(&addr)?,
+        });
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------
+// Position
+// ---------------------------------------------------------------------------
+
+/// The last record handled, per boot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub boot_id: String,
+    pub seq: Option<u64>,
+}
+
+const STATE_FILE: &str = "kmsg-position";
+
+impl Position {
+    /// The stored position if it is for this boot, else the start of the log.
+    pub fn load(state_dir: Option<&Path>, boot_id: &str) -> Self {
+        let stored = state_dir
+            .and_then(|d| std::fs::read_to_string(d.join(STATE_FILE)).ok())
+            .and_then(|text| {
+                let (boot, seq) = text.trim().split_once(' ')?;
+                Some((boot.to_owned(), seq.parse::<u64>().ok()?))
+            });
+        match stored {
+            Some((boot, seq)) if boot == boot_id => Self {
+                boot_id: boot,
+                seq: Some(seq),
+            },
+            _ => Self {
+                boot_id: boot_id.to_owned(),
+                seq: None,
+            },
+        }
+    }
+
+    /// Writes atomically (temp file + rename).
+    pub fn store(&self, state_dir: &Path) -> std::io::Result<()> {
+        let Some(seq) = self.seq else { return Ok(()) };
+        std::fs::create_dir_all(state_dir)?;
+        let tmp = state_dir.join(format!("{STATE_FILE}.tmp"));
+        std::fs::write(&tmp, format!("{} {seq}\n", self.boot_id))?;
+        std::fs::rename(&tmp, state_dir.join(STATE_FILE))
+    }
+
+    fn seen(&self, seq: u64) -> bool {
+        self.seq.is_some_and(|s| seq <= s)
+    }
+}
+
+/// This boot's id (`/proc/sys/kernel/random/boot_id`).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------
+// Reader
+// ---------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+pub struct KmsgOptions {
+    pub path: PathBuf,
+    pub state_dir: Option<PathBuf>,
+    pub boot_id: String,
+}
+
+/// Reads records until `token` is cancelled, sending what the driver said.
+pub async fn run(options: KmsgOptions, tx: mpsc::Sender<Observation>, token: CancellationToken) {
+    let file = match File::open(&options.path) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!(
+                path = %options.path.display(),
+                "cannot read the kernel log: {e}; XIDs that NVML does not report (79, 119, 120) will be missed"
+            );
+            return;
+        }
+    };
+    let (rec_tx, mut rec_rx) = mpsc::channel::<Record>(1024);
+    let path = options.path.clone();
+    // Reads block; they get a thread of their own, which ends with the process
+    // or at the first record after the receiver is gone.
+    let spawned = std::thread::Builder::new()
+        .name("kmsg".into())
+        .spawn(move || read_records(&path, file, &rec_tx));
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the kernel log reader: {e}");
+        return;
+    }
+    let mut position = Position::load(options.state_dir.as_deref(), &options.boot_id);
+    tracing::info!(path = %options.path.display(), after_seq = ?position.seq, "reading kernel log for XIDs");
+    let mut unsaved = 0u32;
+    loop {
+        let record = tokio::select! {
+            r = rec_rx.recv() => match r { Some(r) => r, None => break },
+            () = token.cancelled() => break,
+        };
+        if position.seen(record.seq) {
+            continue;
+        }
+        position.seq = Some(record.seq);
+        unsaved += 1;
+        if let Some(line) = parse_line(&record.text) {
+            let at = SystemTime::now();
+            let obs = match line {
+                KernelLine::Xid { pci, xid, detail } => Observation::KernelXid {
+                    pci,
+                    xid,
+                    detail,
+                    at,
+                },
+                KernelLine::FellOffBus { pci } => Observation::KernelXid {
+                    pci,
+                    xid: 79,
+                    detail: "GPU has fallen off the bus".into(),
+                    at,
+                },
+            };
+            tracing::warn!(seq = record.seq, "kernel: {}", record.text);
+            if tx.send(obs).await.is_err() {
+                break;
+            }
+            save(&options, &position, &mut unsaved);
+        } else if unsaved >= 1000 {
+            save(&options, &position, &mut unsaved);
+        }
+    }
+    save(&options, &position, &mut unsaved);
+}
+
+fn save(options: &KmsgOptions, position: &Position, unsaved: &mut u32) {
+    if let Some(dir) = &options.state_dir
+        && *unsaved > 0
+    {
+        if let Err(e) = position.store(dir) {
+            tracing::warn!(dir = %dir.display(), "cannot persist the kernel log position: {e}");
+        }
+        *unsaved = 0;
+    }
+}
+
+/// The blocking read loop: one record per read on `/dev/kmsg`, one per line
+/// elsewhere (a regular file is followed like `tail -f`).
+fn read_records(path: &Path, file: File, tx: &mpsc::Sender<Record>) {
+    let is_kmsg = file
+        .metadata()
+        .is_ok_and(|m| m.file_type().is_char_device());
+    if is_kmsg {
+        let mut file = file;
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match file.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    let text = String::from_utf8_lossy(&buf[..n]);
+                    // The first line is the record; " KEY=value" lines follow.
+                    if let Some(r) = text.lines().next().and_then(parse_record)
+                        && tx.blocking_send(r).is_err()
+                    {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::BrokenPipe => {
+                    tracing::warn!("kernel log records were overwritten before we read them");
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => {
+                    tracing::error!(path = %path.display(), "kernel log read failed: {e}");
+                    return;
+                }
+            }
+        }
+    }
+    let mut reader = BufReader::new(file);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        match reader.read_line(&mut line) {
+            Ok(0) => {
+                if tx.is_closed() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Ok(_) => {
+                if let Some(r) = parse_record(&line)
+                    && tx.blocking_send(r).is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) => {
+                tracing::error!(path = %path.display(), "kernel log read failed: {e}");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pci(s: &str) -> PciAddr {
+        PciAddr::parse(s).expect("valid address")
+    }
+
+    #[test]
+    fn pci_addresses_from_nvml_and_the_kernel_match() {
+        assert_eq!(pci("00000000:61:00.0"), pci("0000:61:00"));
+        assert_eq!(pci("0000:3b:00.0"), pci("3B:00.1"));
+        assert_eq!(pci("0000:61:00").to_string(), "0000:61:00");
+        assert!(PciAddr::parse("garbage").is_none());
+    }
+
+    #[test]
+    fn records_in_kmsg_format() {
+        let r = parse_record("4,356,1241530,c;NVRM: something").expect("record");
+        assert_eq!(
+            (r.priority, r.seq, r.usec, r.text.as_str()),
+            (4, 356, 1_241_530, "NVRM: something")
+        );
+        let r = parse_record("30,12,5,-,caller=T1;text; with; semicolons\n").expect("record");
+        assert_eq!(
+            (r.priority, r.seq, r.text.as_str()),
+            (6, 12, "text; with; semicolons")
+        );
+        assert!(parse_record(" SUBSYSTEM=pci").is_none());
+        assert!(parse_record("no header").is_none());
+    }
+
+    #[test]
+    fn xid_lines_with_and_without_pid_and_name() {
+        let full =
+            "NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, name=python3, GPU has fallen off the bus.";
+        assert_eq!(
+            parse_line(full),
+            Some(KernelLine::Xid {
+                pci: pci("0000:3b:00"),
+                xid: 79,
+                detail: "pid=1234, name=python3, GPU has fallen off the bus.".into()
+            })
+        );
+        let bare = "NVRM: Xid (PCI:0000:61:00): 119, Timeout after 6s of waiting for RPC response from GPU1 GSP!";
+        assert!(matches!(
+            parse_line(bare),
+            Some(KernelLine::Xid { xid: 119, .. })
+        ));
+        let unknown_pid = "NVRM: Xid (PCI:0000:61:00): 13, pid='<unknown>', name=<unknown>, Graphics SM Warp Exception";
+        assert!(matches!(
+            parse_line(unknown_pid),
+            Some(KernelLine::Xid { xid: 13, .. })
+        ));
+        let recovery = "NVRM: Xid (PCI:0000:61:00): 154, GPU recovery action changed from 0x0 (None) to 0x2 (Node Reboot Required)";
+        let Some(KernelLine::Xid {
+            xid: 154, detail, ..
+        }) = parse_line(recovery)
+        else {
+            panic!("XID 154 not parsed")
+        };
+        assert!(detail.contains("Node Reboot Required"));
+    }
+
+    #[test]
+    fn fallen_off_the_bus_lines_and_noise() {
+        assert_eq!(
+            parse_line("NVRM: GPU 0000:3b:00.0: GPU has fallen off the bus."),
+            Some(KernelLine::FellOffBus {
+                pci: pci("0000:3b:00")
+            })
+        );
+        assert_eq!(
+            parse_line(
+                "NVRM: The NVIDIA GPU 0000:3b:00.0 (PCI ID: 10de:2335) installed in this system has fallen off the bus and is not responding to commands."
+            ),
+            Some(KernelLine::FellOffBus {
+                pci: pci("0000:3b:00")
+            })
+        );
+        for noise in [
+            "NVRM: loading NVIDIA UNIX Open Kernel Module for x86_64  580.159.04  Release Build  (nixbld@)",
+            "NVRM: gpuClearFbhubPoisonIntrForBug2924523_GA100: FBHUB Interrupt detected. Clearing it.",
+            "nvidia-nvlink: Nvlink Core is being initialized, major device number 240",
+            "NVRM: Xid (PCI:0000:61:00): not-a-number",
+        ] {
+            assert_eq!(parse_line(noise), None, "{noise}");
+        }
+    }
+
+    async fn next_xid(rx: &mut mpsc::Receiver<Observation>) -> (u32, PciAddr) {
+        let obs = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("an XID in time")
+            .expect("reader alive");
+        match obs {
+            Observation::KernelXid { xid, pci, .. } => (xid, pci),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    fn append(path: &Path, lines: &[&str]) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .expect("open");
+        for l in lines {
+            writeln!(f, "{l}").expect("write");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_restart_neither_repeats_nor_loses_an_xid() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("kmsg");
+        let state = dir.path().join("state");
+        append(
+            &log,
+            &[
+                "6,1,100,-;NVRM: loading NVIDIA UNIX Open Kernel Module for x86_64  580.159.04",
+                "4,2,200,-;NVRM: Xid (PCI:0000:61:00): 79, pid=1, name=a, GPU has fallen off the bus.",
+                "6,3,300,-;usb 1-1: new device",
+            ],
+        );
+        let options = KmsgOptions {
+            path: log.clone(),
+            state_dir: Some(state.clone()),
+            boot_id: "boot-1".into(),
+        };
+        let start = |options: KmsgOptions| {
+            let (tx, rx) = mpsc::channel(16);
+            let token = CancellationToken::new();
+            (tokio::spawn(run(options, tx, token.clone())), rx, token)
+        };
+
+        let (task, mut rx, token) = start(options.clone());
+        assert_eq!(
+            next_xid(&mut rx).await,
+            (79, PciAddr::parse("0000:61:00").expect("pci"))
+        );
+        token.cancel();
+        task.await.expect("stops");
+
+        // While the monitor was down, a new XID arrived.
+        append(
+            &log,
+            &[
+                "4,4,400,-;NVRM: Xid (PCI:0000:1b:00): 48, pid=2, name=b, DBE",
+                "6,5,500,-;noise",
+            ],
+        );
+        let (task, mut rx, token) = start(options.clone());
+        assert_eq!(
+            next_xid(&mut rx).await,
+            (48, PciAddr::parse("0000:1b:00").expect("pci")),
+            "79 is not repeated"
+        );
+        append(
+            &log,
+            &["4,6,600,-;NVRM: GPU 0000:52:00.0: GPU has fallen off the bus."],
+        );
+        assert_eq!(
+            next_xid(&mut rx).await.1,
+            PciAddr::parse("0000:52:00").expect("pci"),
+            "lines after the start are followed"
+        );
+        token.cancel();
+        task.await.expect("stops");
+        assert_eq!(Position::load(Some(&state), "boot-1").seq, Some(6));
+
+        // A new boot: the log is new too, so everything in it counts.
+        let (task, mut rx, token) = start(KmsgOptions {
+            boot_id: "boot-2".into(),
+            ..options
+        });
+        assert_eq!(next_xid(&mut rx).await.0, 79);
+        token.cancel();
+        task.await.expect("stops");
+    }
+
+    #[test]
+    fn position_is_per_boot_and_atomic() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let p = Position {
+            boot_id: "boot-a".into(),
+            seq: Some(42),
+        };
+        p.store(dir.path()).expect("store");
+        assert_eq!(Position::load(Some(dir.path()), "boot-a"), p);
+        assert_eq!(
+            Position::load(Some(dir.path()), "boot-b").seq,
+            None,
+            "a new boot starts over"
+        );
+        assert_eq!(Position::load(None, "boot-a").seq, None);
+        assert!(!dir.path().join("kmsg-position.tmp").exists());
+    }
+}
