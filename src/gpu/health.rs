@@ -1,14 +1,21 @@
 //! The GPU health model: per-GPU state from observations, folded into node
-//! conditions (True = problem) that name every affected GPU, plus events.
+//! conditions (True = problem) that name every affected GPU with its
+//! evidence and the action to take, plus aggregated events.
+//!
+//! Sets and clears follow shared/reference/gpu-peers.md §6: XIDs are
+//! classified by the catalog (`xid.rs`), the driver's recovery action
+//! overrides it, an observed reset clears reset-class and link faults, and
+//! memory and hardware faults stay until the board is replaced (a new serial).
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
 use super::kmsg::PciAddr;
-use super::xid::{self, Action, XidInfo};
+use super::xid::{self, Classes, XidInfo};
 use super::{
-    GPU_DRIVER_NOT_READY, GPU_LOST, GPU_RESET_REQUIRED, GPU_THERMAL_THROTTLING, GPU_UNRESPONSIVE,
-    GpuIdentity, Observation, UNENUMERATED,
+    GPU_DRIVER_NOT_READY, GPU_HARDWARE_FAULT, GPU_LOST, GPU_MEMORY_UNHEALTHY, GPU_NVLINK_DEGRADED,
+    GPU_NVLINK_DOWN, GPU_REBOOT_REQUIRED, GPU_RESET_REQUIRED, GPU_THERMAL_THROTTLING,
+    GPU_UNRESPONSIVE, GpuIdentity, Observation, UNENUMERATED,
 };
 use crate::problem::{Condition, ConditionStatus, Event, Severity};
 
@@ -16,22 +23,98 @@ use crate::problem::{Condition, ConditionStatus, Event, Severity};
 pub const DEFAULT_SLOWDOWN_CELSIUS: i32 = 89;
 /// A throttling GPU must cool this far below slowdown before it counts as clear.
 pub const THERMAL_HYSTERESIS_CELSIUS: i32 = 5;
+/// Recent events kept for clients that have not yet seen them.
+const EVENT_BACKLOG: usize = 64;
+/// Repeats of one (GPU, reason, XID) within this window are counted, not sent.
+pub const EVENT_WINDOW: Duration = Duration::from_secs(60);
+
 // Event reasons.
 pub const REASON_XID_ERROR: &str = "XIDError";
 pub const REASON_XID_APP_ERROR: &str = "XIDAppError";
 pub const REASON_RECOVERED: &str = "GPURecovered";
+pub const REASON_RECOVERY_ACTION: &str = "GPURecoveryActionChanged";
 pub const REASON_DRIVER_NOT_READY: &str = "DriverNotReady";
 pub const REASON_DRIVER_READY: &str = "DriverReady";
 pub const REASON_UNRESPONSIVE: &str = "NVMLCallHung";
 pub const REASON_RESPONSIVE: &str = "NVMLResponsive";
 
-/// Recent events kept for clients that have not yet seen them.
-const EVENT_BACKLOG: usize = 64;
+// ---------------------------------------------------------------------------
+// Types
+// ---------------------------------------------------------------------------
 
+/// A per-GPU fault condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Slot {
+    Lost,
+    Reset,
+    Reboot,
+    Memory,
+    Hardware,
+    NvlinkDown,
+    NvlinkDegraded,
+}
+
+impl Slot {
+    const ALL: [Self; 7] = [
+        Self::Lost,
+        Self::Reset,
+        Self::Reboot,
+        Self::Memory,
+        Self::Hardware,
+        Self::NvlinkDown,
+        Self::NvlinkDegraded,
+    ];
+
+    fn condition_type(self) -> &'static str {
+        match self {
+            Self::Lost => GPU_LOST,
+            Self::Reset => GPU_RESET_REQUIRED,
+            Self::Reboot => GPU_REBOOT_REQUIRED,
+            Self::Memory => GPU_MEMORY_UNHEALTHY,
+            Self::Hardware => GPU_HARDWARE_FAULT,
+            Self::NvlinkDown => GPU_NVLINK_DOWN,
+            Self::NvlinkDegraded => GPU_NVLINK_DEGRADED,
+        }
+    }
+
+    fn healthy(self, n: usize) -> (&'static str, String) {
+        match self {
+            Self::Lost => (
+                "NoGPULost",
+                if n == 1 {
+                    "the GPU answers".to_owned()
+                } else {
+                    format!("all {n} GPUs answer")
+                },
+            ),
+            Self::Reset => ("NoGPUResetRequired", "no GPU needs a reset".into()),
+            Self::Reboot => ("NoRebootRequired", "no GPU needs a node reboot".into()),
+            Self::Memory => ("GPUMemoryHealthy", "no GPU memory fault recorded".into()),
+            Self::Hardware => (
+                "NoGPUHardwareFault",
+                "no GPU hardware fault recorded".into(),
+            ),
+            Self::NvlinkDown => ("NVLinkUp", "no NVLink reported down".into()),
+            Self::NvlinkDegraded => ("NVLinkHealthy", "no NVLink errors reported".into()),
+        }
+    }
+
+    /// An observed reset (the GPU answers again) clears these; memory and
+    /// hardware faults are properties of the board.
+    fn cleared_by_reset(self) -> bool {
+        !matches!(self, Self::Memory | Self::Hardware)
+    }
+}
+
+/// Why a slot is set: kept from the first evidence, so the message stays
+/// stable while the fault lasts.
 #[derive(Clone, Debug, PartialEq, Eq)]
-enum LostCause {
-    FellOffTheBus,
-    NotResponding,
+struct Fault {
+    reason: String,
+    evidence: String,
+    action: &'static str,
+    /// Set by the driver's recovery action (which may clear it again).
+    from_recovery: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,11 +135,12 @@ struct GpuState {
     id: GpuIdentity,
     /// This GPU's slowdown temperature (NVML's, or the H200 default).
     slowdown: i32,
-    lost: Option<LostCause>,
-    reset_required: Option<XidInfo>,
+    faults: BTreeMap<Slot, Fault>,
     /// Temperature when throttling began (kept out of the live reading so
     /// the condition message does not churn with every degree).
     throttled_at: Option<i32>,
+    /// The driver's recovery action (NVML field 230 / XID 154), 0 = none.
+    recovery: u32,
 }
 
 /// What the plugin publishes after every change.
@@ -81,6 +165,14 @@ impl Snapshot {
     }
 }
 
+/// Repeats of one event key inside the window.
+#[derive(Clone, Debug)]
+struct Burst {
+    since: SystemTime,
+    suppressed: u32,
+    last: Event,
+}
+
 #[derive(Debug)]
 pub struct HealthModel {
     gpus: Vec<GpuState>,
@@ -88,6 +180,7 @@ pub struct HealthModel {
     unresponsive: Option<Stuck>,
     events: VecDeque<(u64, Event)>,
     next_seq: u64,
+    bursts: HashMap<String, Burst>,
 }
 
 impl GpuState {
@@ -95,12 +188,41 @@ impl GpuState {
         Self {
             id,
             slowdown: DEFAULT_SLOWDOWN_CELSIUS,
-            lost: None,
-            reset_required: None,
+            faults: BTreeMap::new(),
             throttled_at: None,
+            recovery: 0,
         }
     }
+
+    fn set(&mut self, slot: Slot, fault: Fault) {
+        self.faults.entry(slot).or_insert(fault);
+    }
 }
+
+/// The driver's recovery actions (NVML `nvmlDeviceGetFieldValues` field 230,
+/// and the names XID 154 prints).
+pub fn recovery_action_name(action: u32) -> &'static str {
+    match action {
+        0 => "None",
+        1 => "GPU Reset Required",
+        2 => "Node Reboot Required",
+        3 => "Drain P2P",
+        4 => "Drain and Reset",
+        _ => "Unknown",
+    }
+}
+
+/// The new action in an XID 154 line: "… changed from 0x0 (None) to 0x2 (Node Reboot Required)".
+pub fn parse_recovery_change(detail: &str) -> Option<u32> {
+    let to = detail.rsplit_once(" to ")?.1.trim();
+    let hex = to.strip_prefix("0x").or_else(|| to.strip_prefix("0X"))?;
+    let digits = hex.split(|c: char| !c.is_ascii_hexdigit()).next()?;
+    u32::from_str_radix(digits, 16).ok()
+}
+
+// ---------------------------------------------------------------------------
+// Applying observations
+// ---------------------------------------------------------------------------
 
 impl HealthModel {
     /// A node whose GPUs are known up front (the sim backend).
@@ -113,6 +235,7 @@ impl HealthModel {
             unresponsive: None,
             events: VecDeque::new(),
             next_seq: 1,
+            bursts: HashMap::new(),
         }
     }
 
@@ -138,7 +261,7 @@ impl HealthModel {
     pub fn apply(&mut self, obs: &Observation) -> bool {
         let before = self.conditions();
         let events_before = self.next_seq;
-        let events = match obs {
+        match obs {
             Observation::DriverNotReady { reason, at } => self.driver_not_ready(reason, *at),
             Observation::DriverReady { gpus, version, at } => self.driver_ready(gpus, version, *at),
             Observation::Unresponsive {
@@ -152,69 +275,251 @@ impl HealthModel {
                     gpu: *gpu,
                     waited: *waited,
                 };
-                let first = self.unresponsive.is_none();
-                let message = self.describe_stuck(&stuck);
+                if self.unresponsive.is_none() {
+                    let message = self.describe_stuck(&stuck);
+                    self.emit(Severity::Warn, *at, GPU_UNRESPONSIVE, "", message);
+                }
                 self.unresponsive = Some(stuck);
-                if first {
-                    vec![event(Severity::Warn, *at, GPU_UNRESPONSIVE.into(), message)]
-                } else {
-                    vec![]
+            }
+            Observation::Responsive { at } => {
+                if self.unresponsive.take().is_some() {
+                    let message = "NVML calls return in time again".to_owned();
+                    self.emit(Severity::Info, *at, REASON_RESPONSIVE, "", message);
                 }
             }
-            Observation::Responsive { at } => match self.unresponsive.take() {
-                Some(_) => vec![event(
-                    Severity::Info,
-                    *at,
-                    REASON_RESPONSIVE.into(),
-                    "NVML calls return in time again".into(),
-                )],
-                None => vec![],
-            },
             Observation::KernelXid {
                 pci,
                 xid,
                 detail,
                 at,
+                replay,
             } => {
                 let pos = self.position_for_pci(*pci);
-                let gpu = self.gpus[pos].id.index;
-                self.apply_at(
-                    pos,
-                    &Observation::Xid {
-                        gpu,
-                        xid: *xid,
-                        at: *at,
-                    },
-                    Some(detail),
-                )
+                self.xid(pos, *xid, Some(detail), *at, *replay);
             }
-            gpu_obs => self.apply_gpu(gpu_obs),
-        };
-        for e in events {
-            self.push_event(e);
+            Observation::Xid { gpu, xid, at } => {
+                if let Some(pos) = self.position(*gpu) {
+                    self.xid(pos, *xid, None, *at, false);
+                }
+            }
+            Observation::RecoveryAction { gpu, action, at } => {
+                if let Some(pos) = self.position(*gpu) {
+                    self.recovery(pos, *action, *at, false);
+                }
+            }
+            Observation::Lost { gpu, at } => {
+                if let Some(pos) = self.position(*gpu)
+                    && !self.gpus[pos].faults.contains_key(&Slot::Lost)
+                {
+                    let g = &mut self.gpus[pos];
+                    let action = Classes::LOST.action();
+                    g.set(
+                        Slot::Lost,
+                        fault("GPUNotResponding", "the driver reports GPU_IS_LOST", action),
+                    );
+                    let message = format!(
+                        "{}: GPU stopped answering (GPU_IS_LOST); action: {action}",
+                        g.id
+                    );
+                    self.emit(Severity::Warn, *at, "GPULost", &pos.to_string(), message);
+                }
+            }
+            Observation::Temperature { gpu, celsius, at } => {
+                if let Some(pos) = self.position(*gpu) {
+                    self.temperature(pos, *celsius, *at);
+                }
+            }
+            Observation::SlowdownThreshold { gpu, celsius } => {
+                if let Some(pos) = self.position(*gpu) {
+                    self.gpus[pos].slowdown = *celsius;
+                }
+            }
+            Observation::Reset { gpu, at } => {
+                if let Some(pos) = self.position(*gpu) {
+                    self.reset(pos, *at);
+                }
+            }
         }
         self.next_seq != events_before || self.conditions() != before
     }
 
-    fn driver_not_ready(&mut self, reason: &str, at: SystemTime) -> Vec<Event> {
+    fn position(&self, gpu: u32) -> Option<usize> {
+        let pos = self.gpus.iter().position(|g| g.id.index == gpu);
+        if pos.is_none() {
+            tracing::warn!(
+                gpu,
+                "observation for a GPU this node does not have; ignored"
+            );
+        }
+        pos
+    }
+
+    /// The GPU at `pci`, or a new entry named by the address alone.
+    fn position_for_pci(&mut self, pci: PciAddr) -> usize {
+        if let Some(pos) = self
+            .gpus
+            .iter()
+            .position(|g| PciAddr::parse(&g.id.pci_bus_id) == Some(pci))
+        {
+            return pos;
+        }
+        tracing::warn!(%pci, "kernel log names a GPU the driver does not enumerate");
+        self.gpus.push(GpuState::new(GpuIdentity {
+            index: UNENUMERATED,
+            uuid: "unknown".into(),
+            pci_bus_id: pci.to_string(),
+            serial: "unknown".into(),
+            name: "unknown".into(),
+        }));
+        self.gpus.len() - 1
+    }
+
+    fn xid(&mut self, pos: usize, xid: u32, kernel: Option<&str>, at: SystemTime, replay: bool) {
+        let info = xid::lookup(xid);
+        if info.classes.contains(Classes::RECOVERY)
+            && let Some(action) = kernel.and_then(parse_recovery_change)
+        {
+            self.recovery(pos, action, at, replay);
+            return;
+        }
+        let g = &mut self.gpus[pos];
+        let action = info.classes.action();
+        let reason = if xid == 79 {
+            "GPUFellOffTheBus".to_owned()
+        } else {
+            format!("Xid{xid}")
+        };
+        for (class, slot) in [
+            (Classes::LOST, Slot::Lost),
+            (Classes::REBOOT, Slot::Reboot),
+            (Classes::RESET, Slot::Reset),
+            (Classes::MEMORY, Slot::Memory),
+            (Classes::HARDWARE, Slot::Hardware),
+            (Classes::NVLINK_DOWN, Slot::NvlinkDown),
+            (Classes::NVLINK_DEGRADED, Slot::NvlinkDegraded),
+        ] {
+            if info.classes.contains(class) {
+                g.set(slot, fault(&reason, &evidence(&info), action));
+            }
+        }
+        if replay {
+            return;
+        }
+        let (severity, event_reason) = if info.classes.contains(Classes::APP) {
+            (Severity::Info, REASON_XID_APP_ERROR)
+        } else {
+            (Severity::Warn, REASON_XID_ERROR)
+        };
+        let mut message = format!("{}: {}; action: {action}", g.id, evidence(&info));
+        if let Some(k) = kernel.filter(|k| !k.is_empty()) {
+            message.push_str(&format!("; kernel: {}", truncate(k, 256)));
+        }
+        let key = format!("{}/{xid}", g.id.pci_bus_id);
+        self.emit(severity, at, event_reason, &key, message);
+    }
+
+    fn recovery(&mut self, pos: usize, action: u32, at: SystemTime, replay: bool) {
+        let g = &mut self.gpus[pos];
+        if g.recovery == action {
+            return;
+        }
+        let old = std::mem::replace(&mut g.recovery, action);
+        // Faults the previous action raised go; the new action raises its own.
+        g.faults.retain(|_, f| !f.from_recovery);
+        let name = recovery_action_name(action);
+        let evidence = format!("driver recovery action: {name}");
+        let slot = match action {
+            1 | 4 => Some((Slot::Reset, Classes::RESET.action())),
+            2 => Some((Slot::Reboot, Classes::REBOOT.action())),
+            3 => Some((
+                Slot::NvlinkDegraded,
+                "drain peer-to-peer traffic from the GPU, then reset it",
+            )),
+            _ => None,
+        };
+        if let Some((slot, act)) = slot {
+            let mut f = fault("RecoveryAction", &evidence, act);
+            f.from_recovery = true;
+            g.faults.insert(slot, f);
+        }
+        if replay {
+            return;
+        }
+        let message = format!(
+            "{}: recovery action changed from {} to {name}",
+            g.id,
+            recovery_action_name(old)
+        );
+        let severity = if action == 0 {
+            Severity::Info
+        } else {
+            Severity::Warn
+        };
+        self.emit(severity, at, REASON_RECOVERY_ACTION, "", message);
+    }
+
+    fn temperature(&mut self, pos: usize, celsius: i32, at: SystemTime) {
+        let g = &mut self.gpus[pos];
+        let was = g.throttled_at.is_some();
+        let now = if was {
+            celsius > g.slowdown - THERMAL_HYSTERESIS_CELSIUS
+        } else {
+            celsius >= g.slowdown
+        };
+        if now == was {
+            return;
+        }
+        g.throttled_at = now.then_some(celsius);
+        let (severity, reason, what) = if now {
+            (
+                Severity::Warn,
+                "ThermalThrottlingStarted",
+                format!("{celsius} °C reached slowdown {} °C", g.slowdown),
+            )
+        } else {
+            (
+                Severity::Info,
+                "ThermalThrottlingStopped",
+                format!("cooled to {celsius} °C"),
+            )
+        };
+        let message = format!("{}: {what}", g.id);
+        self.emit(severity, at, reason, "", message);
+    }
+
+    /// Evidence that the GPU was reset and answers.
+    fn reset(&mut self, pos: usize, at: SystemTime) {
+        let g = &mut self.gpus[pos];
+        let before = g.faults.len();
+        g.faults.retain(|slot, _| !slot.cleared_by_reset());
+        g.recovery = 0;
+        if g.faults.len() != before {
+            let message = format!(
+                "{}: GPU reset and answering; reset-class faults cleared",
+                g.id
+            );
+            self.emit(Severity::Info, at, REASON_RECOVERED, "", message);
+        }
+    }
+
+    fn driver_not_ready(&mut self, reason: &str, at: SystemTime) {
         let was_ready = matches!(self.driver, Driver::Ready { .. });
         self.driver = Driver::NotReady {
             reason: reason.to_owned(),
         };
         if was_ready {
-            vec![event(
+            self.emit(
                 Severity::Warn,
                 at,
-                REASON_DRIVER_NOT_READY.into(),
+                REASON_DRIVER_NOT_READY,
+                "",
                 reason.to_owned(),
-            )]
-        } else {
-            vec![]
+            );
         }
     }
 
     /// The driver's inventory replaces ours; GPUs that stay (same UUID) keep their state.
-    fn driver_ready(&mut self, gpus: &[GpuIdentity], version: &str, at: SystemTime) -> Vec<Event> {
+    fn driver_ready(&mut self, gpus: &[GpuIdentity], version: &str, at: SystemTime) {
         let was_ready = matches!(self.driver, Driver::Ready { .. });
         let mut old = std::mem::take(&mut self.gpus);
         self.gpus = gpus
@@ -240,18 +545,12 @@ impl HealthModel {
         self.driver = Driver::Ready {
             version: version.to_owned(),
         };
-        if was_ready {
-            vec![]
-        } else {
-            vec![event(
-                Severity::Info,
-                at,
-                REASON_DRIVER_READY.into(),
-                format!(
-                    "NVIDIA driver {version} answers; {}",
-                    gpus_visible(gpus.len())
-                ),
-            )]
+        if !was_ready {
+            let message = format!(
+                "NVIDIA driver {version} answers; {}",
+                gpus_visible(gpus.len())
+            );
+            self.emit(Severity::Info, at, REASON_DRIVER_READY, "", message);
         }
     }
 
@@ -266,148 +565,77 @@ impl HealthModel {
         )
     }
 
-    /// The GPU at `pci`, or a new entry named by the address alone.
-    fn position_for_pci(&mut self, pci: PciAddr) -> usize {
-        if let Some(pos) = self
-            .gpus
-            .iter()
-            .position(|g| PciAddr::parse(&g.id.pci_bus_id) == Some(pci))
-        {
-            return pos;
-        }
-        tracing::warn!(%pci, "kernel log names a GPU the driver does not enumerate");
-        self.gpus.push(GpuState::new(GpuIdentity {
-            index: UNENUMERATED,
-            uuid: "unknown".into(),
-            pci_bus_id: pci.to_string(),
-            serial: "unknown".into(),
-            name: "unknown".into(),
-        }));
-        self.gpus.len() - 1
-    }
+    // -----------------------------------------------------------------------
+    // Events
+    // -----------------------------------------------------------------------
 
-    fn apply_gpu(&mut self, obs: &Observation) -> Vec<Event> {
-        let Some(pos) = obs
-            .gpu()
-            .and_then(|i| self.gpus.iter().position(|g| g.id.index == i))
-        else {
-            tracing::warn!(gpu = ?obs.gpu(), "observation for a GPU this node does not have; ignored");
-            return Vec::new();
+    /// Sends an event, or counts it when the same key fired within the
+    /// window (an XID storm becomes a handful of events). An empty key never
+    /// aggregates: those events are transitions.
+    fn emit(
+        &mut self,
+        severity: Severity,
+        at: SystemTime,
+        reason: &str,
+        key: &str,
+        message: String,
+    ) {
+        let e = Event {
+            severity,
+            timestamp: at,
+            reason: reason.to_owned(),
+            message,
         };
-        self.apply_at(pos, obs, None)
+        if key.is_empty() {
+            self.push_event(e);
+            return;
+        }
+        let key = format!("{reason}/{key}");
+        match self.bursts.get_mut(&key) {
+            Some(b) if at.duration_since(b.since).unwrap_or_default() < EVENT_WINDOW => {
+                b.suppressed += 1;
+                b.last = e;
+            }
+            _ => {
+                self.bursts.insert(
+                    key,
+                    Burst {
+                        since: at,
+                        suppressed: 0,
+                        last: e.clone(),
+                    },
+                );
+                self.push_event(e);
+            }
+        }
     }
 
-    /// Applies a per-GPU observation to the GPU at `pos`; `kernel` is the
-    /// driver's text when the observation came from the kernel log.
-    fn apply_at(&mut self, pos: usize, obs: &Observation, kernel: Option<&str>) -> Vec<Event> {
-        let mut events = Vec::new();
-        let gpu = &mut self.gpus[pos];
-        let slowdown = gpu.slowdown;
-        match *obs {
-            Observation::Xid { xid, at, .. } => {
-                let info = xid::lookup(xid);
-                // Application-class XIDs are the job's problem, not the GPU's.
-                let (severity, reason) = match info.action {
-                    Action::Ignore | Action::RestartApp => (Severity::Info, REASON_XID_APP_ERROR),
-                    _ => (Severity::Warn, REASON_XID_ERROR),
-                };
-                events.push(event(
-                    severity,
-                    at,
-                    reason.into(),
-                    match kernel.filter(|k| !k.is_empty()) {
-                        Some(k) => format!(
-                            "{}: XID {xid} ({}); action: {}; kernel: {}",
-                            gpu.id,
-                            info.mnemonic,
-                            info.action.describe(),
-                            truncate(k, 256)
-                        ),
-                        None => format!(
-                            "{}: XID {xid} ({}); action: {}",
-                            gpu.id,
-                            info.mnemonic,
-                            info.action.describe()
-                        ),
-                    },
-                ));
-                match info.action {
-                    Action::RebootNode => gpu.lost = Some(LostCause::FellOffTheBus),
-                    Action::ResetGpu if gpu.reset_required.is_none() => {
-                        gpu.reset_required = Some(info)
-                    }
-                    _ => {}
-                }
+    /// Ends windows older than [`EVENT_WINDOW`] at `now`: each that counted
+    /// repeats sends one summary event. Returns whether any was sent.
+    pub fn flush(&mut self, now: SystemTime) -> bool {
+        let mut due: Vec<(String, Burst)> = Vec::new();
+        self.bursts.retain(|k, b| {
+            if now.duration_since(b.since).unwrap_or_default() < EVENT_WINDOW {
+                return true;
             }
-            Observation::Lost { at, .. } => {
-                if gpu.lost.is_none() {
-                    gpu.lost = Some(LostCause::NotResponding);
-                    events.push(event(
-                        Severity::Warn,
-                        at,
-                        "GPULost".into(),
-                        format!(
-                            "{}: GPU stopped answering; action: {}",
-                            gpu.id,
-                            Action::RebootNode.describe()
-                        ),
-                    ));
-                }
+            if b.suppressed > 0 {
+                due.push((k.clone(), b.clone()));
             }
-            Observation::Temperature { celsius, at, .. } => {
-                let was_throttling = gpu.throttled_at.is_some();
-                let now_throttling = if was_throttling {
-                    celsius > slowdown - THERMAL_HYSTERESIS_CELSIUS
-                } else {
-                    celsius >= slowdown
-                };
-                if now_throttling != was_throttling {
-                    gpu.throttled_at = now_throttling.then_some(celsius);
-                    let (reason, what) = if now_throttling {
-                        (
-                            "ThermalThrottlingStarted",
-                            format!("{celsius} °C reached slowdown {slowdown} °C"),
-                        )
-                    } else {
-                        (
-                            "ThermalThrottlingStopped",
-                            format!("cooled to {celsius} °C"),
-                        )
-                    };
-                    let severity = if now_throttling {
-                        Severity::Warn
-                    } else {
-                        Severity::Info
-                    };
-                    events.push(event(
-                        severity,
-                        at,
-                        reason.into(),
-                        format!("{}: {what}", gpu.id),
-                    ));
-                }
-            }
-            Observation::Reset { at, .. } => {
-                let had_faults = gpu.lost.is_some() || gpu.reset_required.is_some();
-                gpu.lost = None;
-                gpu.reset_required = None;
-                if had_faults {
-                    events.push(event(
-                        Severity::Info,
-                        at,
-                        REASON_RECOVERED.into(),
-                        format!("{}: GPU reset and answering; faults cleared", gpu.id),
-                    ));
-                }
-            }
-            Observation::SlowdownThreshold { celsius, .. } => gpu.slowdown = celsius,
-            Observation::KernelXid { .. }
-            | Observation::DriverNotReady { .. }
-            | Observation::DriverReady { .. }
-            | Observation::Unresponsive { .. }
-            | Observation::Responsive { .. } => {}
+            false
+        });
+        due.sort_by(|a, b| a.0.cmp(&b.0));
+        let any = !due.is_empty();
+        for (_, b) in due {
+            let mut e = b.last;
+            e.message = format!(
+                "{} (repeated {} more times within {}s)",
+                e.message,
+                b.suppressed,
+                EVENT_WINDOW.as_secs()
+            );
+            self.push_event(e);
         }
-        events
+        any
     }
 
     fn push_event(&mut self, e: Event) {
@@ -424,6 +652,10 @@ impl HealthModel {
             events: self.events.iter().cloned().collect(),
         }
     }
+
+    // -----------------------------------------------------------------------
+    // Conditions
+    // -----------------------------------------------------------------------
 
     /// Node-level conditions, one per supported type, naming each affected
     /// GPU. What the monitor cannot see is `Unknown`, never a guess.
@@ -467,139 +699,102 @@ impl HealthModel {
             ),
         };
         let mut out = vec![driver, unresponsive];
-        match &self.driver {
-            Driver::NotReady { reason } => {
-                out.extend(
-                    [GPU_LOST, GPU_RESET_REQUIRED, GPU_THERMAL_THROTTLING].map(|t| {
-                        Condition::new(
-                            t,
-                            ConditionStatus::Unknown,
-                            REASON_DRIVER_NOT_READY,
-                            format!("cannot see the GPUs: {reason}"),
-                        )
-                    }),
-                );
-            }
-            Driver::Ready { .. } => {
-                let [lost, reset, mut thermal] = self.gpu_conditions();
-                // Readings stopped: a throttling GPU stays reported, a cool
-                // one is no longer known to be cool.
-                if self.unresponsive.is_some() && thermal.status != ConditionStatus::True {
-                    thermal = Condition::new(
-                        GPU_THERMAL_THROTTLING,
-                        ConditionStatus::Unknown,
-                        REASON_UNRESPONSIVE,
-                        "temperature readings stopped: NVML does not answer",
-                    );
-                }
-                out.extend([lost, reset, thermal]);
-            }
+        if let Driver::NotReady { reason } = &self.driver {
+            let types = Slot::ALL.map(Slot::condition_type);
+            out.extend(types.iter().chain(&[GPU_THERMAL_THROTTLING]).map(|t| {
+                Condition::new(
+                    *t,
+                    ConditionStatus::Unknown,
+                    REASON_DRIVER_NOT_READY,
+                    format!("cannot see the GPUs: {reason}"),
+                )
+            }));
+            return out;
         }
+        out.extend(Slot::ALL.map(|slot| self.slot_condition(slot, n)));
+        let mut thermal = self.thermal_condition();
+        // Readings stopped: a throttling GPU stays reported, a cool one is no
+        // longer known to be cool.
+        if self.unresponsive.is_some() && thermal.status != ConditionStatus::True {
+            thermal = Condition::new(
+                GPU_THERMAL_THROTTLING,
+                ConditionStatus::Unknown,
+                REASON_UNRESPONSIVE,
+                "temperature readings stopped: NVML does not answer",
+            );
+        }
+        out.push(thermal);
         out
     }
 
-    /// The conditions judged from per-GPU state (driver ready).
-    fn gpu_conditions(&self) -> [Condition; 3] {
-        let n = self.enumerated();
-        let lost: Vec<&GpuState> = self.gpus.iter().filter(|g| g.lost.is_some()).collect();
-        let lost_condition = if lost.is_empty() {
-            Condition::new(
-                GPU_LOST,
-                ConditionStatus::False,
-                "NoGPULost",
-                if n == 1 {
-                    "the GPU answers".to_owned()
-                } else {
-                    format!("all {n} GPUs answer")
-                },
-            )
-        } else {
-            let reason = if lost
-                .iter()
-                .any(|g| g.lost == Some(LostCause::FellOffTheBus))
-            {
-                "GPUFellOffTheBus"
-            } else {
-                "GPUNotResponding"
-            };
-            let msg = join(lost.iter().map(|g| {
-                let cause = match g.lost {
-                    Some(LostCause::FellOffTheBus) => "fell off the bus (XID 79)",
-                    _ => "stopped answering",
-                };
-                format!(
-                    "{}: {cause}; action: {}",
-                    g.id,
-                    Action::RebootNode.describe()
-                )
-            }));
-            Condition::new(GPU_LOST, ConditionStatus::True, reason, msg)
-        };
-
-        let reset: Vec<(&GpuState, XidInfo)> = self
+    fn slot_condition(&self, slot: Slot, n: usize) -> Condition {
+        let hit: Vec<(&GpuState, &Fault)> = self
             .gpus
             .iter()
-            .filter_map(|g| g.reset_required.map(|i| (g, i)))
+            .filter_map(|g| g.faults.get(&slot).map(|f| (g, f)))
             .collect();
-        let reset_condition = match reset.first() {
-            None => Condition::new(
-                GPU_RESET_REQUIRED,
-                ConditionStatus::False,
-                "NoGPUResetRequired",
-                "no GPU needs a reset",
-            ),
+        match hit.first() {
+            None => {
+                let (reason, message) = slot.healthy(n);
+                Condition::new(
+                    slot.condition_type(),
+                    ConditionStatus::False,
+                    reason,
+                    message,
+                )
+            }
             Some((_, first)) => Condition::new(
-                GPU_RESET_REQUIRED,
+                slot.condition_type(),
                 ConditionStatus::True,
-                format!("Xid{}", first.xid),
-                join(reset.iter().map(|(g, i)| {
-                    format!(
-                        "{}: XID {} ({}); action: {}",
-                        g.id,
-                        i.xid,
-                        i.mnemonic,
-                        i.action.describe()
-                    )
-                })),
+                first.reason.clone(),
+                join(
+                    hit.iter()
+                        .map(|(g, f)| format!("{}: {}; action: {}", g.id, f.evidence, f.action)),
+                ),
             ),
-        };
+        }
+    }
 
+    fn thermal_condition(&self) -> Condition {
         let hot: Vec<(&GpuState, i32)> = self
             .gpus
             .iter()
             .filter_map(|g| g.throttled_at.map(|t| (g, t)))
             .collect();
-        let thermal_condition = if hot.is_empty() {
-            Condition::new(
+        if hot.is_empty() {
+            return Condition::new(
                 GPU_THERMAL_THROTTLING,
                 ConditionStatus::False,
                 "NoThermalThrottling",
                 "all GPUs below their slowdown temperature",
-            )
-        } else {
-            Condition::new(
-                GPU_THERMAL_THROTTLING,
-                ConditionStatus::True,
-                "ThermalSlowdown",
-                join(hot.iter().map(|(g, t)| {
-                    format!(
-                        "{}: reached {t} °C, slowdown is {} °C; action: check cooling and airflow",
-                        g.id, g.slowdown
-                    )
-                })),
-            )
-        };
-        [lost_condition, reset_condition, thermal_condition]
+            );
+        }
+        Condition::new(
+            GPU_THERMAL_THROTTLING,
+            ConditionStatus::True,
+            "ThermalSlowdown",
+            join(hot.iter().map(|(g, t)| {
+                format!(
+                    "{}: reached {t} °C, slowdown is {} °C; action: check cooling and airflow",
+                    g.id, g.slowdown
+                )
+            })),
+        )
     }
 }
 
-fn event(severity: Severity, timestamp: SystemTime, reason: String, message: String) -> Event {
-    Event {
-        severity,
-        timestamp,
-        reason,
-        message,
+fn fault(reason: &str, evidence: &str, action: &'static str) -> Fault {
+    Fault {
+        reason: reason.to_owned(),
+        evidence: evidence.to_owned(),
+        action,
+        from_recovery: false,
     }
+}
+
+/// "XID 48 ROBUST_CHANNEL_GPU_ECC_DBE (catalog: WORKFLOW_XID_48)"
+fn evidence(info: &XidInfo) -> String {
+    format!("{} (catalog: {})", info.title(), info.immediate)
 }
 
 fn truncate(s: &str, max_chars: usize) -> String {
@@ -641,7 +836,7 @@ mod tests {
     fn healthy_node_reports_all_false() {
         let m = model();
         let c = m.conditions();
-        assert_eq!(c.len(), 5);
+        assert_eq!(c.len(), 10);
         assert!(
             c.iter().all(|c| c.status == ConditionStatus::False),
             "{c:?}"
@@ -908,6 +1103,7 @@ mod tests {
             xid: 79,
             detail: "pid=7, name=python3, GPU has fallen off the bus.".into(),
             at: now,
+            replay: false,
         });
         let lost = status_of(&m.conditions(), GPU_LOST).clone();
         assert!(lost.message.starts_with("gpu=3 "), "{}", lost.message);
@@ -924,6 +1120,7 @@ mod tests {
             xid: 48,
             detail: String::new(),
             at: now,
+            replay: false,
         });
         let reset = status_of(&m.conditions(), GPU_RESET_REQUIRED).clone();
         assert_eq!(reset.status, ConditionStatus::True);
@@ -950,10 +1147,11 @@ mod tests {
     #[test]
     fn event_backlog_is_bounded() {
         let mut m = model();
-        for _ in 0..200 {
+        // Distinct (GPU, XID) keys, so nothing aggregates.
+        for i in 0..200u32 {
             m.apply(&Observation::Xid {
-                gpu: 0,
-                xid: 13,
+                gpu: i % 8,
+                xid: 1000 + i,
                 at: SystemTime::now(),
             });
         }
@@ -961,5 +1159,211 @@ mod tests {
         assert_eq!(s.events.len(), EVENT_BACKLOG);
         assert_eq!(s.last_event_seq(), 200);
         assert_eq!(s.events_after(198).count(), 2);
+    }
+
+    #[test]
+    fn an_xid_storm_becomes_one_event_and_one_summary() {
+        let mut m = model();
+        let t0 = SystemTime::now();
+        for i in 0..10_000u64 {
+            m.apply(&Observation::Xid {
+                gpu: 2,
+                xid: 95,
+                at: t0 + Duration::from_millis(i),
+            });
+        }
+        // Another GPU's XID is its own key: not swallowed by the storm.
+        m.apply(&Observation::Xid {
+            gpu: 5,
+            xid: 95,
+            at: t0,
+        });
+        assert_eq!(m.snapshot().events.len(), 2);
+        assert!(!m.flush(t0 + Duration::from_secs(30)), "window still open");
+        assert!(m.flush(t0 + EVENT_WINDOW + Duration::from_secs(1)));
+        let events = m.snapshot().events;
+        assert_eq!(events.len(), 3);
+        let summary = &events[2].1;
+        assert!(
+            summary.message.contains("gpu=2 ")
+                && summary.message.contains("repeated 9999 more times"),
+            "{}",
+            summary.message
+        );
+        assert!(!m.flush(t0 + EVENT_WINDOW * 3), "nothing left to summarise");
+        // After the window a new occurrence is news again.
+        m.apply(&Observation::Xid {
+            gpu: 2,
+            xid: 95,
+            at: t0 + EVENT_WINDOW * 3,
+        });
+        assert_eq!(m.snapshot().events.len(), 4);
+    }
+
+    #[test]
+    fn catalog_classes_raise_their_conditions() {
+        let now = SystemTime::now();
+        for (xid, types) in [
+            (79, &[GPU_LOST, GPU_REBOOT_REQUIRED][..]),
+            (64, &[GPU_MEMORY_UNHEALTHY, GPU_RESET_REQUIRED][..]),
+            (54, &[GPU_HARDWARE_FAULT][..]),
+            (136, &[GPU_NVLINK_DOWN, GPU_RESET_REQUIRED][..]),
+            (74, &[GPU_NVLINK_DEGRADED][..]),
+            (151, &[GPU_REBOOT_REQUIRED][..]),
+            (13, &[][..]),
+        ] {
+            let mut m = model();
+            m.apply(&Observation::Xid {
+                gpu: 6,
+                xid,
+                at: now,
+            });
+            let c = m.conditions();
+            for cond in &c {
+                let expected = types.contains(&cond.type_.as_str());
+                assert_eq!(
+                    cond.status == ConditionStatus::True,
+                    expected,
+                    "XID {xid}: {cond:?}"
+                );
+                if expected {
+                    assert!(
+                        cond.message.starts_with("gpu=6 ")
+                            && cond.message.contains(&format!("XID {xid} ")),
+                        "{}",
+                        cond.message
+                    );
+                    assert!(cond.message.contains("action: "), "{}", cond.message);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_reset_clears_reset_class_faults_but_not_memory_or_hardware() {
+        let mut m = model();
+        let now = SystemTime::now();
+        for xid in [64, 54, 74] {
+            m.apply(&Observation::Xid {
+                gpu: 1,
+                xid,
+                at: now,
+            });
+        }
+        m.apply(&Observation::Reset { gpu: 1, at: now });
+        let c = m.conditions();
+        assert_eq!(
+            status_of(&c, GPU_RESET_REQUIRED).status,
+            ConditionStatus::False
+        );
+        assert_eq!(
+            status_of(&c, GPU_NVLINK_DEGRADED).status,
+            ConditionStatus::False
+        );
+        assert_eq!(
+            status_of(&c, GPU_MEMORY_UNHEALTHY).status,
+            ConditionStatus::True,
+            "a board property"
+        );
+        assert_eq!(
+            status_of(&c, GPU_HARDWARE_FAULT).status,
+            ConditionStatus::True,
+            "a board property"
+        );
+    }
+
+    #[test]
+    fn the_recovery_action_overrides_the_catalog() {
+        let mut m = model();
+        let now = SystemTime::now();
+        let pci = PciAddr::parse("0000:52:00").expect("GPU 2 of the sim");
+        let xid154 = |to: &str| Observation::KernelXid {
+            pci,
+            xid: 154,
+            detail: format!("GPU recovery action changed from 0x0 (None) to {to}"),
+            at: now,
+            replay: false,
+        };
+        // XID 109 alone is only an event; the driver asking for a reset decides.
+        m.apply(&Observation::Xid {
+            gpu: 2,
+            xid: 109,
+            at: now,
+        });
+        assert_eq!(
+            status_of(&m.conditions(), GPU_RESET_REQUIRED).status,
+            ConditionStatus::False
+        );
+        m.apply(&xid154("0x1 (GPU Reset Required)"));
+        let reset = status_of(&m.conditions(), GPU_RESET_REQUIRED).clone();
+        assert_eq!(
+            (reset.status, reset.reason.as_str()),
+            (ConditionStatus::True, "RecoveryAction")
+        );
+        assert!(
+            reset
+                .message
+                .contains("driver recovery action: GPU Reset Required"),
+            "{}",
+            reset.message
+        );
+        // The driver changes its mind: node reboot.
+        m.apply(&xid154("0x2 (Node Reboot Required)"));
+        let c = m.conditions();
+        assert_eq!(
+            status_of(&c, GPU_RESET_REQUIRED).status,
+            ConditionStatus::False
+        );
+        assert_eq!(
+            status_of(&c, GPU_REBOOT_REQUIRED).status,
+            ConditionStatus::True
+        );
+        // NVML's field says the same thing the same way.
+        m.apply(&Observation::RecoveryAction {
+            gpu: 2,
+            action: 0,
+            at: now,
+        });
+        assert!(
+            m.conditions()
+                .iter()
+                .all(|c| c.status == ConditionStatus::False)
+        );
+        let reasons: Vec<String> = m
+            .snapshot()
+            .events
+            .iter()
+            .map(|(_, e)| e.reason.clone())
+            .collect();
+        assert_eq!(
+            reasons
+                .iter()
+                .filter(|r| *r == REASON_RECOVERY_ACTION)
+                .count(),
+            3,
+            "{reasons:?}"
+        );
+        assert_eq!(
+            parse_recovery_change("… from 0x0 (None) to 0x4 (Drain and Reset)"),
+            Some(4)
+        );
+        assert_eq!(parse_recovery_change("garbage"), None);
+    }
+
+    #[test]
+    fn replayed_kernel_xids_rebuild_state_without_events() {
+        let mut m = model();
+        m.apply(&Observation::KernelXid {
+            pci: PciAddr::parse("0000:61:00").expect("pci"),
+            xid: 48,
+            detail: String::new(),
+            at: SystemTime::now(),
+            replay: true,
+        });
+        assert_eq!(
+            status_of(&m.conditions(), GPU_RESET_REQUIRED).status,
+            ConditionStatus::True
+        );
+        assert!(m.snapshot().events.is_empty());
     }
 }

@@ -231,28 +231,29 @@ pub async fn run(options: KmsgOptions, tx: mpsc::Sender<Observation>, token: Can
             r = rec_rx.recv() => match r { Some(r) => r, None => break },
             () = token.cancelled() => break,
         };
-        if position.seen(record.seq) {
-            continue;
+        // Records handled before a restart rebuild the state (a GPU that
+        // needed a reset still does) but are not reported again.
+        let replay = position.seen(record.seq);
+        if !replay {
+            position.seq = Some(record.seq);
+            unsaved += 1;
         }
-        position.seq = Some(record.seq);
-        unsaved += 1;
         if let Some(line) = parse_line(&record.text) {
             let at = SystemTime::now();
-            let obs = match line {
-                KernelLine::Xid { pci, xid, detail } => Observation::KernelXid {
-                    pci,
-                    xid,
-                    detail,
-                    at,
-                },
-                KernelLine::FellOffBus { pci } => Observation::KernelXid {
-                    pci,
-                    xid: 79,
-                    detail: "GPU has fallen off the bus".into(),
-                    at,
-                },
+            let (pci, xid, detail) = match line {
+                KernelLine::Xid { pci, xid, detail } => (pci, xid, detail),
+                KernelLine::FellOffBus { pci } => (pci, 79, "GPU has fallen off the bus".into()),
             };
-            tracing::warn!(seq = record.seq, "kernel: {}", record.text);
+            let obs = Observation::KernelXid {
+                pci,
+                xid,
+                detail,
+                at,
+                replay,
+            };
+            if !replay {
+                tracing::warn!(seq = record.seq, "kernel: {}", record.text);
+            }
             if tx.send(obs).await.is_err() {
                 break;
             }
@@ -423,13 +424,22 @@ mod tests {
         }
     }
 
+    /// The next XID that is news (replayed ones must come flagged).
     async fn next_xid(rx: &mut mpsc::Receiver<Observation>) -> (u32, PciAddr) {
+        let (xid, pci, replay) = next_any(rx).await;
+        assert!(!replay, "XID {xid} should be news");
+        (xid, pci)
+    }
+
+    async fn next_any(rx: &mut mpsc::Receiver<Observation>) -> (u32, PciAddr, bool) {
         let obs = tokio::time::timeout(Duration::from_secs(10), rx.recv())
             .await
             .expect("an XID in time")
             .expect("reader alive");
         match obs {
-            Observation::KernelXid { xid, pci, .. } => (xid, pci),
+            Observation::KernelXid {
+                xid, pci, replay, ..
+            } => (xid, pci, replay),
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -488,9 +498,14 @@ mod tests {
         );
         let (task, mut rx, token) = start(options.clone());
         assert_eq!(
+            next_any(&mut rx).await,
+            (79, PciAddr::parse("0000:61:00").expect("pci"), true),
+            "79 is replayed as state, not reported again"
+        );
+        assert_eq!(
             next_xid(&mut rx).await,
             (48, PciAddr::parse("0000:1b:00").expect("pci")),
-            "79 is not repeated"
+            "the XID missed while down is news"
         );
         append(
             &log,

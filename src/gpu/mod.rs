@@ -20,14 +20,24 @@ pub const GPU_DRIVER_NOT_READY: &str = "GPUDriverNotReady";
 pub const GPU_UNRESPONSIVE: &str = "GPUUnresponsive";
 pub const GPU_LOST: &str = "GPULost";
 pub const GPU_RESET_REQUIRED: &str = "GPUResetRequired";
+pub const GPU_REBOOT_REQUIRED: &str = "GPURebootRequired";
+pub const GPU_MEMORY_UNHEALTHY: &str = "GPUMemoryUnhealthy";
+pub const GPU_HARDWARE_FAULT: &str = "GPUHardwareFault";
+pub const GPU_NVLINK_DOWN: &str = "GPUNVLinkDown";
+pub const GPU_NVLINK_DEGRADED: &str = "GPUNVLinkDegraded";
 pub const GPU_THERMAL_THROTTLING: &str = "GPUThermalThrottling";
 
 /// Every condition type this monitor reports, in report order.
-pub const SUPPORTED_CONDITIONS: [&str; 5] = [
+pub const SUPPORTED_CONDITIONS: [&str; 10] = [
     GPU_DRIVER_NOT_READY,
     GPU_UNRESPONSIVE,
     GPU_LOST,
     GPU_RESET_REQUIRED,
+    GPU_REBOOT_REQUIRED,
+    GPU_MEMORY_UNHEALTHY,
+    GPU_HARDWARE_FAULT,
+    GPU_NVLINK_DOWN,
+    GPU_NVLINK_DEGRADED,
     GPU_THERMAL_THROTTLING,
 ];
 
@@ -93,6 +103,14 @@ pub enum Observation {
         xid: u32,
         detail: String,
         at: SystemTime,
+        /// Read again after a restart: rebuilds state, sends no event.
+        replay: bool,
+    },
+    /// The driver's recovery action for the GPU (NVML field 230).
+    RecoveryAction {
+        gpu: u32,
+        action: u32,
+        at: SystemTime,
     },
     /// The GPU stopped answering (NVML `GPU_IS_LOST` or equivalent).
     Lost { gpu: u32, at: SystemTime },
@@ -114,6 +132,7 @@ impl Observation {
             | Self::Lost { gpu, .. }
             | Self::Temperature { gpu, .. }
             | Self::Reset { gpu, .. }
+            | Self::RecoveryAction { gpu, .. }
             | Self::SlowdownThreshold { gpu, .. } => Some(*gpu),
             Self::KernelXid { .. }
             | Self::DriverNotReady { .. }

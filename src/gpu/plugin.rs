@@ -139,12 +139,16 @@ async fn run_model(
     tx: watch::Sender<Arc<Snapshot>>,
     token: CancellationToken,
 ) {
+    // Aggregated event windows close on this tick.
+    let mut flush = tokio::time::interval(Duration::from_secs(10));
+    flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let obs = tokio::select! {
-            o = rx.recv() => match o { Some(o) => o, None => break },
+        let changed = tokio::select! {
+            o = rx.recv() => match o { Some(o) => model.apply(&o), None => break },
+            _ = flush.tick() => model.flush(std::time::SystemTime::now()),
             () = token.cancelled() => break,
         };
-        if model.apply(&obs) {
+        if changed {
             tx.send_replace(Arc::new(model.snapshot()));
         }
     }
@@ -170,7 +174,7 @@ fn metadata(options: &PluginOptions) -> MonitorMetadata {
     MonitorMetadata {
         name: SOURCE.into(),
         version: crate::VERSION.into(),
-        description: "NVIDIA GPU health: driver readiness, hung NVML calls, lost GPUs, reset-class XIDs, thermal throttling".into(),
+        description: "NVIDIA GPU health: driver readiness, hung NVML calls, lost GPUs, XIDs by NVIDIA's catalog and recovery action, thermal throttling".into(),
         supported_conditions: SUPPORTED_CONDITIONS
             .iter()
             .map(|s| (*s).to_owned())

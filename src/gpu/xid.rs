@@ -1,33 +1,89 @@
-//! XID catalog: what each XID means and what to do about it.
-//!
-//! Source: NVIDIA's XID catalog (immediate actions) as summarised in
-//! `shared/reference/gpu-peers.md` §3. This is the subset the skeleton acts on;
-//! an XID not listed is still reported, as an event.
+//! The XID catalog (`data/xid-catalog.tsv`, with its source): what each XID
+//! means, NVIDIA's immediate and investigatory actions, and which conditions
+//! npd-ext raises for it. Parsed once; a malformed table fails the tests.
 
-/// What an XID asks the operator to do first.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Informational; the GPU is fine.
-    Ignore,
-    /// An application fault; restart the job.
-    RestartApp,
-    /// The GPU needs a reset before it can be trusted.
-    ResetGpu,
-    /// The GPU is gone from the bus; only a node reboot brings it back.
-    RebootNode,
-    /// Needs a decision workflow (decode registers, look at neighbours).
-    Investigate,
+use std::sync::OnceLock;
+
+const CATALOG_TSV: &str = include_str!("../../data/xid-catalog.tsv");
+
+/// What npd-ext raises for an XID (a set).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Classes(u16);
+
+impl Classes {
+    pub const APP: Self = Self(1);
+    pub const EVENT: Self = Self(1 << 1);
+    pub const RESET: Self = Self(1 << 2);
+    pub const REBOOT: Self = Self(1 << 3);
+    pub const LOST: Self = Self(1 << 4);
+    pub const MEMORY: Self = Self(1 << 5);
+    pub const HARDWARE: Self = Self(1 << 6);
+    pub const NVLINK_DOWN: Self = Self(1 << 7);
+    pub const NVLINK_DEGRADED: Self = Self(1 << 8);
+    pub const RECOVERY: Self = Self(1 << 9);
+
+    const NAMES: [(&'static str, Self); 10] = [
+        ("app", Self::APP),
+        ("event", Self::EVENT),
+        ("reset", Self::RESET),
+        ("reboot", Self::REBOOT),
+        ("lost", Self::LOST),
+        ("memory", Self::MEMORY),
+        ("hardware", Self::HARDWARE),
+        ("nvlink-down", Self::NVLINK_DOWN),
+        ("nvlink-degraded", Self::NVLINK_DEGRADED),
+        ("recovery", Self::RECOVERY),
+    ];
+
+    pub fn contains(self, other: Self) -> bool {
+        self.0 & other.0 == other.0
+    }
+
+    /// Only an event, no condition.
+    pub fn is_event_only(self) -> bool {
+        self.0 & !(Self::APP.0 | Self::EVENT.0) == 0
+    }
+
+    /// The first thing to do, most severe first.
+    pub fn action(self) -> &'static str {
+        const ORDER: [(Classes, &str); 10] = [
+            (
+                Classes::LOST,
+                "drain the node and reboot it (power-cycle); RMA if it recurs",
+            ),
+            (Classes::REBOOT, "drain the node and reboot it"),
+            (
+                Classes::MEMORY,
+                "drain and reset the GPU, then track it for replacement (RMA)",
+            ),
+            (
+                Classes::HARDWARE,
+                "inspect the GPU (power cables, seating) and contact support",
+            ),
+            (
+                Classes::NVLINK_DOWN,
+                "reset the GPU; if links stay down, reboot, then service",
+            ),
+            (Classes::RESET, "drain the GPU and reset it"),
+            (
+                Classes::NVLINK_DEGRADED,
+                "investigate the NVLink; reset the GPU if errors are fatal",
+            ),
+            (Classes::RECOVERY, "follow the driver's recovery action"),
+            (Classes::APP, "restart the application"),
+            (Classes::EVENT, "no node action; watch for repeats"),
+        ];
+        ORDER
+            .iter()
+            .find(|(c, _)| self.contains(*c))
+            .map_or("no node action; watch for repeats", |(_, a)| a)
+    }
 }
 
-impl Action {
-    pub fn describe(self) -> &'static str {
-        match self {
-            Self::Ignore => "no action needed",
-            Self::RestartApp => "restart the application",
-            Self::ResetGpu => "drain the node and reset the GPU",
-            Self::RebootNode => "drain the node and reboot it",
-            Self::Investigate => "investigate (see NVIDIA's XID catalog)",
-        }
+impl std::ops::BitOr for Classes {
+    type Output = Self;
+    fn bitor(self, rhs: Self) -> Self {
+        Self(self.0 | rhs.0)
     }
 }
 
@@ -35,60 +91,80 @@ impl Action {
 pub struct XidInfo {
     pub xid: u32,
     pub mnemonic: &'static str,
-    pub action: Action,
+    pub immediate: &'static str,
+    pub investigatory: &'static str,
+    pub classes: Classes,
 }
 
-const CATALOG: &[XidInfo] = &[
-    x(13, "graphics engine exception", Action::RestartApp),
-    x(31, "GPU memory page fault", Action::RestartApp),
-    x(
-        43,
-        "channel verification error (application fault)",
-        Action::Ignore,
-    ),
-    x(
-        45,
-        "preemptive cleanup after another error",
-        Action::Investigate,
-    ),
-    x(48, "double-bit ECC error", Action::ResetGpu),
-    x(62, "internal micro-controller halt", Action::ResetGpu),
-    x(
-        63,
-        "row remapping or page retirement recorded",
-        Action::Ignore,
-    ),
-    x(64, "row remapping failure", Action::ResetGpu),
-    x(74, "NVLink error", Action::Investigate),
-    x(79, "GPU has fallen off the bus", Action::RebootNode),
-    x(92, "high single-bit ECC error rate", Action::Ignore),
-    x(94, "contained memory error", Action::RestartApp),
-    x(95, "uncontained memory error", Action::ResetGpu),
-    x(109, "context-switch timeout", Action::Investigate),
-    x(119, "GSP RPC timeout", Action::ResetGpu),
-    x(120, "GSP error", Action::ResetGpu),
-    x(140, "unrecoverable ECC error escape", Action::ResetGpu),
-];
-
-const fn x(xid: u32, mnemonic: &'static str, action: Action) -> XidInfo {
-    XidInfo {
-        xid,
-        mnemonic,
-        action,
+impl XidInfo {
+    /// "XID 48 ROBUST_CHANNEL_GPU_ECC_DBE"
+    pub fn title(&self) -> String {
+        format!("XID {} {}", self.xid, self.mnemonic)
     }
 }
 
-/// The catalog entry, or an `Investigate` entry for an XID we do not know.
-pub fn lookup(xid: u32) -> XidInfo {
+/// The whole catalog, sorted by XID.
+pub fn catalog() -> &'static [XidInfo] {
+    static CATALOG: OnceLock<Vec<XidInfo>> = OnceLock::new();
     CATALOG
-        .iter()
-        .find(|i| i.xid == xid)
-        .copied()
-        .unwrap_or(XidInfo {
+        .get_or_init(|| parse(CATALOG_TSV).unwrap_or_else(|e| panic!("data/xid-catalog.tsv: {e}")))
+}
+
+/// The catalog entry, or a Warning-event entry for an XID the catalog lacks.
+pub fn lookup(xid: u32) -> XidInfo {
+    let table = catalog();
+    match table.binary_search_by_key(&xid, |i| i.xid) {
+        Ok(i) => table[i],
+        Err(_) => XidInfo {
             xid,
-            mnemonic: "unknown XID",
-            action: Action::Investigate,
-        })
+            mnemonic: "(not in the XID catalog)",
+            immediate: "UNKNOWN",
+            investigatory: "UNKNOWN",
+            classes: Classes::EVENT,
+        },
+    }
+}
+
+fn parse(text: &'static str) -> Result<Vec<XidInfo>, String> {
+    let mut out: Vec<XidInfo> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        if line.starts_with('#') || line.trim().is_empty() {
+            continue;
+        }
+        let cols: Vec<&'static str> = line.split('\t').collect();
+        let [xid, mnemonic, immediate, investigatory, classes] = cols[..] else {
+            return Err(format!(
+                "line {}: expected 5 tab-separated columns, found {}",
+                n + 1,
+                cols.len()
+            ));
+        };
+        let xid: u32 = xid
+            .parse()
+            .map_err(|_| format!("line {}: bad XID {xid:?}", n + 1))?;
+        let mut set = Classes::default();
+        for name in classes.split(',') {
+            let (_, c) = Classes::NAMES
+                .iter()
+                .find(|(k, _)| *k == name)
+                .ok_or_else(|| format!("line {}: unknown class {name:?}", n + 1))?;
+            set = set | *c;
+        }
+        if out.last().is_some_and(|last| last.xid >= xid) {
+            return Err(format!(
+                "line {}: XID {xid} out of order or repeated",
+                n + 1
+            ));
+        }
+        out.push(XidInfo {
+            xid,
+            mnemonic,
+            immediate,
+            investigatory,
+            classes: set,
+        });
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -96,15 +172,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn catalog_is_sorted_and_unique() {
-        assert!(CATALOG.windows(2).all(|w| w[0].xid < w[1].xid));
+    fn the_catalog_parses_and_is_sorted() {
+        let c = catalog();
+        assert!(c.len() >= 50, "{}", c.len());
+        assert!(c.windows(2).all(|w| w[0].xid < w[1].xid));
     }
 
     #[test]
-    fn classifies_the_skeleton_xids() {
-        assert_eq!(lookup(79).action, Action::RebootNode);
-        assert_eq!(lookup(48).action, Action::ResetGpu);
-        assert_eq!(lookup(13).action, Action::RestartApp);
-        assert_eq!(lookup(9999).action, Action::Investigate);
+    fn classifies_as_the_catalog_says() {
+        assert!(lookup(79).classes.contains(Classes::LOST | Classes::REBOOT));
+        assert!(lookup(48).classes.contains(Classes::RESET));
+        assert_eq!(lookup(48).immediate, "WORKFLOW_XID_48");
+        assert!(
+            lookup(64)
+                .classes
+                .contains(Classes::MEMORY | Classes::RESET)
+        );
+        assert!(lookup(54).classes.contains(Classes::HARDWARE));
+        assert!(lookup(136).classes.contains(Classes::NVLINK_DOWN));
+        assert!(lookup(13).classes.is_event_only());
+        assert!(
+            lookup(109).classes.is_event_only(),
+            "109 needs the recovery action to agree"
+        );
+        assert!(lookup(154).classes.contains(Classes::RECOVERY));
+        let unknown = lookup(9999);
+        assert!(
+            unknown.classes.is_event_only() && unknown.mnemonic.contains("not in the XID catalog")
+        );
+    }
+
+    #[test]
+    fn malformed_tables_are_refused() {
+        assert!(parse("1\tA\tB\tC\n").is_err());
+        assert!(parse("1\tA\tB\tC\tnonsense\n").is_err());
+        assert!(parse("2\tA\tB\tC\tapp\n1\tA\tB\tC\tapp\n").is_err());
+    }
+
+    #[test]
+    fn actions_follow_the_most_severe_class() {
+        assert!(lookup(79).classes.action().contains("reboot"));
+        assert!(lookup(48).classes.action().contains("reset"));
+        assert_eq!(lookup(13).classes.action(), "restart the application");
     }
 }
