@@ -165,6 +165,15 @@ pub struct GpuMonitorArgs {
     #[arg(long, value_parser = go_duration, default_value = "10s")]
     pub poll_interval: Duration,
 
+    /// Run the slow sweep (ECC, PCIe, NVLink, GPU count) every N fast polls.
+    #[arg(long, default_value_t = 6, value_parser = clap::value_parser!(u32).range(1..))]
+    pub slow_every: u32,
+
+    /// GPUs this node should have; fewer makes GPUMissing True (default: the
+    /// most that NVML, PCI sysfs or /dev/nvidiaN has shown).
+    #[arg(long, value_name = "N")]
+    pub expected_gpus: Option<u32>,
+
     /// Kernel log to read XIDs from: /dev/kmsg, or a file or FIFO of records
     /// in its format (default: /dev/kmsg with the NVML backend, none with sim).
     #[arg(long, value_name = "PATH")]

@@ -497,7 +497,10 @@ fn nvml_backend_without_a_driver_reports_driver_not_ready_and_keeps_serving() {
         "{driver}"
     );
     for t in npd_ext::gpu::SUPPORTED_CONDITIONS.iter().skip(2) {
-        let c = conditions.iter().find(|c| c["type"] == *t).expect("present");
+        let c = conditions
+            .iter()
+            .find(|c| c["type"] == *t)
+            .expect("present");
         assert_eq!(c["status"], "Unknown", "{t} must not be guessed: {c}");
     }
     assert_eq!(status["metadata"]["capabilities"]["backend"], "nvml");

@@ -54,6 +54,10 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
                 library: args.nvml_lib.clone(),
                 call_timeout: args.nvml_timeout,
                 poll_interval: args.poll_interval,
+                slow_every: args.slow_every,
+                expected_gpus: args.expected_gpus,
+                sys_root: PathBuf::from("/sys"),
+                dev_root: PathBuf::from("/dev"),
             };
             shutdown.spawn(nvml::run(options, plugin.observations(), token));
         }

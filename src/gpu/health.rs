@@ -13,9 +13,10 @@ use std::time::{Duration, SystemTime};
 use super::kmsg::PciAddr;
 use super::xid::{self, Classes, XidInfo};
 use super::{
-    GPU_DRIVER_NOT_READY, GPU_HARDWARE_FAULT, GPU_LOST, GPU_MEMORY_UNHEALTHY, GPU_NVLINK_DEGRADED,
-    GPU_NVLINK_DOWN, GPU_REBOOT_REQUIRED, GPU_RESET_REQUIRED, GPU_THERMAL_THROTTLING,
-    GPU_UNRESPONSIVE, GpuIdentity, Observation, UNENUMERATED,
+    GPU_DRIVER_NOT_READY, GPU_HARDWARE_FAULT, GPU_LOST, GPU_MEMORY_UNHEALTHY, GPU_MISSING,
+    GPU_NVLINK_DEGRADED, GPU_NVLINK_DOWN, GPU_PCIE_LINK_DEGRADED, GPU_REBOOT_REQUIRED,
+    GPU_RESET_REQUIRED, GPU_THERMAL_THROTTLING, GPU_UNRESPONSIVE, GpuCounts, GpuIdentity,
+    Observation, UNENUMERATED,
 };
 use crate::problem::{Condition, ConditionStatus, Event, Severity};
 
@@ -27,6 +28,18 @@ pub const THERMAL_HYSTERESIS_CELSIUS: i32 = 5;
 const EVENT_BACKLOG: usize = 64;
 /// Repeats of one (GPU, reason, XID) within this window are counted, not sent.
 pub const EVENT_WINDOW: Duration = Duration::from_secs(60);
+/// Clock-event samples kept per GPU (10 min at the 10 s fast poll).
+pub const SLOWDOWN_WINDOW: usize = 60;
+/// Slowdown active in at least this share of the window sets throttling…
+const SLOWDOWN_SET: f64 = 0.6;
+/// …and at most this share clears it.
+const SLOWDOWN_CLEAR: f64 = 0.2;
+/// Samples needed before the rate counts.
+const SLOWDOWN_MIN_SAMPLES: usize = 6;
+/// Consecutive good readings that clear a reading-based fault.
+const GOOD_READINGS_TO_CLEAR: u8 = 3;
+/// More uncorrectable remapped rows than this: the bank budget is spent.
+const REMAPPED_ROWS_BUDGET: u32 = 512;
 
 // Event reasons.
 pub const REASON_XID_ERROR: &str = "XIDError";
@@ -37,6 +50,7 @@ pub const REASON_DRIVER_NOT_READY: &str = "DriverNotReady";
 pub const REASON_DRIVER_READY: &str = "DriverReady";
 pub const REASON_UNRESPONSIVE: &str = "NVMLCallHung";
 pub const REASON_RESPONSIVE: &str = "NVMLResponsive";
+pub const REASON_ROW_REMAP_PENDING: &str = "RowRemapPending";
 
 // ---------------------------------------------------------------------------
 // Types
@@ -52,10 +66,11 @@ enum Slot {
     Hardware,
     NvlinkDown,
     NvlinkDegraded,
+    Pcie,
 }
 
 impl Slot {
-    const ALL: [Self; 7] = [
+    const ALL: [Self; 8] = [
         Self::Lost,
         Self::Reset,
         Self::Reboot,
@@ -63,6 +78,7 @@ impl Slot {
         Self::Hardware,
         Self::NvlinkDown,
         Self::NvlinkDegraded,
+        Self::Pcie,
     ];
 
     fn condition_type(self) -> &'static str {
@@ -74,6 +90,7 @@ impl Slot {
             Self::Hardware => GPU_HARDWARE_FAULT,
             Self::NvlinkDown => GPU_NVLINK_DOWN,
             Self::NvlinkDegraded => GPU_NVLINK_DEGRADED,
+            Self::Pcie => GPU_PCIE_LINK_DEGRADED,
         }
     }
 
@@ -96,13 +113,17 @@ impl Slot {
             ),
             Self::NvlinkDown => ("NVLinkUp", "no NVLink reported down".into()),
             Self::NvlinkDegraded => ("NVLinkHealthy", "no NVLink errors reported".into()),
+            Self::Pcie => (
+                "PCIeLinkAtMaxWidth",
+                "every PCIe link runs at its full width".into(),
+            ),
         }
     }
 
     /// An observed reset (the GPU answers again) clears these; memory and
     /// hardware faults are properties of the board.
     fn cleared_by_reset(self) -> bool {
-        !matches!(self, Self::Memory | Self::Hardware)
+        !matches!(self, Self::Memory | Self::Hardware | Self::Pcie)
     }
 }
 
@@ -113,8 +134,18 @@ struct Fault {
     reason: String,
     evidence: String,
     action: &'static str,
-    /// Set by the driver's recovery action (which may clear it again).
-    from_recovery: bool,
+    source: Source,
+}
+
+/// Where a fault's evidence came from, which decides what may clear it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// An XID (cleared by a reset, or never for board faults).
+    Xid,
+    /// The driver's recovery action (cleared when the action changes).
+    Recovery,
+    /// A reading such as a counter or link state (cleared when readings are good again).
+    Reading(&'static str),
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -141,6 +172,14 @@ struct GpuState {
     throttled_at: Option<i32>,
     /// The driver's recovery action (NVML field 230 / XID 154), 0 = none.
     recovery: u32,
+    /// Recent clock-event samples: slowdown active or not (idle samples skipped).
+    slowdown_samples: VecDeque<bool>,
+    /// Throttling judged from the slowdown rate.
+    slowdown_throttling: bool,
+    /// Consecutive good readings per reading-based fault.
+    good_readings: HashMap<&'static str, u8>,
+    /// NVLinks active when first seen: the ones expected to stay up.
+    nvlink_baseline: Option<Vec<u32>>,
 }
 
 /// What the plugin publishes after every change.
@@ -178,6 +217,10 @@ pub struct HealthModel {
     gpus: Vec<GpuState>,
     driver: Driver,
     unresponsive: Option<Stuck>,
+    /// Why fewer GPUs are enumerated than expected (`None`: counts agree).
+    missing: Option<String>,
+    /// The most GPUs NVML has enumerated this run (a floor for "expected").
+    seen_max: u32,
     events: VecDeque<(u64, Event)>,
     next_seq: u64,
     bursts: HashMap<String, Burst>,
@@ -191,11 +234,42 @@ impl GpuState {
             faults: BTreeMap::new(),
             throttled_at: None,
             recovery: 0,
+            slowdown_samples: VecDeque::new(),
+            slowdown_throttling: false,
+            good_readings: HashMap::new(),
+            nvlink_baseline: None,
         }
     }
 
     fn set(&mut self, slot: Slot, fault: Fault) {
         self.faults.entry(slot).or_insert(fault);
+    }
+
+    /// A reading-based fault: set at once when bad; cleared after
+    /// [`GOOD_READINGS_TO_CLEAR`] good readings in a row. Returns true when it was just set.
+    fn reading(&mut self, slot: Slot, key: &'static str, bad: Option<Fault>) -> bool {
+        match bad {
+            Some(mut f) => {
+                self.good_readings.insert(key, 0);
+                f.source = Source::Reading(key);
+                let new = !self.faults.contains_key(&slot);
+                self.faults.entry(slot).or_insert(f);
+                new
+            }
+            None => {
+                let held =
+                    matches!(self.faults.get(&slot), Some(f) if f.source == Source::Reading(key));
+                if held {
+                    let good = self.good_readings.entry(key).or_insert(0);
+                    *good += 1;
+                    if *good >= GOOD_READINGS_TO_CLEAR {
+                        self.faults.remove(&slot);
+                        self.good_readings.remove(key);
+                    }
+                }
+                false
+            }
+        }
     }
 }
 
@@ -233,6 +307,8 @@ impl HealthModel {
                 version: String::new(),
             },
             unresponsive: None,
+            missing: None,
+            seen_max: 0,
             events: VecDeque::new(),
             next_seq: 1,
             bursts: HashMap::new(),
@@ -339,6 +415,84 @@ impl HealthModel {
                     self.reset(pos, *at);
                 }
             }
+            Observation::ClockEvents {
+                gpu,
+                slowdown,
+                idle,
+                at,
+            } => {
+                if let Some(pos) = self.position(*gpu) {
+                    self.clock_events(pos, *slowdown, *idle, *at);
+                }
+            }
+            Observation::RemappedRows {
+                gpu,
+                pending,
+                failure,
+                uncorrectable,
+                at,
+            } => {
+                if let Some(pos) = self.position(*gpu) {
+                    self.remapped_rows(pos, *pending, *failure, *uncorrectable, *at);
+                }
+            }
+            Observation::VolatileUncorrectableEcc { gpu, count, .. } => {
+                if let Some(pos) = self.position(*gpu) {
+                    let bad = (*count > 0).then(|| {
+                        fault(
+                            "VolatileUncorrectableECC",
+                            &format!("{count} uncorrectable ECC errors since the driver loaded"),
+                            Classes::RESET.action(),
+                        )
+                    });
+                    self.gpus[pos].reading(Slot::Reset, "ecc", bad);
+                }
+            }
+            Observation::PcieLink {
+                gpu,
+                width,
+                max_width,
+                ..
+            } => {
+                if let Some(pos) = self.position(*gpu) {
+                    let bad = (*width > 0 && width < max_width).then(|| {
+                        fault(
+                            "PCIeLinkWidthReduced",
+                            &format!("PCIe link runs at x{width} of x{max_width}"),
+                            "reseat or inspect the GPU and its riser; check the slot",
+                        )
+                    });
+                    self.gpus[pos].reading(Slot::Pcie, "pcie-width", bad);
+                }
+            }
+            Observation::NvLinks {
+                gpu,
+                active,
+                inactive,
+                ..
+            } => {
+                if let Some(pos) = self.position(*gpu) {
+                    let g = &mut self.gpus[pos];
+                    let baseline = g.nvlink_baseline.get_or_insert_with(|| active.clone());
+                    let down: Vec<String> = baseline
+                        .iter()
+                        .filter(|l| inactive.contains(l))
+                        .map(ToString::to_string)
+                        .collect();
+                    let bad = (!down.is_empty()).then(|| {
+                        fault(
+                            "NVLinkInactive",
+                            &format!(
+                                "NVLink {} inactive (active when first seen)",
+                                down.join(", ")
+                            ),
+                            Classes::NVLINK_DOWN.action(),
+                        )
+                    });
+                    g.reading(Slot::NvlinkDown, "nvlink", bad);
+                }
+            }
+            Observation::GpuCount { counts, at } => self.gpu_count(*counts, *at),
         }
         self.next_seq != events_before || self.conditions() != before
     }
@@ -425,7 +579,7 @@ impl HealthModel {
         }
         let old = std::mem::replace(&mut g.recovery, action);
         // Faults the previous action raised go; the new action raises its own.
-        g.faults.retain(|_, f| !f.from_recovery);
+        g.faults.retain(|_, f| f.source != Source::Recovery);
         let name = recovery_action_name(action);
         let evidence = format!("driver recovery action: {name}");
         let slot = match action {
@@ -439,7 +593,7 @@ impl HealthModel {
         };
         if let Some((slot, act)) = slot {
             let mut f = fault("RecoveryAction", &evidence, act);
-            f.from_recovery = true;
+            f.source = Source::Recovery;
             g.faults.insert(slot, f);
         }
         if replay {
@@ -485,6 +639,116 @@ impl HealthModel {
         };
         let message = format!("{}: {what}", g.id);
         self.emit(severity, at, reason, "", message);
+    }
+
+    /// One clock-event sample. Throttling by rate: slowdown active in at
+    /// least 60 % of the last samples sets it, at most 20 % clears it; idle
+    /// samples do not count.
+    fn clock_events(&mut self, pos: usize, slowdown: bool, idle: bool, at: SystemTime) {
+        let g = &mut self.gpus[pos];
+        if idle && !slowdown {
+            return;
+        }
+        g.slowdown_samples.push_back(slowdown);
+        while g.slowdown_samples.len() > SLOWDOWN_WINDOW {
+            g.slowdown_samples.pop_front();
+        }
+        let n = g.slowdown_samples.len();
+        if n < SLOWDOWN_MIN_SAMPLES {
+            return;
+        }
+        let share = g.slowdown_samples.iter().filter(|s| **s).count() as f64 / n as f64;
+        let now = if g.slowdown_throttling {
+            share > SLOWDOWN_CLEAR
+        } else {
+            share >= SLOWDOWN_SET
+        };
+        if now == g.slowdown_throttling {
+            return;
+        }
+        g.slowdown_throttling = now;
+        let (severity, reason, what) = if now {
+            (
+                Severity::Warn,
+                "ThermalThrottlingStarted",
+                "hardware or thermal slowdown active in most recent samples",
+            )
+        } else {
+            (
+                Severity::Info,
+                "ThermalThrottlingStopped",
+                "slowdown no longer sustained",
+            )
+        };
+        let message = format!("{}: {what}", g.id);
+        self.emit(severity, at, reason, "", message);
+    }
+
+    fn remapped_rows(
+        &mut self,
+        pos: usize,
+        pending: bool,
+        failure: bool,
+        uncorrectable: u32,
+        at: SystemTime,
+    ) {
+        let g = &mut self.gpus[pos];
+        let bad = pending.then(|| {
+            fault(
+                REASON_ROW_REMAP_PENDING,
+                "row remapping pending (a GPU reset applies it)",
+                Classes::RESET.action(),
+            )
+        });
+        let newly_pending = g.reading(Slot::Reset, "remap-pending", bad);
+        if failure {
+            g.set(
+                Slot::Memory,
+                fault(
+                    "RowRemapFailure",
+                    "row remapping failed",
+                    Classes::MEMORY.action(),
+                ),
+            );
+        } else if uncorrectable >= REMAPPED_ROWS_BUDGET {
+            let evidence = format!(
+                "{uncorrectable} rows remapped for uncorrectable errors (budget {REMAPPED_ROWS_BUDGET})"
+            );
+            g.set(
+                Slot::Memory,
+                fault("RemappedRowsExhausted", &evidence, Classes::MEMORY.action()),
+            );
+        }
+        if newly_pending {
+            let message = format!("{}: row remapping pending; a GPU reset applies it", g.id);
+            let key = g.id.pci_bus_id.clone();
+            self.emit(Severity::Warn, at, REASON_ROW_REMAP_PENDING, &key, message);
+        }
+    }
+
+    /// GPUMissing: NVML sees fewer GPUs than the most any source says exist.
+    fn gpu_count(&mut self, c: GpuCounts, at: SystemTime) {
+        let Some(nvml) = c.nvml else { return };
+        self.seen_max = self.seen_max.max(nvml);
+        let expected = [c.expected, c.sysfs, c.dev_nodes, Some(self.seen_max)]
+            .into_iter()
+            .flatten()
+            .max()
+            .unwrap_or(nvml);
+        let was = self.missing.is_some();
+        self.missing = (nvml < expected).then(|| {
+            let show = |v: Option<u32>| v.map_or_else(|| "-".to_owned(), |v| v.to_string());
+            format!(
+                "NVML enumerates {nvml} of {expected} GPUs (PCI sysfs {}, /dev/nvidiaN {}, configured {}, most seen {})",
+                show(c.sysfs),
+                show(c.dev_nodes),
+                show(c.expected),
+                self.seen_max
+            )
+        });
+        if !was && let Some(m) = self.missing.clone() {
+            self.emit(Severity::Warn, at, GPU_MISSING, "", m);
+        }
     }
 
     /// Evidence that the GPU was reset and answers.
@@ -701,16 +965,38 @@ impl HealthModel {
         let mut out = vec![driver, unresponsive];
         if let Driver::NotReady { reason } = &self.driver {
             let types = Slot::ALL.map(Slot::condition_type);
-            out.extend(types.iter().chain(&[GPU_THERMAL_THROTTLING]).map(|t| {
-                Condition::new(
-                    *t,
-                    ConditionStatus::Unknown,
-                    REASON_DRIVER_NOT_READY,
-                    format!("cannot see the GPUs: {reason}"),
-                )
-            }));
+            out.extend(
+                [GPU_MISSING]
+                    .iter()
+                    .chain(&types)
+                    .chain(&[GPU_THERMAL_THROTTLING])
+                    .map(|t| {
+                        Condition::new(
+                            *t,
+                            ConditionStatus::Unknown,
+                            REASON_DRIVER_NOT_READY,
+                            format!("cannot see the GPUs: {reason}"),
+                        )
+                    }),
+            );
             return out;
         }
+        out.push(match &self.missing {
+            None => Condition::new(
+                GPU_MISSING,
+                ConditionStatus::False,
+                "AllGPUsPresent",
+                format!("{} present", gpus_visible(n).replace(" visible", "")),
+            ),
+            Some(m) => Condition::new(
+                GPU_MISSING,
+                ConditionStatus::True,
+                "GPUCountMismatch",
+                format!(
+                    "{m}; action: check nvidia-smi and the kernel log, reboot, then replace the GPU"
+                ),
+            ),
+        });
         out.extend(Slot::ALL.map(|slot| self.slot_condition(slot, n)));
         let mut thermal = self.thermal_condition();
         // Readings stopped: a throttling GPU stays reported, a cool one is no
@@ -756,10 +1042,17 @@ impl HealthModel {
     }
 
     fn thermal_condition(&self) -> Condition {
-        let hot: Vec<(&GpuState, i32)> = self
+        let hot: Vec<(&GpuState, String)> = self
             .gpus
             .iter()
-            .filter_map(|g| g.throttled_at.map(|t| (g, t)))
+            .filter_map(|g| match (g.throttled_at, g.slowdown_throttling) {
+                (Some(t), _) => Some((g, format!("reached {t} °C, slowdown is {} °C", g.slowdown))),
+                (None, true) => Some((
+                    g,
+                    "hardware or thermal slowdown active in most of the last 10 min".to_owned(),
+                )),
+                (None, false) => None,
+            })
             .collect();
         if hot.is_empty() {
             return Condition::new(
@@ -773,11 +1066,8 @@ impl HealthModel {
             GPU_THERMAL_THROTTLING,
             ConditionStatus::True,
             "ThermalSlowdown",
-            join(hot.iter().map(|(g, t)| {
-                format!(
-                    "{}: reached {t} °C, slowdown is {} °C; action: check cooling and airflow",
-                    g.id, g.slowdown
-                )
+            join(hot.iter().map(|(g, what)| {
+                format!("{}: {what}; action: check cooling, airflow and power", g.id)
             })),
         )
     }
@@ -788,7 +1078,7 @@ fn fault(reason: &str, evidence: &str, action: &'static str) -> Fault {
         reason: reason.to_owned(),
         evidence: evidence.to_owned(),
         action,
-        from_recovery: false,
+        source: Source::Xid,
     }
 }
 
@@ -836,7 +1126,12 @@ mod tests {
     fn healthy_node_reports_all_false() {
         let m = model();
         let c = m.conditions();
-        assert_eq!(c.len(), 10);
+        let types: Vec<&str> = c.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(
+            types,
+            crate::gpu::SUPPORTED_CONDITIONS,
+            "one condition per supported type, in order"
+        );
         assert!(
             c.iter().all(|c| c.status == ConditionStatus::False),
             "{c:?}"
@@ -1348,6 +1643,210 @@ mod tests {
             Some(4)
         );
         assert_eq!(parse_recovery_change("garbage"), None);
+    }
+
+    #[test]
+    fn sustained_slowdown_throttles_by_rate_and_idle_samples_do_not_count() {
+        let mut m = model();
+        let now = SystemTime::now();
+        let sample = |m: &mut HealthModel, slowdown, idle| {
+            m.apply(&Observation::ClockEvents {
+                gpu: 7,
+                slowdown,
+                idle,
+                at: now,
+            })
+        };
+        let throttling =
+            |m: &HealthModel| status_of(&m.conditions(), GPU_THERMAL_THROTTLING).status;
+        for _ in 0..100 {
+            sample(&mut m, false, true); // idle: ignored
+        }
+        for _ in 0..5 {
+            sample(&mut m, true, false);
+        }
+        assert_eq!(
+            throttling(&m),
+            ConditionStatus::False,
+            "too few samples yet"
+        );
+        sample(&mut m, true, false);
+        assert_eq!(throttling(&m), ConditionStatus::True);
+        // Mostly good now, but not yet ≤ 20 % over the window.
+        for _ in 0..20 {
+            sample(&mut m, false, false);
+        }
+        assert_eq!(throttling(&m), ConditionStatus::True, "hysteresis");
+        for _ in 0..40 {
+            sample(&mut m, false, false);
+        }
+        assert_eq!(throttling(&m), ConditionStatus::False);
+    }
+
+    #[test]
+    fn row_remapping_pending_needs_a_reset_and_failure_is_a_memory_fault() {
+        let mut m = model();
+        let now = SystemTime::now();
+        let rows = |m: &mut HealthModel, pending, failure, uncorrectable| {
+            m.apply(&Observation::RemappedRows {
+                gpu: 0,
+                pending,
+                failure,
+                uncorrectable,
+                at: now,
+            })
+        };
+        rows(&mut m, true, false, 1);
+        let c = m.conditions();
+        assert_eq!(
+            status_of(&c, GPU_RESET_REQUIRED).reason,
+            REASON_ROW_REMAP_PENDING
+        );
+        assert_eq!(
+            status_of(&c, GPU_MEMORY_UNHEALTHY).status,
+            ConditionStatus::False
+        );
+        // Pending clears after three good readings in a row, not at once.
+        rows(&mut m, false, false, 1);
+        rows(&mut m, false, false, 1);
+        assert_eq!(
+            status_of(&m.conditions(), GPU_RESET_REQUIRED).status,
+            ConditionStatus::True
+        );
+        rows(&mut m, false, false, 1);
+        assert_eq!(
+            status_of(&m.conditions(), GPU_RESET_REQUIRED).status,
+            ConditionStatus::False
+        );
+        rows(&mut m, false, true, 1);
+        assert_eq!(
+            status_of(&m.conditions(), GPU_MEMORY_UNHEALTHY).reason,
+            "RowRemapFailure"
+        );
+        let mut m = model();
+        rows(&mut m, false, false, 600);
+        assert_eq!(
+            status_of(&m.conditions(), GPU_MEMORY_UNHEALTHY).reason,
+            "RemappedRowsExhausted"
+        );
+    }
+
+    #[test]
+    fn volatile_ecc_pcie_width_and_nvlink_readings() {
+        let mut m = model();
+        let now = SystemTime::now();
+        m.apply(&Observation::VolatileUncorrectableEcc {
+            gpu: 4,
+            count: 2,
+            at: now,
+        });
+        let reset = status_of(&m.conditions(), GPU_RESET_REQUIRED).clone();
+        assert!(
+            reset
+                .message
+                .contains("2 uncorrectable ECC errors since the driver loaded"),
+            "{}",
+            reset.message
+        );
+
+        m.apply(&Observation::PcieLink {
+            gpu: 4,
+            width: 8,
+            max_width: 16,
+            at: now,
+        });
+        let pcie = status_of(&m.conditions(), GPU_PCIE_LINK_DEGRADED).clone();
+        assert_eq!(pcie.status, ConditionStatus::True);
+        assert!(pcie.message.contains("x8 of x16"), "{}", pcie.message);
+        m.apply(&Observation::Reset { gpu: 4, at: now });
+        assert_eq!(
+            status_of(&m.conditions(), GPU_PCIE_LINK_DEGRADED).status,
+            ConditionStatus::True,
+            "a reset does not retrain a link"
+        );
+
+        let links = |m: &mut HealthModel, active: &[u32], inactive: &[u32]| {
+            m.apply(&Observation::NvLinks {
+                gpu: 4,
+                active: active.to_vec(),
+                inactive: inactive.to_vec(),
+                at: now,
+            })
+        };
+        links(&mut m, &[0, 1, 2, 3], &[]);
+        assert_eq!(
+            status_of(&m.conditions(), GPU_NVLINK_DOWN).status,
+            ConditionStatus::False
+        );
+        links(&mut m, &[0, 1, 3], &[2]);
+        let down = status_of(&m.conditions(), GPU_NVLINK_DOWN).clone();
+        assert!(
+            down.message.contains("NVLink 2 inactive"),
+            "{}",
+            down.message
+        );
+        // Not supported here (empty) is not "down".
+        let mut single = model();
+        single.apply(&Observation::NvLinks {
+            gpu: 0,
+            active: vec![],
+            inactive: vec![],
+            at: now,
+        });
+        assert_eq!(
+            status_of(&single.conditions(), GPU_NVLINK_DOWN).status,
+            ConditionStatus::False
+        );
+    }
+
+    #[test]
+    fn fewer_gpus_than_any_source_says_is_missing() {
+        let mut m = model();
+        let now = SystemTime::now();
+        let count = |m: &mut HealthModel, nvml, sysfs, dev, expected| {
+            m.apply(&Observation::GpuCount {
+                counts: GpuCounts {
+                    nvml,
+                    sysfs,
+                    dev_nodes: dev,
+                    expected,
+                },
+                at: now,
+            })
+        };
+        count(&mut m, Some(8), Some(8), Some(8), None);
+        assert_eq!(
+            status_of(&m.conditions(), GPU_MISSING).status,
+            ConditionStatus::False
+        );
+        // sysfs still lists the GPU the driver lost.
+        count(&mut m, Some(7), Some(8), Some(7), None);
+        let missing = status_of(&m.conditions(), GPU_MISSING).clone();
+        assert_eq!(missing.status, ConditionStatus::True);
+        assert!(
+            missing.message.contains("NVML enumerates 7 of 8 GPUs"),
+            "{}",
+            missing.message
+        );
+        // Even when every source agrees on 7, we once saw 8.
+        count(&mut m, Some(7), Some(7), Some(7), None);
+        assert_eq!(
+            status_of(&m.conditions(), GPU_MISSING).status,
+            ConditionStatus::True
+        );
+        let mut m = model();
+        count(&mut m, Some(8), None, None, Some(8));
+        assert_eq!(
+            status_of(&m.conditions(), GPU_MISSING).status,
+            ConditionStatus::False
+        );
+        let mut m = model();
+        count(&mut m, Some(6), None, None, Some(8));
+        assert_eq!(
+            status_of(&m.conditions(), GPU_MISSING).status,
+            ConditionStatus::True,
+            "configured count"
+        );
     }
 
     #[test]

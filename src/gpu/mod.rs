@@ -5,8 +5,10 @@
 //! Kubernetes: its only output is a `Status` on the wire.
 
 pub mod health;
+pub mod inventory;
 pub mod kmsg;
 pub mod nvml;
+pub mod nvml_raw;
 pub mod plugin;
 pub mod sim;
 pub mod watchdog;
@@ -26,11 +28,14 @@ pub const GPU_HARDWARE_FAULT: &str = "GPUHardwareFault";
 pub const GPU_NVLINK_DOWN: &str = "GPUNVLinkDown";
 pub const GPU_NVLINK_DEGRADED: &str = "GPUNVLinkDegraded";
 pub const GPU_THERMAL_THROTTLING: &str = "GPUThermalThrottling";
+pub const GPU_MISSING: &str = "GPUMissing";
+pub const GPU_PCIE_LINK_DEGRADED: &str = "GPUPCIeLinkDegraded";
 
 /// Every condition type this monitor reports, in report order.
-pub const SUPPORTED_CONDITIONS: [&str; 10] = [
+pub const SUPPORTED_CONDITIONS: [&str; 12] = [
     GPU_DRIVER_NOT_READY,
     GPU_UNRESPONSIVE,
+    GPU_MISSING,
     GPU_LOST,
     GPU_RESET_REQUIRED,
     GPU_REBOOT_REQUIRED,
@@ -38,6 +43,7 @@ pub const SUPPORTED_CONDITIONS: [&str; 10] = [
     GPU_HARDWARE_FAULT,
     GPU_NVLINK_DOWN,
     GPU_NVLINK_DEGRADED,
+    GPU_PCIE_LINK_DEGRADED,
     GPU_THERMAL_THROTTLING,
 ];
 
@@ -72,6 +78,20 @@ impl fmt::Display for GpuIdentity {
     }
 }
 
+/// GPU counts by source; `None` where a source could not be read.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuCounts {
+    /// What NVML enumerates.
+    pub nvml: Option<u32>,
+    /// NVIDIA display and 3D controllers in PCI sysfs (they stay listed when
+    /// the driver failed to initialise one).
+    pub sysfs: Option<u32>,
+    /// `/dev/nvidiaN` nodes.
+    pub dev_nodes: Option<u32>,
+    /// Configured (`--expected-gpus`).
+    pub expected: Option<u32>,
+}
+
 /// Something a backend saw: about the driver, or about one GPU (by index).
 #[derive(Clone, Debug, PartialEq)]
 pub enum Observation {
@@ -94,6 +114,45 @@ pub enum Observation {
     Responsive { at: SystemTime },
     /// The GPU's own slowdown temperature, °C.
     SlowdownThreshold { gpu: u32, celsius: i32 },
+    /// One clock-event sample: hardware, thermal or power-brake slowdown
+    /// active; whether the GPU was idle.
+    ClockEvents {
+        gpu: u32,
+        slowdown: bool,
+        idle: bool,
+        at: SystemTime,
+    },
+    /// Row remapping state (Ampere and later).
+    RemappedRows {
+        gpu: u32,
+        pending: bool,
+        failure: bool,
+        uncorrectable: u32,
+        at: SystemTime,
+    },
+    /// Uncorrectable ECC errors since the driver loaded.
+    VolatileUncorrectableEcc {
+        gpu: u32,
+        count: u64,
+        at: SystemTime,
+    },
+    /// PCIe link: current and maximum generation and width.
+    PcieLink {
+        gpu: u32,
+        width: u32,
+        max_width: u32,
+        at: SystemTime,
+    },
+    /// NVLink links reported active and inactive (links the GPU does not
+    /// support are left out).
+    NvLinks {
+        gpu: u32,
+        active: Vec<u32>,
+        inactive: Vec<u32>,
+        at: SystemTime,
+    },
+    /// How many GPUs each source sees.
+    GpuCount { counts: GpuCounts, at: SystemTime },
     /// An XID error was reported for the GPU.
     Xid { gpu: u32, xid: u32, at: SystemTime },
     /// An XID from the kernel log, named by PCI address (the GPU may not be
@@ -133,8 +192,14 @@ impl Observation {
             | Self::Temperature { gpu, .. }
             | Self::Reset { gpu, .. }
             | Self::RecoveryAction { gpu, .. }
-            | Self::SlowdownThreshold { gpu, .. } => Some(*gpu),
+            | Self::SlowdownThreshold { gpu, .. }
+            | Self::ClockEvents { gpu, .. }
+            | Self::RemappedRows { gpu, .. }
+            | Self::VolatileUncorrectableEcc { gpu, .. }
+            | Self::PcieLink { gpu, .. }
+            | Self::NvLinks { gpu, .. } => Some(*gpu),
             Self::KernelXid { .. }
+            | Self::GpuCount { .. }
             | Self::DriverNotReady { .. }
             | Self::DriverReady { .. }
             | Self::Unresponsive { .. }

@@ -4,22 +4,32 @@
 //! that does not return makes `GPUUnresponsive` True, and the backend goes on
 //! with a fresh worker and a fresh NVML handle.
 //!
-//! This is the first slice of the backend (issue 3): identity, temperature
-//! and its slowdown threshold, lost GPUs, driver readiness and hangs.
+//! Fast sweep (every `poll_interval`): temperature, clock-event reasons,
+//! the driver's recovery action (field 230), row remapping. Slow sweep
+//! (every `slow_every` fast ones): volatile uncorrectable ECC, PCIe width,
+//! NVLink state, and the GPU count against sysfs and `/dev/nvidiaN`.
+//! `NotSupported` means "this GPU has no such feature": no observation.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
-use nvml_wrapper::Nvml;
-use nvml_wrapper::enum_wrappers::device::{TemperatureSensor, TemperatureThreshold};
+use nvml_wrapper::bitmasks::device::ThrottleReasons;
+use nvml_wrapper::enum_wrappers::device::{
+    EccCounter, MemoryError, TemperatureSensor, TemperatureThreshold,
+};
+use nvml_wrapper::enums::device::SampleValue;
 use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::struct_wrappers::device::FieldValueSample;
+use nvml_wrapper::structs::device::FieldId;
+use nvml_wrapper::{Device, Nvml};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::nvml_raw::RawNvml;
 use super::watchdog::{CallError, Worker, run_once};
-use super::{GpuIdentity, Observation};
+use super::{GpuCounts, GpuIdentity, Observation, inventory};
 
 /// Where `libnvidia-ml.so.1` is looked for when `--nvml-lib` is not given:
 /// the loader's search path, then the GPU Operator's driver root.
@@ -37,6 +47,24 @@ pub struct NvmlOptions {
     pub call_timeout: Duration,
     /// Fast poll period, and the retry period while the driver is not ready.
     pub poll_interval: Duration,
+    /// A slow sweep runs every this many fast ones.
+    pub slow_every: u32,
+    /// GPUs this node should have (`--expected-gpus`).
+    pub expected_gpus: Option<u32>,
+    /// Roots of sysfs and /dev (tests point them elsewhere).
+    pub sys_root: PathBuf,
+    pub dev_root: PathBuf,
+}
+
+/// NVML field ID of the driver's recovery action (`NVML_FI_DEV_GET_GPU_RECOVERY_ACTION`).
+const FIELD_RECOVERY_ACTION: u32 = 230;
+/// Links an NVML device may have (`NVML_NVLINK_MAX_LINKS`).
+const NVLINK_MAX_LINKS: u32 = 18;
+
+/// What the worker thread owns.
+struct Handles {
+    nvml: Nvml,
+    raw: Option<RawNvml>,
 }
 
 /// The call in progress on the worker, so a hang can be named.
@@ -52,8 +80,9 @@ fn mark(in_flight: &Shared, call: &'static str, gpu: Option<u32>) {
     *in_flight.lock().unwrap_or_else(PoisonError::into_inner) = InFlight { call, gpu };
 }
 
-/// Loads NVML from `library` or the first candidate that works.
-fn open(library: Option<PathBuf>) -> Result<Nvml, String> {
+/// Loads NVML from `library` or the first candidate that works, with the
+/// raw symbols from the same file.
+fn open(library: Option<PathBuf>) -> Result<Handles, String> {
     let candidates: Vec<OsString> = match library {
         Some(p) => vec![p.into_os_string()],
         None => LIBRARY_CANDIDATES.iter().map(OsString::from).collect(),
@@ -61,7 +90,14 @@ fn open(library: Option<PathBuf>) -> Result<Nvml, String> {
     let mut errors = Vec::new();
     for path in &candidates {
         match Nvml::builder().lib_path(path).init() {
-            Ok(nvml) => return Ok(nvml),
+            Ok(nvml) => {
+                let raw = RawNvml::open(path)
+                    .inspect_err(|e| {
+                        tracing::warn!("raw NVML symbols unavailable (row remapping not read): {e}")
+                    })
+                    .ok();
+                return Ok(Handles { nvml, raw });
+            }
             Err(e) => errors.push(format!("{}: {}", path.to_string_lossy(), describe(&e))),
         }
     }
@@ -82,7 +118,8 @@ struct Inventory {
     slowdowns: Vec<(u32, i32)>,
 }
 
-fn enumerate(nvml: &Nvml, in_flight: &Shared) -> Result<Inventory, String> {
+fn enumerate(h: &Handles, in_flight: &Shared) -> Result<Inventory, String> {
+    let nvml = &h.nvml;
     mark(in_flight, "nvmlSystemGetDriverVersion", None);
     let version = nvml.sys_driver_version().map_err(|e| describe(&e))?;
     mark(in_flight, "nvmlDeviceGetCount", None);
@@ -132,29 +169,179 @@ fn enumerate(nvml: &Nvml, in_flight: &Shared) -> Result<Inventory, String> {
     })
 }
 
-/// One fast sweep: temperature of every GPU; `GPU_IS_LOST` becomes `Lost`.
-fn sweep(nvml: &Nvml, gpus: &[u32], in_flight: &Shared) -> Vec<Observation> {
+/// One sweep of every GPU; `GPU_IS_LOST` from any call becomes `Lost`.
+fn sweep(
+    h: &Handles,
+    gpus: &[u32],
+    slow: bool,
+    options: &NvmlOptions,
+    in_flight: &Shared,
+) -> Vec<Observation> {
     let at = SystemTime::now();
-    let mut out = Vec::with_capacity(gpus.len());
+    let mut out = Vec::with_capacity(gpus.len() * 4);
     for &gpu in gpus {
         mark(in_flight, "nvmlDeviceGetHandleByIndex", Some(gpu));
-        let reading = nvml.device_by_index(gpu).and_then(|dev| {
-            mark(in_flight, "nvmlDeviceGetTemperature", Some(gpu));
-            dev.temperature(TemperatureSensor::Gpu)
-        });
-        match reading {
-            Ok(t) => out.push(Observation::Temperature {
-                gpu,
-                celsius: i32::try_from(t).unwrap_or(i32::MAX),
-                at,
-            }),
-            Err(NvmlError::GpuLost) => out.push(Observation::Lost { gpu, at }),
-            Err(NvmlError::NotSupported) => {}
-            Err(e) => tracing::debug!(gpu, "temperature not read: {}", describe(&e)),
+        let dev = match h.nvml.device_by_index(gpu) {
+            Ok(d) => d,
+            Err(NvmlError::GpuLost) => {
+                out.push(Observation::Lost { gpu, at });
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(gpu, "no handle: {}", describe(&e));
+                continue;
+            }
+        };
+        let mut gpu_out = Vec::new();
+        let lost = fast(h, &dev, gpu, at, in_flight, &mut gpu_out).is_err()
+            || (slow && self::slow(&dev, gpu, at, in_flight, &mut gpu_out).is_err());
+        if lost {
+            out.push(Observation::Lost { gpu, at });
+        } else {
+            out.extend(gpu_out);
         }
+    }
+    if slow {
+        mark(in_flight, "nvmlDeviceGetCount", None);
+        let nvml = h.nvml.device_count().ok();
+        out.push(Observation::GpuCount {
+            counts: GpuCounts {
+                nvml,
+                sysfs: inventory::sysfs_gpus(&options.sys_root),
+                dev_nodes: inventory::dev_nodes(&options.dev_root),
+                expected: options.expected_gpus,
+            },
+            at,
+        });
     }
     mark(in_flight, "idle", None);
     out
+}
+
+/// `Err(())` when the GPU is lost; other errors only skip the reading.
+fn check<T>(r: Result<T, NvmlError>, gpu: u32, what: &str) -> Result<Option<T>, ()> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(NvmlError::GpuLost) => Err(()),
+        Err(NvmlError::NotSupported) => Ok(None),
+        Err(e) => {
+            tracing::debug!(gpu, "{what} not read: {}", describe(&e));
+            Ok(None)
+        }
+    }
+}
+
+fn fast(
+    h: &Handles,
+    dev: &Device<'_>,
+    gpu: u32,
+    at: SystemTime,
+    f: &Shared,
+    out: &mut Vec<Observation>,
+) -> Result<(), ()> {
+    mark(f, "nvmlDeviceGetTemperature", Some(gpu));
+    if let Some(t) = check(dev.temperature(TemperatureSensor::Gpu), gpu, "temperature")? {
+        out.push(Observation::Temperature {
+            gpu,
+            celsius: i32::try_from(t).unwrap_or(i32::MAX),
+            at,
+        });
+    }
+    mark(f, "nvmlDeviceGetCurrentClocksEventReasons", Some(gpu));
+    if let Some(r) = check(dev.current_throttle_reasons(), gpu, "clock-event reasons")? {
+        let slowdown = ThrottleReasons::HW_SLOWDOWN
+            | ThrottleReasons::HW_THERMAL_SLOWDOWN
+            | ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN
+            | ThrottleReasons::SW_THERMAL_SLOWDOWN;
+        out.push(Observation::ClockEvents {
+            gpu,
+            slowdown: r.intersects(slowdown),
+            idle: r.contains(ThrottleReasons::GPU_IDLE),
+            at,
+        });
+    }
+    mark(
+        f,
+        "nvmlDeviceGetFieldValues(GPU_RECOVERY_ACTION)",
+        Some(gpu),
+    );
+    if let Some(samples) = check(
+        dev.field_values_for(&[FieldId(FIELD_RECOVERY_ACTION)]),
+        gpu,
+        "recovery action",
+    )? && let Some(action) = samples.into_iter().next().and_then(recovery_value)
+    {
+        out.push(Observation::RecoveryAction { gpu, action, at });
+    }
+    if let Some(raw) = &h.raw {
+        mark(f, "nvmlDeviceGetRemappedRows", Some(gpu));
+        if let Some(r) = raw.remapped_rows(dev)
+            && let Some(rows) = check(r, gpu, "remapped rows")?
+        {
+            out.push(Observation::RemappedRows {
+                gpu,
+                pending: rows.pending,
+                failure: rows.failure,
+                uncorrectable: rows.uncorrected,
+                at,
+            });
+        }
+    }
+    Ok(())
+}
+
+fn recovery_value(sample: Result<FieldValueSample, NvmlError>) -> Option<u32> {
+    match sample.ok()?.value.ok()? {
+        SampleValue::U32(v) => Some(v),
+        SampleValue::U64(v) => u32::try_from(v).ok(),
+        SampleValue::I64(v) => u32::try_from(v).ok(),
+        SampleValue::F64(_) => None,
+    }
+}
+
+fn slow(
+    dev: &Device<'_>,
+    gpu: u32,
+    at: SystemTime,
+    f: &Shared,
+    out: &mut Vec<Observation>,
+) -> Result<(), ()> {
+    mark(f, "nvmlDeviceGetTotalEccErrors", Some(gpu));
+    if let Some(count) = check(
+        dev.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile),
+        gpu,
+        "volatile ECC",
+    )? {
+        out.push(Observation::VolatileUncorrectableEcc { gpu, count, at });
+    }
+    mark(f, "nvmlDeviceGetCurrPcieLinkWidth", Some(gpu));
+    let width = check(dev.current_pcie_link_width(), gpu, "PCIe width")?;
+    mark(f, "nvmlDeviceGetMaxPcieLinkWidth", Some(gpu));
+    let max_width = check(dev.max_pcie_link_width(), gpu, "PCIe max width")?;
+    if let (Some(width), Some(max_width)) = (width, max_width) {
+        out.push(Observation::PcieLink {
+            gpu,
+            width,
+            max_width,
+            at,
+        });
+    }
+    let (mut active, mut inactive) = (Vec::new(), Vec::new());
+    for link in 0..NVLINK_MAX_LINKS {
+        mark(f, "nvmlDeviceGetNvLinkState", Some(gpu));
+        match check(dev.link_wrapper_for(link).is_active(), gpu, "NVLink state")? {
+            Some(true) => active.push(link),
+            Some(false) => inactive.push(link),
+            None => {}
+        }
+    }
+    out.push(Observation::NvLinks {
+        gpu,
+        active,
+        inactive,
+        at,
+    });
+    Ok(())
 }
 
 /// Runs the backend until `token` is cancelled.
@@ -231,22 +418,19 @@ async fn session(
     mark(in_flight, "nvmlInit", None);
     let library = options.library.clone();
     let started = Instant::now();
-    let nvml = match run_once("nvml-init", deadline, move || open(library)).await {
-        Ok(Ok(nvml)) => nvml,
+    let handles = match run_once("nvml-init", deadline, move || open(library)).await {
+        Ok(Ok(h)) => h,
         Ok(Err(reason)) => return Session::NotReady(reason),
         Err(e) => return e.into(),
     };
-    let worker = match Worker::spawn("nvml", nvml) {
+    let worker = match Worker::spawn("nvml", handles) {
         Ok(w) => w,
         Err(e) => return Session::NotReady(format!("cannot start the NVML worker thread: {e}")),
     };
     let init_us = started.elapsed().as_micros();
     let shared = Arc::clone(in_flight);
     let started = Instant::now();
-    let inventory = match worker
-        .call(deadline, move |nvml| enumerate(nvml, &shared))
-        .await
-    {
+    let inventory = match worker.call(deadline, move |h| enumerate(h, &shared)).await {
         Ok(Ok(inv)) => inv,
         Ok(Err(reason)) => return Session::NotReady(reason),
         Err(e) => return e.into(),
@@ -282,16 +466,19 @@ async fn session(
 
     let mut tick = tokio::time::interval(options.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
+    let opts = Arc::new(options.clone());
+    for n in 0u64.. {
         tokio::select! {
             _ = tick.tick() => {}
             () = token.cancelled() => return Session::Cancelled,
         }
+        let slow = n % u64::from(options.slow_every.max(1)) == 0;
         let shared = Arc::clone(in_flight);
         let gpus = Arc::clone(&indexes);
+        let o = Arc::clone(&opts);
         let started = Instant::now();
         let readings = match worker
-            .call(deadline, move |nvml| sweep(nvml, &gpus, &shared))
+            .call(deadline, move |h| sweep(h, &gpus, slow, &o, &shared))
             .await
         {
             Ok(r) => r,
@@ -299,6 +486,7 @@ async fn session(
         };
         tracing::debug!(
             gpus = indexes.len(),
+            slow,
             took_us = started.elapsed().as_micros(),
             "NVML sweep"
         );
@@ -308,6 +496,7 @@ async fn session(
             }
         }
     }
+    Session::Cancelled
 }
 
 #[cfg(test)]
@@ -323,6 +512,10 @@ mod tests {
                 library: Some(PathBuf::from("/nonexistent/libnvidia-ml.so.1")),
                 call_timeout: Duration::from_secs(10),
                 poll_interval: Duration::from_secs(60),
+                slow_every: 6,
+                expected_gpus: None,
+                sys_root: PathBuf::from("/sys"),
+                dev_root: PathBuf::from("/dev"),
             },
             tx,
             token.clone(),
