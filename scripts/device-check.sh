@@ -54,7 +54,7 @@ work=$(mktemp -d)
 # with their cost; probe and detector see the real GPUs.
 {
   sock=$work/nvml/gpu.sock
-  RUST_LOG=npd_ext=debug "$bin" gpu-monitor --backend nvml --poll-interval 1s --socket "$sock" 2> "$out/nvml-gpu-monitor.log" &
+  RUST_LOG=npd_ext=debug "$bin" gpu-monitor --backend nvml --poll-interval 1s --slow-every 3 --state-dir "$work/state" --socket "$sock" 2> "$out/nvml-gpu-monitor.log" &
   gm=$!
   for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
   sleep 3
@@ -71,7 +71,11 @@ work=$(mktemp -d)
   echo "## NVML timings from the log"
   grep -E "NVML ready|NVML sweep" "$out/nvml-gpu-monitor.log" | head -5
   grep -c "NVML sweep" "$out/nvml-gpu-monitor.log"
-  grep -oE 'took_us=[0-9]+' "$out/nvml-gpu-monitor.log" | cut -d= -f2 | sort -n | awk '{a[NR]=$1} END {if (NR) print "sweep us: n=" NR " min=" a[1] " p50=" a[int((NR+1)/2)] " max=" a[NR]}'
+  for kind in false true; do
+    grep "slow=$kind" "$out/nvml-gpu-monitor.log" | grep -oE 'took_us=[0-9]+' | cut -d= -f2 | sort -n \
+      | awk -v k="$kind" '{a[NR]=$1} END {if (NR) print "sweep (slow=" k ") us: n=" NR " min=" a[1] " p50=" a[int((NR+1)/2)] " max=" a[NR]}'
+  done
+  echo "## warnings and errors"; grep -E " WARN | ERROR " "$out/nvml-gpu-monitor.log" | head -10
 } > "$out/nvml.txt" 2>&1
 rm -rf "$work"
 cat "$out/host.txt" "$out/run.txt" "$out/nvml.txt"

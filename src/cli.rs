@@ -149,7 +149,7 @@ pub struct GpuMonitorArgs {
     pub socket: PathBuf,
 
     /// Where GPU readings come from.
-    #[arg(long, value_enum, default_value_t = BackendKind::Sim)]
+    #[arg(long, value_enum, default_value_t = BackendKind::Nvml)]
     pub backend: BackendKind,
 
     /// NVML library to load (default: libnvidia-ml.so.1 from the loader's

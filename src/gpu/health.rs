@@ -963,7 +963,7 @@ impl HealthModel {
             ),
         };
         let mut out = vec![driver, unresponsive];
-        if let Driver::NotReady { reason } = &self.driver {
+        if let Driver::NotReady { .. } = &self.driver {
             let types = Slot::ALL.map(Slot::condition_type);
             out.extend(
                 [GPU_MISSING]
@@ -975,7 +975,7 @@ impl HealthModel {
                             *t,
                             ConditionStatus::Unknown,
                             REASON_DRIVER_NOT_READY,
-                            format!("cannot see the GPUs: {reason}"),
+                            "cannot see the GPUs: the NVIDIA driver is not ready (see GPUDriverNotReady)",
                         )
                     }),
             );

@@ -98,6 +98,8 @@ fn open(library: Option<PathBuf>) -> Result<Handles, String> {
                     .ok();
                 return Ok(Handles { nvml, raw });
             }
+            // The loader's message already names the file.
+            Err(e @ NvmlError::LibloadingError(_)) => errors.push(describe(&e)),
             Err(e) => errors.push(format!("{}: {}", path.to_string_lossy(), describe(&e))),
         }
     }
@@ -106,7 +108,7 @@ fn open(library: Option<PathBuf>) -> Result<Handles, String> {
 
 fn describe(e: &NvmlError) -> String {
     match e {
-        NvmlError::LibloadingError(inner) => format!("library not loadable: {inner}"),
+        NvmlError::LibloadingError(inner) => inner.to_string(),
         NvmlError::DriverNotLoaded => "the NVIDIA kernel driver is not loaded".into(),
         other => other.to_string(),
     }
@@ -528,7 +530,7 @@ mod tests {
             reason.contains("/nonexistent/libnvidia-ml.so.1"),
             "{reason}"
         );
-        assert!(reason.contains("library not loadable"), "{reason}");
+        assert!(reason.starts_with("cannot load NVML ("), "{reason}");
         token.cancel();
         task.await.expect("backend stops on cancel");
     }
