@@ -15,7 +15,7 @@ use crate::config::ExternalMonitorConfig;
 use crate::detector::{self, DetectorOptions};
 use crate::gpu::SUPPORTED_CONDITIONS;
 use crate::gpu::plugin::{Plugin, PluginOptions};
-use crate::gpu::sim::{self, Scenario};
+use crate::gpu::sim::{self, Scenario, SimOptions};
 use crate::problem::ConditionStatus;
 use crate::shutdown::{DEFAULT_GRACE, Shutdown};
 
@@ -77,6 +77,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     shutdown.spawn(sim::run(
         scenario,
         args.gpus,
+        SimOptions {
+            poll_interval: Duration::from_secs(1),
+            call_timeout: Duration::from_secs(5),
+        },
         observations,
         shutdown.token().child_token(),
     ));

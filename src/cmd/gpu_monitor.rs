@@ -8,7 +8,7 @@ use crate::cli::{BackendKind, GpuMonitorArgs};
 use crate::gpu::kmsg::{self, KmsgOptions};
 use crate::gpu::nvml::{self, NvmlOptions};
 use crate::gpu::plugin::{Plugin, PluginOptions};
-use crate::gpu::sim::{self, Scenario};
+use crate::gpu::sim::{self, Scenario, SimOptions};
 use crate::shutdown::Shutdown;
 
 pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
@@ -45,6 +45,10 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
             shutdown.spawn(sim::run(
                 scenario,
                 args.sim_gpus,
+                SimOptions {
+                    poll_interval: args.poll_interval,
+                    call_timeout: args.nvml_timeout,
+                },
                 plugin.observations(),
                 token,
             ));

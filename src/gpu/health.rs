@@ -646,7 +646,10 @@ impl HealthModel {
     /// samples do not count.
     fn clock_events(&mut self, pos: usize, slowdown: bool, idle: bool, at: SystemTime) {
         let g = &mut self.gpus[pos];
-        if idle && !slowdown {
+        // Idle time would dilute the rate of a GPU that slows down whenever it
+        // works, so idle samples do not count toward setting; they do count
+        // toward clearing (an idle GPU is not throttled).
+        if idle && !slowdown && !g.slowdown_throttling {
             return;
         }
         g.slowdown_samples.push_back(slowdown);
@@ -1660,7 +1663,7 @@ mod tests {
         let throttling =
             |m: &HealthModel| status_of(&m.conditions(), GPU_THERMAL_THROTTLING).status;
         for _ in 0..100 {
-            sample(&mut m, false, true); // idle: ignored
+            sample(&mut m, false, true); // idle: ignored while not throttling
         }
         for _ in 0..5 {
             sample(&mut m, true, false);

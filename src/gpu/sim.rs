@@ -8,7 +8,10 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{GpuIdentity, Observation};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use super::watchdog::{CallError, Worker};
+use super::{GpuCounts, GpuIdentity, Observation};
 use crate::config::json::{self, Value};
 use crate::config::walk::{self, Obj, Sink};
 use crate::config::{Diagnostic, Level};
@@ -58,9 +61,31 @@ fn splitmix(mut z: u64) -> u64 {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Fault {
     Xid(u32),
+    /// `count` XIDs in a burst (an XID storm).
+    XidStorm {
+        xid: u32,
+        count: u32,
+    },
     Lost,
     Temperature(i32),
-    /// A simulated GPU reset: clears every fault and cools the GPU to idle.
+    /// The simulated driver's calls stop returning (a wedged driver).
+    Hang,
+    /// The driver's recovery action (NVML field 230).
+    RecoveryAction(u32),
+    RowRemapPending,
+    RowRemapFailure,
+    /// Volatile uncorrectable ECC errors.
+    EccErrors(u64),
+    /// PCIe link width (the simulated maximum is x16).
+    PcieWidth(u32),
+    /// One NVLink goes inactive.
+    NvlinkDown(u32),
+    /// Sustained hardware slowdown on or off.
+    Slowdown(bool),
+    /// The GPU drops out of the driver's enumeration (sysfs still lists it).
+    Missing,
+    /// A simulated GPU reset: clears every fault a reset clears and cools the
+    /// GPU to idle (a row-remap failure stays: it is the board's).
     Clear,
 }
 
@@ -68,8 +93,18 @@ impl std::fmt::Display for Fault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Xid(x) => write!(f, "XID {x}"),
+            Self::XidStorm { xid, count } => write!(f, "{count} × XID {xid}"),
             Self::Lost => f.write_str("lost"),
             Self::Temperature(c) => write!(f, "temperature {c} °C"),
+            Self::Hang => f.write_str("driver calls hang"),
+            Self::RecoveryAction(a) => write!(f, "recovery action {a}"),
+            Self::RowRemapPending => f.write_str("row remap pending"),
+            Self::RowRemapFailure => f.write_str("row remap failure"),
+            Self::EccErrors(n) => write!(f, "{n} uncorrectable ECC errors"),
+            Self::PcieWidth(w) => write!(f, "PCIe width x{w}"),
+            Self::NvlinkDown(l) => write!(f, "NVLink {l} down"),
+            Self::Slowdown(on) => write!(f, "hardware slowdown {}", if *on { "on" } else { "off" }),
+            Self::Missing => f.write_str("missing from the driver"),
             Self::Clear => f.write_str("clear (simulated reset)"),
         }
     }
@@ -250,16 +285,59 @@ fn parse_step(sink: &mut Sink, node: &json::Node, path: &str) -> Option<Step> {
 }
 
 fn parse_fault(sink: &mut Sink, node: &json::Node, path: &str) -> Option<Fault> {
-    const HELP: &str = r#"a fault is {"xid": N}, "lost", {"temperature": C} or "clear""#;
+    const HELP: &str = r#"a fault is "lost", "hang", "row_remap_pending", "row_remap_failure", "missing", "clear", or one of {"xid": N}, {"xid_storm": {"xid": N, "count": C}}, {"temperature": C}, {"recovery_action": N}, {"ecc_errors": N}, {"pcie_width": W}, {"nvlink_down": L}, {"slowdown": true|false}"#;
+    let u32_of = |sink: &mut Sink, f: &walk::Found<'_>| {
+        walk::unsigned(sink, f).and_then(|v| u32::try_from(v).ok())
+    };
     match &node.value {
-        Value::String(s) if s == "lost" => Some(Fault::Lost),
-        Value::String(s) if s == "clear" => Some(Fault::Clear),
+        Value::String(s) => match s.as_str() {
+            "lost" => Some(Fault::Lost),
+            "clear" => Some(Fault::Clear),
+            "hang" => Some(Fault::Hang),
+            "row_remap_pending" => Some(Fault::RowRemapPending),
+            "row_remap_failure" => Some(Fault::RowRemapFailure),
+            "missing" => Some(Fault::Missing),
+            _ => {
+                sink.error(node.pos, path, format!("unknown fault {s:?}: {HELP}"));
+                None
+            }
+        },
         Value::Object(members) if members.len() == 1 => {
             let mut obj = Obj::new(sink, node, path)?;
             let fault = if let Some(f) = obj.get(sink, &["xid"]) {
-                walk::unsigned(sink, &f)
-                    .and_then(|x| u32::try_from(x).ok())
-                    .map(Fault::Xid)
+                u32_of(sink, &f).map(Fault::Xid)
+            } else if let Some(f) = obj.get(sink, &["recovery_action"]) {
+                u32_of(sink, &f).map(Fault::RecoveryAction)
+            } else if let Some(f) = obj.get(sink, &["ecc_errors"]) {
+                walk::unsigned(sink, &f).map(Fault::EccErrors)
+            } else if let Some(f) = obj.get(sink, &["pcie_width"]) {
+                u32_of(sink, &f).map(Fault::PcieWidth)
+            } else if let Some(f) = obj.get(sink, &["nvlink_down"]) {
+                u32_of(sink, &f)
+                    .filter(|l| *l < SIM_NVLINKS)
+                    .map(Fault::NvlinkDown)
+                    .or_else(|| {
+                        sink.error(
+                            f.node.pos,
+                            &f.key,
+                            format!("links are numbered 0 to {}", SIM_NVLINKS - 1),
+                        );
+                        None
+                    })
+            } else if let Some(f) = obj.get(sink, &["slowdown"]) {
+                walk::boolean(sink, &f).map(Fault::Slowdown)
+            } else if let Some(f) = obj.get(sink, &["xid_storm"]) {
+                let mut storm = Obj::new(sink, f.node, &f.key)?;
+                let xid = storm.get(sink, &["xid"]).and_then(|x| u32_of(sink, &x));
+                let count = storm.get(sink, &["count"]).and_then(|c| u32_of(sink, &c));
+                storm.finish(sink);
+                match (xid, count) {
+                    (Some(xid), Some(count)) => Some(Fault::XidStorm { xid, count }),
+                    _ => {
+                        sink.error(f.node.pos, &f.key, "needs \"xid\" and \"count\"");
+                        None
+                    }
+                }
             } else if let Some(f) = obj.get(sink, &["temperature"]) {
                 match &f.node.value {
                     Value::Number(t) => match t.parse::<i32>() {
@@ -286,6 +364,9 @@ fn parse_fault(sink: &mut Sink, node: &json::Node, path: &str) -> Option<Fault> 
                 None
             };
             obj.finish(sink);
+            if fault.is_none() && !sink.has_errors() {
+                sink.error(node.pos, path, format!("unknown fault: {HELP}"));
+            }
             fault
         }
         _ => {
@@ -295,10 +376,14 @@ fn parse_fault(sink: &mut Sink, node: &json::Node, path: &str) -> Option<Fault> 
     }
 }
 
-/// The observation a fault produces on `gpu` at `at`.
+/// The one-off observations a fault produces on `gpu` at `at` (state
+/// changes show in the simulated driver's sweeps as well).
 pub fn observation(gpu: u32, fault: &Fault, at: SystemTime) -> Vec<Observation> {
     match *fault {
         Fault::Xid(xid) => vec![Observation::Xid { gpu, xid, at }],
+        Fault::XidStorm { xid, count } => (0..count)
+            .map(|_| Observation::Xid { gpu, xid, at })
+            .collect(),
         Fault::Lost => vec![Observation::Lost { gpu, at }],
         Fault::Temperature(celsius) => vec![Observation::Temperature { gpu, celsius, at }],
         Fault::Clear => vec![
@@ -309,41 +394,295 @@ pub fn observation(gpu: u32, fault: &Fault, at: SystemTime) -> Vec<Observation> 
                 at,
             },
         ],
+        _ => vec![],
     }
 }
 
-/// Plays a scenario: idle readings at once, then each step at its time.
-pub async fn run(
-    scenario: Scenario,
-    gpus: u32,
-    tx: mpsc::Sender<Observation>,
-    token: CancellationToken,
-) {
-    let start = tokio::time::Instant::now();
-    let now = SystemTime::now();
-    for gpu in 0..gpus {
-        let reading = Observation::Temperature {
-            gpu,
-            celsius: IDLE_CELSIUS,
-            at: now,
-        };
-        if tx.send(reading).await.is_err() {
-            return;
+// ---------------------------------------------------------------------------
+// The simulated driver
+// ---------------------------------------------------------------------------
+
+/// NVLinks per simulated GPU (an HGX H100/H200 board has 18).
+pub const SIM_NVLINKS: u32 = 18;
+const SIM_PCIE_WIDTH: u32 = 16;
+
+#[derive(Clone, Debug)]
+struct SimGpu {
+    temperature: i32,
+    recovery: u32,
+    remap_pending: bool,
+    remap_failure: bool,
+    ecc: u64,
+    pcie_width: u32,
+    nvlinks_down: Vec<u32>,
+    slowdown: bool,
+    present: bool,
+}
+
+impl Default for SimGpu {
+    fn default() -> Self {
+        Self {
+            temperature: IDLE_CELSIUS,
+            recovery: 0,
+            remap_pending: false,
+            remap_failure: false,
+            ecc: 0,
+            pcie_width: SIM_PCIE_WIDTH,
+            nvlinks_down: Vec::new(),
+            slowdown: false,
+            present: true,
         }
     }
-    for step in scenario.steps {
-        tokio::select! {
-            () = tokio::time::sleep_until(start + step.at) => {}
-            () = token.cancelled() => return,
+}
+
+#[derive(Debug)]
+struct SimDriver {
+    gpus: Vec<SimGpu>,
+    /// The GPU whose call hangs, while the driver is wedged.
+    hung: Option<u32>,
+}
+
+type Driver = Arc<Mutex<SimDriver>>;
+
+fn lock(d: &Driver) -> std::sync::MutexGuard<'_, SimDriver> {
+    d.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl SimDriver {
+    fn apply(&mut self, gpu: u32, fault: &Fault) {
+        let Some(g) = self.gpus.get_mut(gpu as usize) else {
+            return;
+        };
+        match *fault {
+            Fault::Temperature(c) => g.temperature = c,
+            Fault::Hang => self.hung = Some(gpu),
+            Fault::RecoveryAction(a) => g.recovery = a,
+            Fault::RowRemapPending => g.remap_pending = true,
+            Fault::RowRemapFailure => g.remap_failure = true,
+            Fault::EccErrors(n) => g.ecc = n,
+            Fault::PcieWidth(w) => g.pcie_width = w,
+            Fault::NvlinkDown(l) => g.nvlinks_down.push(l),
+            Fault::Slowdown(on) => g.slowdown = on,
+            Fault::Missing => g.present = false,
+            Fault::Clear => {
+                let failure = g.remap_failure;
+                *g = SimGpu {
+                    remap_failure: failure,
+                    ..SimGpu::default()
+                };
+                if self.hung == Some(gpu) {
+                    self.hung = None;
+                }
+            }
+            Fault::Xid(_) | Fault::XidStorm { .. } | Fault::Lost => {}
         }
-        tracing::info!(gpu = step.gpu, fault = ?step.fault, at = ?step.at, "sim: injecting");
-        for obs in observation(step.gpu, &step.fault, SystemTime::now()) {
-            if tx.send(obs).await.is_err() {
+    }
+
+    /// What a full sweep reads, as the NVML backend would report it.
+    fn readings(&self, at: SystemTime) -> Vec<Observation> {
+        let mut out = Vec::new();
+        for (i, g) in self.gpus.iter().enumerate() {
+            let gpu = i as u32;
+            if !g.present {
+                continue;
+            }
+            out.extend([
+                Observation::Temperature {
+                    gpu,
+                    celsius: g.temperature,
+                    at,
+                },
+                Observation::ClockEvents {
+                    gpu,
+                    slowdown: g.slowdown,
+                    idle: !g.slowdown,
+                    at,
+                },
+                Observation::RecoveryAction {
+                    gpu,
+                    action: g.recovery,
+                    at,
+                },
+                Observation::RemappedRows {
+                    gpu,
+                    pending: g.remap_pending,
+                    failure: g.remap_failure,
+                    uncorrectable: 0,
+                    at,
+                },
+                Observation::VolatileUncorrectableEcc {
+                    gpu,
+                    count: g.ecc,
+                    at,
+                },
+                Observation::PcieLink {
+                    gpu,
+                    width: g.pcie_width,
+                    max_width: SIM_PCIE_WIDTH,
+                    at,
+                },
+                Observation::NvLinks {
+                    gpu,
+                    active: (0..SIM_NVLINKS)
+                        .filter(|l| !g.nvlinks_down.contains(l))
+                        .collect(),
+                    inactive: g.nvlinks_down.clone(),
+                    at,
+                },
+            ]);
+        }
+        let n = u32::try_from(self.gpus.len()).unwrap_or(u32::MAX);
+        let present =
+            u32::try_from(self.gpus.iter().filter(|g| g.present).count()).unwrap_or(u32::MAX);
+        out.push(Observation::GpuCount {
+            counts: GpuCounts {
+                nvml: Some(present),
+                sysfs: Some(n),
+                dev_nodes: Some(n),
+                expected: None,
+            },
+            at,
+        });
+        out
+    }
+}
+
+/// How the simulated driver is polled (the same knobs as NVML's).
+#[derive(Clone, Copy, Debug)]
+pub struct SimOptions {
+    pub poll_interval: Duration,
+    pub call_timeout: Duration,
+}
+
+/// A simulated node: faults go in through [`Sim::inject`] (or a scenario),
+/// readings come out as observations, polled like NVML through the same
+/// watchdog, so a `"hang"` fault is a call that does not return.
+#[derive(Clone, Debug)]
+pub struct Sim {
+    driver: Driver,
+    tx: mpsc::Sender<Observation>,
+}
+
+impl Sim {
+    pub fn new(gpus: u32, tx: mpsc::Sender<Observation>) -> Self {
+        Self {
+            driver: Arc::new(Mutex::new(SimDriver {
+                gpus: vec![SimGpu::default(); gpus as usize],
+                hung: None,
+            })),
+            tx,
+        }
+    }
+
+    /// Applies a fault now; its effects show at once (a hang shows through
+    /// the watchdog, as it would).
+    pub async fn inject(&self, gpu: u32, fault: &Fault) {
+        let now = SystemTime::now();
+        let readings = {
+            let mut d = lock(&self.driver);
+            d.apply(gpu, fault);
+            if d.hung.is_none() {
+                d.readings(now)
+            } else {
+                Vec::new()
+            }
+        };
+        for obs in observation(gpu, fault, now).into_iter().chain(readings) {
+            if self.tx.send(obs).await.is_err() {
                 return;
             }
         }
     }
-    tracing::info!(scenario = %scenario.name, "sim: scenario finished");
+
+    /// Sends the first readings, then polls and plays `scenario` until `token` is cancelled.
+    pub async fn run(self, scenario: Scenario, options: SimOptions, token: CancellationToken) {
+        let readings = lock(&self.driver).readings(SystemTime::now());
+        for obs in readings {
+            if self.tx.send(obs).await.is_err() {
+                return;
+            }
+        }
+        tokio::join!(
+            self.play(scenario, token.clone()),
+            poll(Arc::clone(&self.driver), options, self.tx.clone(), token),
+        );
+    }
+
+    async fn play(&self, scenario: Scenario, token: CancellationToken) {
+        let start = tokio::time::Instant::now();
+        for step in scenario.steps {
+            tokio::select! {
+                () = tokio::time::sleep_until(start + step.at) => {}
+                () = token.cancelled() => return,
+            }
+            tracing::info!(gpu = step.gpu, fault = %step.fault, at = ?step.at, "sim: injecting");
+            self.inject(step.gpu, &step.fault).await;
+        }
+        tracing::info!(scenario = %scenario.name, "sim: scenario finished");
+    }
+}
+
+/// Plays `scenario` on a new simulated node of `gpus` GPUs.
+pub async fn run(
+    scenario: Scenario,
+    gpus: u32,
+    options: SimOptions,
+    tx: mpsc::Sender<Observation>,
+    token: CancellationToken,
+) {
+    Sim::new(gpus, tx).run(scenario, options, token).await;
+}
+
+async fn poll(
+    driver: Driver,
+    options: SimOptions,
+    tx: mpsc::Sender<Observation>,
+    token: CancellationToken,
+) {
+    let spawn = || Worker::spawn("sim-driver", Arc::clone(&driver));
+    let Ok(mut worker) = spawn() else { return };
+    let mut tick = tokio::time::interval(options.poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = token.cancelled() => return,
+        }
+        let result = worker
+            .call(options.call_timeout, |d| {
+                // The wedged call: it returns only once the GPU is reset.
+                while lock(d).hung.is_some() {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                lock(d).readings(SystemTime::now())
+            })
+            .await;
+        let obs = match result {
+            Ok(readings) => std::iter::once(Observation::Responsive {
+                at: SystemTime::now(),
+            })
+            .chain(readings)
+            .collect(),
+            Err(CallError::Hung(waited)) => {
+                let gpu = lock(&driver).hung;
+                // The stuck thread is abandoned, as with NVML.
+                let Ok(fresh) = spawn() else { return };
+                worker = fresh;
+                vec![Observation::Unresponsive {
+                    call: "nvmlDeviceGetTemperature (simulated)".into(),
+                    gpu,
+                    waited,
+                    at: SystemTime::now(),
+                }]
+            }
+            Err(CallError::Gone) => return,
+        };
+        for o in obs {
+            if tx.send(o).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
