@@ -335,8 +335,20 @@ impl HealthModel {
 
     /// Applies one observation. Returns false when nothing a client can see changed.
     pub fn apply(&mut self, obs: &Observation) -> bool {
+        self.apply_all(std::iter::once(obs))
+    }
+
+    /// Applies a batch (a whole sweep) and compares conditions once.
+    pub fn apply_all<'a>(&mut self, batch: impl IntoIterator<Item = &'a Observation>) -> bool {
         let before = self.conditions();
         let events_before = self.next_seq;
+        for obs in batch {
+            self.apply_one(obs);
+        }
+        self.next_seq != events_before || self.conditions() != before
+    }
+
+    fn apply_one(&mut self, obs: &Observation) {
         match obs {
             Observation::DriverNotReady { reason, at } => self.driver_not_ready(reason, *at),
             Observation::DriverReady { gpus, version, at } => self.driver_ready(gpus, version, *at),
@@ -494,7 +506,6 @@ impl HealthModel {
             }
             Observation::GpuCount { counts, at } => self.gpu_count(*counts, *at),
         }
-        self.next_seq != events_before || self.conditions() != before
     }
 
     fn position(&self, gpu: u32) -> Option<usize> {

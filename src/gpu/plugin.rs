@@ -144,7 +144,18 @@ async fn run_model(
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let changed = tokio::select! {
-            o = rx.recv() => match o { Some(o) => model.apply(&o), None => break },
+            o = rx.recv() => match o {
+                Some(first) => {
+                    // Whatever else is already queued (the rest of a sweep)
+                    // goes in the same batch: one comparison, one publish.
+                    let mut batch = vec![first];
+                    while batch.len() < 512 && let Ok(more) = rx.try_recv() {
+                        batch.push(more);
+                    }
+                    model.apply_all(&batch)
+                }
+                None => break,
+            },
             _ = flush.tick() => model.flush(std::time::SystemTime::now()),
             () = token.cancelled() => break,
         };

@@ -594,6 +594,11 @@ impl Sim {
         }
     }
 
+    /// What a sweep of the simulated driver reads now.
+    pub fn readings(&self) -> Vec<Observation> {
+        lock(&self.driver).readings(SystemTime::now())
+    }
+
     /// Sends the first readings, then polls and plays `scenario` until `token` is cancelled.
     pub async fn run(self, scenario: Scenario, options: SimOptions, token: CancellationToken) {
         let readings = lock(&self.driver).readings(SystemTime::now());
