@@ -174,6 +174,16 @@ pub struct GpuMonitorArgs {
     #[arg(long, value_name = "N")]
     pub expected_gpus: Option<u32>,
 
+    /// Temperature (°C) that counts as throttling, instead of each GPU's own
+    /// slowdown threshold (the Go proof of concept's flag).
+    #[arg(long, value_name = "CELSIUS")]
+    pub temp_threshold: Option<i32>,
+
+    /// Memory use (percent) above which a Normal event is sent; off by
+    /// default: ML frameworks allocate most of GPU memory on purpose.
+    #[arg(long, value_name = "PERCENT")]
+    pub memory_threshold: Option<f64>,
+
     /// Kernel log to read XIDs from: /dev/kmsg, or a file or FIFO of records
     /// in its format (default: /dev/kmsg with the NVML backend, none with sim).
     #[arg(long, value_name = "PATH")]

@@ -601,3 +601,42 @@ async fn plugins_without_a_health_service_are_checked_through_metadata() {
     shutdown.drain(Duration::from_secs(5)).await;
     token.cancel();
 }
+
+#[tokio::test]
+async fn plugin_parameters_from_the_detector_config_set_thresholds() {
+    let dir = tempdir();
+    let socket = sock(&dir);
+    let plugin = start_plugin(&socket, true);
+    let mut cfg = monitor_config(&socket, &SUPPORTED_CONDITIONS);
+    cfg.parameters
+        .insert("temperature_threshold".into(), "70".into());
+    let (shutdown, detector) = start_detector(vec![cfg]);
+    let mut rx = detector.conditions();
+    wait_for(&mut rx, Duration::from_secs(5), "first status", |c| {
+        has(c, GPU_THERMAL_THROTTLING, ConditionStatus::False)
+    })
+    .await;
+    plugin
+        .observations
+        .send(Observation::Temperature {
+            gpu: 2,
+            celsius: 72,
+            at: SystemTime::now(),
+        })
+        .await
+        .expect("inject");
+    let c = wait_for(
+        &mut rx,
+        Duration::from_secs(5),
+        "throttling at the configured 70 °C",
+        |c| has(c, GPU_THERMAL_THROTTLING, ConditionStatus::True),
+    )
+    .await;
+    let m = &find(&c, GPU_THERMAL_THROTTLING).expect("present").message;
+    assert!(
+        m.contains("gpu=2 ") && m.contains("slowdown is 70 °C"),
+        "{m}"
+    );
+    shutdown.drain(Duration::from_secs(5)).await;
+    plugin.token.cancel();
+}

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::cli::{BackendKind, GpuMonitorArgs};
+use crate::gpu::Observation;
 use crate::gpu::kmsg::{self, KmsgOptions};
 use crate::gpu::nvml::{self, NvmlOptions};
 use crate::gpu::plugin::{Plugin, PluginOptions};
@@ -38,6 +39,14 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
         },
     )
     .context("cannot serve the plugin socket")?;
+    if args.temp_threshold.is_some() || args.memory_threshold.is_some() {
+        let thresholds = Observation::Thresholds {
+            temperature: args.temp_threshold,
+            memory_percent: args.memory_threshold,
+        };
+        // The channel is empty this early; a full one would mean a bug.
+        let _ = plugin.observations().try_send(thresholds);
+    }
     let token = shutdown.token().child_token();
     match scenario {
         Some(scenario) => {

@@ -221,6 +221,10 @@ pub struct HealthModel {
     missing: Option<String>,
     /// The most GPUs NVML has enumerated this run (a floor for "expected").
     seen_max: u32,
+    /// Operator override of the throttling temperature.
+    temperature_threshold: Option<i32>,
+    /// Memory use (percent) above which a Normal event is sent; off by default.
+    memory_threshold: Option<f64>,
     events: VecDeque<(u64, Event)>,
     next_seq: u64,
     bursts: HashMap<String, Burst>,
@@ -309,6 +313,8 @@ impl HealthModel {
             unresponsive: None,
             missing: None,
             seen_max: 0,
+            temperature_threshold: None,
+            memory_threshold: None,
             events: VecDeque::new(),
             next_seq: 1,
             bursts: HashMap::new(),
@@ -505,6 +511,28 @@ impl HealthModel {
                 }
             }
             Observation::GpuCount { counts, at } => self.gpu_count(*counts, *at),
+            Observation::Thresholds {
+                temperature,
+                memory_percent,
+            } => {
+                self.temperature_threshold = *temperature;
+                self.memory_threshold = *memory_percent;
+            }
+            Observation::MemoryUsage {
+                gpu,
+                used_percent,
+                at,
+            } => {
+                if let (Some(limit), Some(pos)) = (self.memory_threshold, self.position(*gpu))
+                    && *used_percent > limit
+                {
+                    // High memory use is what ML frameworks do: worth a note, not a fault.
+                    let g = &self.gpus[pos];
+                    let message = format!("{}: memory use {used_percent:.1}% above {limit}%", g.id);
+                    let key = g.id.pci_bus_id.clone();
+                    self.emit(Severity::Info, *at, "GPUMemoryHigh", &key, message);
+                }
+            }
         }
     }
 
@@ -624,12 +652,14 @@ impl HealthModel {
     }
 
     fn temperature(&mut self, pos: usize, celsius: i32, at: SystemTime) {
+        let limit = self.temperature_threshold;
         let g = &mut self.gpus[pos];
+        let slowdown = limit.unwrap_or(g.slowdown);
         let was = g.throttled_at.is_some();
         let now = if was {
-            celsius > g.slowdown - THERMAL_HYSTERESIS_CELSIUS
+            celsius > slowdown - THERMAL_HYSTERESIS_CELSIUS
         } else {
-            celsius >= g.slowdown
+            celsius >= slowdown
         };
         if now == was {
             return;
@@ -639,7 +669,7 @@ impl HealthModel {
             (
                 Severity::Warn,
                 "ThermalThrottlingStarted",
-                format!("{celsius} °C reached slowdown {} °C", g.slowdown),
+                format!("{celsius} °C reached {slowdown} °C"),
             )
         } else {
             (
@@ -1060,7 +1090,13 @@ impl HealthModel {
             .gpus
             .iter()
             .filter_map(|g| match (g.throttled_at, g.slowdown_throttling) {
-                (Some(t), _) => Some((g, format!("reached {t} °C, slowdown is {} °C", g.slowdown))),
+                (Some(t), _) => Some((
+                    g,
+                    format!(
+                        "reached {t} °C, slowdown is {} °C",
+                        self.temperature_threshold.unwrap_or(g.slowdown)
+                    ),
+                )),
                 (None, true) => Some((
                     g,
                     "hardware or thermal slowdown active in most of the last 10 min".to_owned(),
@@ -1861,6 +1897,49 @@ mod tests {
             ConditionStatus::True,
             "configured count"
         );
+    }
+
+    #[test]
+    fn operator_thresholds_override_and_memory_is_only_a_note() {
+        let mut m = model();
+        let now = SystemTime::now();
+        m.apply(&Observation::MemoryUsage {
+            gpu: 1,
+            used_percent: 99.0,
+            at: now,
+        });
+        assert!(
+            m.snapshot().events.is_empty(),
+            "no memory threshold by default"
+        );
+        m.apply(&Observation::Thresholds {
+            temperature: Some(70),
+            memory_percent: Some(95.0),
+        });
+        m.apply(&Observation::MemoryUsage {
+            gpu: 1,
+            used_percent: 99.0,
+            at: now,
+        });
+        let events = m.snapshot().events;
+        assert_eq!(
+            (events[0].1.reason.as_str(), events[0].1.severity),
+            ("GPUMemoryHigh", Severity::Info)
+        );
+        assert!(
+            m.conditions()
+                .iter()
+                .all(|c| c.status == ConditionStatus::False),
+            "memory use is never a fault"
+        );
+        m.apply(&Observation::Temperature {
+            gpu: 1,
+            celsius: 72,
+            at: now,
+        });
+        let t = status_of(&m.conditions(), GPU_THERMAL_THROTTLING).clone();
+        assert_eq!(t.status, ConditionStatus::True);
+        assert!(t.message.contains("slowdown is 70 °C"), "{}", t.message);
     }
 
     #[test]

@@ -153,6 +153,19 @@ pub enum Observation {
     },
     /// How many GPUs each source sees.
     GpuCount { counts: GpuCounts, at: SystemTime },
+    /// Memory in use, percent of the total.
+    MemoryUsage {
+        gpu: u32,
+        used_percent: f64,
+        at: SystemTime,
+    },
+    /// Operator thresholds (flags or the detector's `pluginParameters`):
+    /// a temperature that counts as throttling instead of each GPU's own
+    /// slowdown, and a memory use above which a Normal event is sent.
+    Thresholds {
+        temperature: Option<i32>,
+        memory_percent: Option<f64>,
+    },
     /// An XID error was reported for the GPU.
     Xid { gpu: u32, xid: u32, at: SystemTime },
     /// An XID from the kernel log, named by PCI address (the GPU may not be
@@ -197,9 +210,11 @@ impl Observation {
             | Self::RemappedRows { gpu, .. }
             | Self::VolatileUncorrectableEcc { gpu, .. }
             | Self::PcieLink { gpu, .. }
+            | Self::MemoryUsage { gpu, .. }
             | Self::NvLinks { gpu, .. } => Some(*gpu),
             Self::KernelXid { .. }
             | Self::GpuCount { .. }
+            | Self::Thresholds { .. }
             | Self::DriverNotReady { .. }
             | Self::DriverReady { .. }
             | Self::Unresponsive { .. }

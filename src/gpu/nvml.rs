@@ -249,6 +249,16 @@ fn fast(
             at,
         });
     }
+    mark(f, "nvmlDeviceGetMemoryInfo", Some(gpu));
+    if let Some(m) = check(dev.memory_info(), gpu, "memory")?
+        && m.total > 0
+    {
+        out.push(Observation::MemoryUsage {
+            gpu,
+            used_percent: m.used as f64 * 100.0 / m.total as f64,
+            at,
+        });
+    }
     mark(f, "nvmlDeviceGetCurrentClocksEventReasons", Some(gpu));
     if let Some(r) = check(dev.current_throttle_reasons(), gpu, "clock-event reasons")? {
         let slowdown = ThrottleReasons::HW_SLOWDOWN

@@ -85,6 +85,8 @@ impl Plugin {
         let engine = tokio::spawn(run_model(model, self.rx, snap_tx, token.clone()));
 
         let service = GpuMonitorService {
+            observations: self.tx.clone(),
+            thresholds: Arc::default(),
             snapshots: snap_rx,
             token: token.clone(),
             poll_cursor: Arc::new(AtomicU64::new(0)),
@@ -195,8 +197,15 @@ fn metadata(options: &PluginOptions) -> MonitorMetadata {
     }
 }
 
+/// Temperature (°C) and memory (percent) thresholds from request parameters.
+type Thresholds = (Option<i32>, Option<f64>);
+
 #[derive(Clone, Debug)]
 struct GpuMonitorService {
+    /// Into the model, for thresholds that requests carry.
+    observations: mpsc::Sender<Observation>,
+    /// The thresholds last applied from request parameters.
+    thresholds: Arc<std::sync::Mutex<Option<Thresholds>>>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     token: CancellationToken,
     /// Last event sequence handed to a `CheckHealth` caller: each poll gets
@@ -217,12 +226,51 @@ fn to_wire<'a>(
     })
 }
 
+impl GpuMonitorService {
+    /// The Go proof of concept's parameters: `temperature_threshold` (°C) and
+    /// `memory_threshold` (percent). Unparseable values are ignored, as there.
+    async fn apply_parameters(&self, parameters: &HashMap<String, String>) {
+        let temperature = parameters
+            .get("temperature_threshold")
+            .and_then(|v| v.trim().parse::<i32>().ok());
+        let memory = parameters
+            .get("memory_threshold")
+            .and_then(|v| v.trim().parse::<f64>().ok());
+        if temperature.is_none() && memory.is_none() {
+            return;
+        }
+        {
+            let mut last = self
+                .thresholds
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if *last == Some((temperature, memory)) {
+                return;
+            }
+            *last = Some((temperature, memory));
+        }
+        tracing::info!(
+            ?temperature,
+            ?memory,
+            "thresholds from the detector's plugin parameters"
+        );
+        let _ = self
+            .observations
+            .send(Observation::Thresholds {
+                temperature,
+                memory_percent: memory,
+            })
+            .await;
+    }
+}
+
 #[tonic::async_trait]
 impl ExternalMonitor for GpuMonitorService {
     async fn check_health(
         &self,
-        _req: Request<HealthCheckRequest>,
+        req: Request<HealthCheckRequest>,
     ) -> Result<Response<pb::Status>, tonic::Status> {
+        self.apply_parameters(&req.get_ref().parameters).await;
         let snapshot = Arc::clone(&self.snapshots.borrow());
         let last = snapshot.last_event_seq();
         let after = self.poll_cursor.swap(last, Ordering::AcqRel).min(last);
@@ -247,13 +295,14 @@ impl ExternalMonitor for GpuMonitorService {
 
     async fn watch_health(
         &self,
-        _req: Request<HealthCheckRequest>,
+        req: Request<HealthCheckRequest>,
     ) -> Result<Response<BoxStream<pb::Status>>, tonic::Status> {
         if !self.watch_health {
             return Err(tonic::Status::unimplemented(
                 "WatchHealth is disabled on this plugin",
             ));
         }
+        self.apply_parameters(&req.get_ref().parameters).await;
         let mut snapshots = self.snapshots.clone();
         let token = self.token.clone();
         let (tx, rx) = mpsc::channel(8);
