@@ -26,6 +26,9 @@ pub const DEFAULT_SLOWDOWN_CELSIUS: i32 = 89;
 pub const THERMAL_HYSTERESIS_CELSIUS: i32 = 5;
 /// Recent events kept for clients that have not yet seen them.
 const EVENT_BACKLOG: usize = 64;
+/// The same XID on the same GPU from NVML and from the kernel log within
+/// this interval is one report.
+const XID_CORRELATION: Duration = Duration::from_secs(10);
 /// Repeats of one (GPU, reason, XID) within this window are counted, not sent.
 pub const EVENT_WINDOW: Duration = Duration::from_secs(60);
 /// Clock-event samples kept per GPU (10 min at the 10 s fast poll).
@@ -228,6 +231,8 @@ pub struct HealthModel {
     events: VecDeque<(u64, Event)>,
     next_seq: u64,
     bursts: HashMap<String, Burst>,
+    /// Last report per (PCI address, XID): when, and whether from the kernel log.
+    recent_xids: HashMap<(String, u32), (SystemTime, bool)>,
 }
 
 impl GpuState {
@@ -318,6 +323,7 @@ impl HealthModel {
             events: VecDeque::new(),
             next_seq: 1,
             bursts: HashMap::new(),
+            recent_xids: HashMap::new(),
         }
     }
 
@@ -567,7 +573,39 @@ impl HealthModel {
         self.gpus.len() - 1
     }
 
+    /// Whether this XID was already reported by the other source (NVML
+    /// events vs the kernel log) moments ago; records it otherwise.
+    fn seen_from_other_source(
+        &mut self,
+        pos: usize,
+        xid: u32,
+        from_kernel: bool,
+        at: SystemTime,
+    ) -> bool {
+        let key = (self.gpus[pos].id.pci_bus_id.clone(), xid);
+        if let Some((when, kernel)) = self.recent_xids.get(&key)
+            && *kernel != from_kernel
+            && at
+                .duration_since(*when)
+                .or_else(|e| Ok::<_, ()>(e.duration()))
+                .unwrap_or_default()
+                <= XID_CORRELATION
+        {
+            return true;
+        }
+        if self.recent_xids.len() > 256 {
+            self.recent_xids.retain(|_, (when, _)| {
+                at.duration_since(*when).unwrap_or_default() <= XID_CORRELATION
+            });
+        }
+        self.recent_xids.insert(key, (at, from_kernel));
+        false
+    }
+
     fn xid(&mut self, pos: usize, xid: u32, kernel: Option<&str>, at: SystemTime, replay: bool) {
+        if !replay && self.seen_from_other_source(pos, xid, kernel.is_some(), at) {
+            return;
+        }
         let info = xid::lookup(xid);
         if info.classes.contains(Classes::RECOVERY)
             && let Some(action) = kernel.and_then(parse_recovery_change)
@@ -1940,6 +1978,38 @@ mod tests {
         let t = status_of(&m.conditions(), GPU_THERMAL_THROTTLING).clone();
         assert_eq!(t.status, ConditionStatus::True);
         assert!(t.message.contains("slowdown is 70 °C"), "{}", t.message);
+    }
+
+    #[test]
+    fn the_same_xid_from_nvml_and_the_kernel_log_is_one_report() {
+        let mut m = model();
+        let now = SystemTime::now();
+        m.apply(&Observation::Xid {
+            gpu: 3,
+            xid: 79,
+            at: now,
+        });
+        m.apply(&Observation::KernelXid {
+            pci: PciAddr::parse("0000:61:00").expect("pci"),
+            xid: 79,
+            detail: "GPU has fallen off the bus.".into(),
+            at: now + Duration::from_secs(2),
+            replay: false,
+        });
+        assert_eq!(m.snapshot().events.len(), 1);
+        // Later, it is a new occurrence (aggregated as a repeat, not dropped).
+        m.apply(&Observation::Xid {
+            gpu: 3,
+            xid: 79,
+            at: now + Duration::from_secs(30),
+        });
+        assert!(m.flush(now + Duration::from_secs(200)));
+        assert!(
+            m.snapshot().events[1]
+                .1
+                .message
+                .contains("repeated 1 more times")
+        );
     }
 
     #[test]

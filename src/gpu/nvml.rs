@@ -12,14 +12,17 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use nvml_wrapper::bitmasks::device::ThrottleReasons;
+use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{
     EccCounter, MemoryError, TemperatureSensor, TemperatureThreshold,
 };
 use nvml_wrapper::enums::device::SampleValue;
+use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::struct_wrappers::device::FieldValueSample;
 use nvml_wrapper::structs::device::FieldId;
@@ -356,6 +359,106 @@ fn slow(
     Ok(())
 }
 
+/// Stops the event thread when the session that started it ends.
+struct StopOnDrop(Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, AtomicOrdering::Relaxed);
+    }
+}
+
+/// The NVML event thread: critical XIDs as they happen (the source of XIDs
+/// where the kernel log cannot be read, e.g. a non-root container). Blocking
+/// waits, so a thread and an NVML handle of its own; not under the watchdog
+/// (a wait is supposed to block).
+fn spawn_event_thread(
+    library: Option<PathBuf>,
+    tx: mpsc::Sender<Observation>,
+    stop: Arc<AtomicBool>,
+) {
+    let spawned = std::thread::Builder::new()
+        .name("nvml-events".into())
+        .spawn(move || {
+            let h = match open(library) {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!("NVML event thread not started: {e}");
+                    return;
+                }
+            };
+            let nvml = &h.nvml;
+            let mut set = match nvml.create_event_set() {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!("NVML event set not created: {}", describe(&e));
+                    return;
+                }
+            };
+            let count = nvml.device_count().unwrap_or(0);
+            let mut registered = 0;
+            for i in 0..count {
+                let Ok(dev) = nvml.device_by_index(i) else {
+                    continue;
+                };
+                let wanted = dev.supported_event_types().unwrap_or(EventTypes::empty())
+                    & EventTypes::CRITICAL_XID_ERROR;
+                if wanted.is_empty() {
+                    continue;
+                }
+                set = match dev.register_events(wanted, set) {
+                    Ok(s) => {
+                        registered += 1;
+                        s
+                    }
+                    Err(e) => {
+                        tracing::warn!(
+                            gpu = i,
+                            "NVML events not registered: {}",
+                            describe(&e.error)
+                        );
+                        return;
+                    }
+                };
+            }
+            tracing::info!(
+                gpus = registered,
+                "NVML event thread waiting for critical XIDs"
+            );
+            while !stop.load(AtomicOrdering::Relaxed) {
+                match set.wait(1000) {
+                    Ok(event) => {
+                        let Ok(gpu) = event.device.index() else {
+                            continue;
+                        };
+                        if let Some(XidError::Value(xid)) = event.event_data
+                            && event.event_type.contains(EventTypes::CRITICAL_XID_ERROR)
+                        {
+                            let xid = u32::try_from(xid).unwrap_or(u32::MAX);
+                            tracing::warn!(gpu, xid, "NVML event: critical XID");
+                            let obs = Observation::Xid {
+                                gpu,
+                                xid,
+                                at: SystemTime::now(),
+                            };
+                            if tx.blocking_send(obs).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(NvmlError::Timeout) => {}
+                    Err(e) => {
+                        tracing::debug!("NVML event wait: {}", describe(&e));
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("NVML event thread not started: {e}");
+    }
+}
+
 /// Runs the backend until `token` is cancelled.
 pub async fn run(options: NvmlOptions, tx: mpsc::Sender<Observation>, token: CancellationToken) {
     let in_flight: Shared = Arc::default();
@@ -475,6 +578,9 @@ async fn session(
             return Session::Cancelled;
         }
     }
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_events = StopOnDrop(Arc::clone(&stop));
+    spawn_event_thread(options.library.clone(), tx.clone(), stop);
 
     let mut tick = tokio::time::interval(options.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
