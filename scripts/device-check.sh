@@ -75,7 +75,21 @@ work=$(mktemp -d)
     grep "slow=$kind" "$out/nvml-gpu-monitor.log" | grep -oE 'took_us=[0-9]+' | cut -d= -f2 | sort -n \
       | awk -v k="$kind" '{a[NR]=$1} END {if (NR) print "sweep (slow=" k ") us: n=" NR " min=" a[1] " p50=" a[int((NR+1)/2)] " max=" a[NR]}'
   done
-  echo "## warnings and errors"; grep -E " WARN | ERROR " "$out/nvml-gpu-monitor.log" | head -10
+  echo "## warnings, errors and the event thread"; grep -E " WARN | ERROR |event thread" "$out/nvml-gpu-monitor.log" | head -10
 } > "$out/nvml.txt" 2>&1
+
+# As the GPU container runs it: non-root (UID 1000), no access to /dev/kmsg.
+{
+  sock=$work/nonroot/gpu.sock
+  mkdir -p "$work/nonroot" && chown 1000:1000 "$work/nonroot" && chmod 755 "$work"
+  setpriv --reuid=1000 --regid=1000 --clear-groups "$bin" gpu-monitor --backend nvml --poll-interval 1s \
+    --state-dir "$work/nonroot/state" --socket "$sock" 2> "$out/nonroot-gpu-monitor.log" &
+  gm=$!
+  for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
+  sleep 3
+  echo "## probe as root of a plugin running as uid 1000"; "$bin" probe "$sock" | head -6; echo "rc=$?"
+  kill -TERM $gm; wait $gm; echo "gpu-monitor (uid 1000) exit=$?"
+  echo "## its warnings"; grep -E " WARN | ERROR |event thread" "$out/nonroot-gpu-monitor.log" | cut -c1-300
+} > "$out/nonroot.txt" 2>&1
 rm -rf "$work"
-cat "$out/host.txt" "$out/run.txt" "$out/nvml.txt"
+cat "$out/host.txt" "$out/run.txt" "$out/nvml.txt" "$out/nonroot.txt"
