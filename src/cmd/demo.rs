@@ -59,21 +59,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .http_addr
         .map(|a| a.to_string())
         .unwrap_or_default();
-    println!(
+    say!(
         "npd-ext demo: {} simulated NVIDIA H200 GPUs, scenario {}",
         args.gpus, scenario.name
     );
-    println!("  plugin socket  {}", socket.display());
-    println!("  conditions     http://{addr}/conditions   health http://{addr}/healthz");
+    say!("  plugin socket  {}", socket.display());
+    say!("  conditions     http://{addr}/conditions   health http://{addr}/healthz");
     for s in &scenario.steps {
-        println!(
+        say!(
             "  at +{:<6} GPU {} {:?}",
             format!("{:.1}s", s.at.as_secs_f64()),
             s.gpu,
             s.fault
         );
     }
-    println!("  Ctrl-C to exit\n");
+    say!("  Ctrl-C to exit\n");
     shutdown.spawn(sim::run(
         scenario,
         args.gpus,
@@ -122,10 +122,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             Err(RecvError::Lagged(_)) => continue,
             Err(RecvError::Closed) => break,
         };
-        println!("{line}");
+        say!("{line}");
         let _ = std::io::stdout().flush();
     }
-    println!("\nnpd-ext demo: shutting down");
+    say!("\nnpd-ext demo: shutting down");
     shutdown.drain(DEFAULT_GRACE).await;
     Ok(())
 }

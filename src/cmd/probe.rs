@@ -21,7 +21,7 @@ pub async fn run(args: ProbeArgs) -> ExitCode {
     match probe(&args).await {
         Ok(report) => {
             if args.json {
-                println!("{}", report.to_json());
+                say!("{}", report.to_json());
             } else {
                 report.print_table();
             }
@@ -29,7 +29,7 @@ pub async fn run(args: ProbeArgs) -> ExitCode {
         }
         Err(why) => {
             if args.json {
-                println!(
+                say!(
                     "{}",
                     json!({"socket": args.socket.display().to_string(), "ok": false, "error": why})
                 );
@@ -145,26 +145,26 @@ impl Report {
     }
 
     fn print_table(&self) {
-        println!("socket      {}", self.socket);
-        println!("health      {}", self.health);
+        say!("socket      {}", self.socket);
+        say!("health      {}", self.health);
         if let Some(m) = &self.metadata {
-            println!(
+            say!(
                 "plugin      {} {} (api {})",
                 m.name, m.version, m.api_version
             );
-            println!("conditions  {}", m.supported_conditions.join(", "));
+            say!("conditions  {}", m.supported_conditions.join(", "));
             let mut caps: Vec<String> = m
                 .capabilities
                 .iter()
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect();
             caps.sort();
-            println!("capabilities {}", caps.join(", "));
+            say!("capabilities {}", caps.join(", "));
         }
-        println!();
-        println!("{:<24} {:<8} {:<22} MESSAGE", "TYPE", "STATUS", "REASON");
+        say!();
+        say!("{:<24} {:<8} {:<22} MESSAGE", "TYPE", "STATUS", "REASON");
         for c in &self.status.conditions {
-            println!(
+            say!(
                 "{:<24} {:<8} {:<22} {}",
                 c.type_,
                 c.status.to_string(),
@@ -173,10 +173,10 @@ impl Report {
             );
         }
         if !self.status.events.is_empty() {
-            println!();
-            println!("EVENTS");
+            say!();
+            say!("EVENTS");
             for e in &self.status.events {
-                println!(
+                say!(
                     "{} {:<4} {:<22} {}",
                     format_time(e.timestamp),
                     e.severity.to_string(),

@@ -13,7 +13,7 @@ pub fn run(args: &ValidateConfigArgs) -> ExitCode {
     let mut invalid = 0usize;
     for path in &args.files {
         if let Some(plugin) = plugin_of(path).filter(|p| NOT_YET.contains(&p.as_str())) {
-            println!(
+            say!(
                 "{}: error: plugin: {plugin:?} configs cannot be checked by this build yet (only \"external\")",
                 path.display()
             );
@@ -24,18 +24,18 @@ pub fn run(args: &ValidateConfigArgs) -> ExitCode {
         let errors = checked.errors().count();
         for d in &checked.diagnostics {
             if d.level == Level::Error || !args.quiet {
-                println!("{d}");
+                say!("{d}");
             }
         }
         if errors > 0 {
             invalid += 1;
-            println!(
+            say!(
                 "{}: invalid ({errors} error{})",
                 path.display(),
                 if errors == 1 { "" } else { "s" }
             );
         } else if !args.quiet {
-            println!("{}: ok", path.display());
+            say!("{}: ok", path.display());
         }
     }
     if invalid > 0 {
