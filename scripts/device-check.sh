@@ -54,7 +54,7 @@ work=$(mktemp -d)
 # with their cost; probe and detector see the real GPUs.
 {
   sock=$work/nvml/gpu.sock
-  RUST_LOG=npd_ext=debug "$bin" gpu-monitor --backend nvml --poll-interval 1s --slow-every 3 --state-dir "$work/state" --socket "$sock" 2> "$out/nvml-gpu-monitor.log" &
+  RUST_LOG=npd_ext=debug "$bin" gpu-monitor --backend nvml --poll-interval 1s --slow-every 1 --state-dir "$work/state" --socket "$sock" 2> "$out/nvml-gpu-monitor.log" &
   gm=$!
   for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
   sleep 3
@@ -71,9 +71,9 @@ work=$(mktemp -d)
   echo "## NVML timings from the log"
   grep -E "NVML ready|NVML sweep" "$out/nvml-gpu-monitor.log" | head -5
   grep -c "NVML sweep" "$out/nvml-gpu-monitor.log"
-  for kind in false true; do
-    grep "slow=$kind" "$out/nvml-gpu-monitor.log" | grep -oE 'took_us=[0-9]+' | cut -d= -f2 | sort -n \
-      | awk -v k="$kind" '{a[NR]=$1} END {if (NR) print "sweep (slow=" k ") us: n=" NR " min=" a[1] " p50=" a[int((NR+1)/2)] " max=" a[NR]}'
+  for kind in Fast Slow VerySlow; do
+    grep "depth=$kind " "$out/nvml-gpu-monitor.log" | grep -oE 'took_us=[0-9]+' | cut -d= -f2 | sort -n \
+      | awk -v k="$kind" '{a[NR]=$1} END {if (NR) print "sweep (" k ") us: n=" NR " min=" a[1] " p50=" a[int((NR+1)/2)] " max=" a[NR]}'
   done
   echo "## warnings, errors and the event thread"; grep -E " WARN | ERROR |event thread" "$out/nvml-gpu-monitor.log" | head -10
 } > "$out/nvml.txt" 2>&1

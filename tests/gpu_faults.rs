@@ -269,3 +269,28 @@ async fn an_xid_storm_reaches_the_detector_as_a_handful_of_events() {
     );
     r.stop().await;
 }
+
+#[tokio::test]
+async fn fabric_registration_and_inforom_faults() {
+    let mut r = rig().await;
+    r.sim.inject(1, &Fault::FabricNotReady).await;
+    r.sim.inject(2, &Fault::InfoRomCorrupt).await;
+    let m = r
+        .expect(gpu::GPU_FABRIC_NOT_READY, ConditionStatus::True)
+        .await;
+    assert!(
+        m.contains("gpu=1 ") && m.contains("registration in progress"),
+        "{m}"
+    );
+    let m = r
+        .expect(gpu::GPU_HARDWARE_FAULT, ConditionStatus::True)
+        .await;
+    assert!(m.contains("gpu=2 ") && m.contains("InfoROM"), "{m}");
+    r.sim.inject(1, &Fault::Clear).await;
+    r.sim.inject(2, &Fault::Clear).await;
+    r.expect(gpu::GPU_FABRIC_NOT_READY, ConditionStatus::False)
+        .await;
+    r.expect(gpu::GPU_HARDWARE_FAULT, ConditionStatus::True)
+        .await;
+    r.stop().await;
+}

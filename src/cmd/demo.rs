@@ -61,7 +61,8 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .unwrap_or_default();
     say!(
         "npd-ext demo: {} simulated NVIDIA H200 GPUs, scenario {}",
-        args.gpus, scenario.name
+        args.gpus,
+        scenario.name
     );
     say!("  plugin socket  {}", socket.display());
     say!("  conditions     http://{addr}/conditions   health http://{addr}/healthz");

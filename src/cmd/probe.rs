@@ -150,7 +150,9 @@ impl Report {
         if let Some(m) = &self.metadata {
             say!(
                 "plugin      {} {} (api {})",
-                m.name, m.version, m.api_version
+                m.name,
+                m.version,
+                m.api_version
             );
             say!("conditions  {}", m.supported_conditions.join(", "));
             let mut caps: Vec<String> = m

@@ -13,8 +13,8 @@ use std::time::{Duration, SystemTime};
 use super::kmsg::PciAddr;
 use super::xid::{self, Classes, XidInfo};
 use super::{
-    GPU_DRIVER_NOT_READY, GPU_HARDWARE_FAULT, GPU_LOST, GPU_MEMORY_UNHEALTHY, GPU_MISSING,
-    GPU_NVLINK_DEGRADED, GPU_NVLINK_DOWN, GPU_PCIE_LINK_DEGRADED, GPU_REBOOT_REQUIRED,
+    GPU_DRIVER_NOT_READY, GPU_FABRIC_NOT_READY, GPU_HARDWARE_FAULT, GPU_LOST, GPU_MEMORY_UNHEALTHY,
+    GPU_MISSING, GPU_NVLINK_DEGRADED, GPU_NVLINK_DOWN, GPU_PCIE_LINK_DEGRADED, GPU_REBOOT_REQUIRED,
     GPU_RESET_REQUIRED, GPU_THERMAL_THROTTLING, GPU_UNRESPONSIVE, GpuCounts, GpuIdentity,
     Observation, UNENUMERATED,
 };
@@ -41,6 +41,8 @@ const SLOWDOWN_CLEAR: f64 = 0.2;
 const SLOWDOWN_MIN_SAMPLES: usize = 6;
 /// Consecutive good readings that clear a reading-based fault.
 const GOOD_READINGS_TO_CLEAR: u8 = 3;
+/// Fabric registration may take this many (slow) readings after boot.
+const FABRIC_GRACE_READINGS: u8 = 3;
 /// More uncorrectable remapped rows than this: the bank budget is spent.
 const REMAPPED_ROWS_BUDGET: u32 = 512;
 
@@ -69,11 +71,12 @@ enum Slot {
     Hardware,
     NvlinkDown,
     NvlinkDegraded,
+    Fabric,
     Pcie,
 }
 
 impl Slot {
-    const ALL: [Self; 8] = [
+    const ALL: [Self; 9] = [
         Self::Lost,
         Self::Reset,
         Self::Reboot,
@@ -81,6 +84,7 @@ impl Slot {
         Self::Hardware,
         Self::NvlinkDown,
         Self::NvlinkDegraded,
+        Self::Fabric,
         Self::Pcie,
     ];
 
@@ -93,6 +97,7 @@ impl Slot {
             Self::Hardware => GPU_HARDWARE_FAULT,
             Self::NvlinkDown => GPU_NVLINK_DOWN,
             Self::NvlinkDegraded => GPU_NVLINK_DEGRADED,
+            Self::Fabric => GPU_FABRIC_NOT_READY,
             Self::Pcie => GPU_PCIE_LINK_DEGRADED,
         }
     }
@@ -116,6 +121,10 @@ impl Slot {
             ),
             Self::NvlinkDown => ("NVLinkUp", "no NVLink reported down".into()),
             Self::NvlinkDegraded => ("NVLinkHealthy", "no NVLink errors reported".into()),
+            Self::Fabric => (
+                "FabricReady",
+                "NVLink fabric registered, or no fabric on this node".into(),
+            ),
             Self::Pcie => (
                 "PCIeLinkAtMaxWidth",
                 "every PCIe link runs at its full width".into(),
@@ -126,7 +135,10 @@ impl Slot {
     /// An observed reset (the GPU answers again) clears these; memory and
     /// hardware faults are properties of the board.
     fn cleared_by_reset(self) -> bool {
-        !matches!(self, Self::Memory | Self::Hardware | Self::Pcie)
+        !matches!(
+            self,
+            Self::Memory | Self::Hardware | Self::Pcie | Self::Fabric
+        )
     }
 }
 
@@ -183,6 +195,8 @@ struct GpuState {
     good_readings: HashMap<&'static str, u8>,
     /// NVLinks active when first seen: the ones expected to stay up.
     nvlink_baseline: Option<Vec<u32>>,
+    /// Consecutive readings with the fabric registration not yet complete.
+    fabric_pending: u8,
 }
 
 /// What the plugin publishes after every change.
@@ -247,6 +261,7 @@ impl GpuState {
             slowdown_throttling: false,
             good_readings: HashMap::new(),
             nvlink_baseline: None,
+            fabric_pending: 0,
         }
     }
 
@@ -517,6 +532,25 @@ impl HealthModel {
                 }
             }
             Observation::GpuCount { counts, at } => self.gpu_count(*counts, *at),
+            Observation::Fabric {
+                gpu, state, status, ..
+            } => {
+                if let Some(pos) = self.position(*gpu) {
+                    self.fabric(pos, *state, *status);
+                }
+            }
+            Observation::InfoRom { gpu, valid, .. } => {
+                if let Some(pos) = self.position(*gpu)
+                    && !*valid
+                {
+                    let f = fault(
+                        "InfoROMCorrupted",
+                        "InfoROM checksum validation failed",
+                        Classes::HARDWARE.action(),
+                    );
+                    self.gpus[pos].set(Slot::Hardware, f);
+                }
+            }
             Observation::Thresholds {
                 temperature,
                 memory_percent,
@@ -806,6 +840,47 @@ impl HealthModel {
             let key = g.id.pci_bus_id.clone();
             self.emit(Severity::Warn, at, REASON_ROW_REMAP_PENDING, &key, message);
         }
+    }
+
+    /// GPUFabricNotReady: registration failed, or still not complete after
+    /// [`FABRIC_GRACE_READINGS`] readings (a fresh boot registers within a few).
+    fn fabric(&mut self, pos: usize, state: u32, status: u32) {
+        const NOT_SUPPORTED: u32 = 0;
+        const COMPLETED: u32 = 3;
+        let g = &mut self.gpus[pos];
+        let action = "restart the NVIDIA Fabric Manager (or IMEX), then reset the GPU";
+        let bad = match state {
+            NOT_SUPPORTED => None,
+            COMPLETED => {
+                g.fabric_pending = 0;
+                (status != 0).then(|| {
+                    fault(
+                        "FabricRegistrationFailed",
+                        &format!("NVLink fabric registration failed (NVML status {status})"),
+                        action,
+                    )
+                })
+            }
+            _ => {
+                g.fabric_pending = g.fabric_pending.saturating_add(1);
+                let phase = if state == 1 {
+                    "not started"
+                } else {
+                    "in progress"
+                };
+                (g.fabric_pending >= FABRIC_GRACE_READINGS).then(|| {
+                    fault(
+                        "FabricNotRegistered",
+                        &format!(
+                            "NVLink fabric registration {phase} after {} readings",
+                            g.fabric_pending
+                        ),
+                        action,
+                    )
+                })
+            }
+        };
+        g.reading(Slot::Fabric, "fabric", bad);
     }
 
     /// GPUMissing: NVML sees fewer GPUs than the most any source says exist.
@@ -2009,6 +2084,58 @@ mod tests {
                 .1
                 .message
                 .contains("repeated 1 more times")
+        );
+    }
+
+    #[test]
+    fn fabric_registration_and_inforom() {
+        let mut m = model();
+        let now = SystemTime::now();
+        let fabric = |m: &mut HealthModel, state, status| {
+            m.apply(&Observation::Fabric {
+                gpu: 0,
+                state,
+                status,
+                at: now,
+            })
+        };
+        let status = |m: &HealthModel| status_of(&m.conditions(), GPU_FABRIC_NOT_READY).status;
+        fabric(&mut m, 0, 0);
+        assert_eq!(
+            status(&m),
+            ConditionStatus::False,
+            "no fabric is not a problem"
+        );
+        fabric(&mut m, 2, 0);
+        fabric(&mut m, 2, 0);
+        assert_eq!(
+            status(&m),
+            ConditionStatus::False,
+            "registration takes a moment after boot"
+        );
+        fabric(&mut m, 2, 0);
+        assert_eq!(status(&m), ConditionStatus::True);
+        for _ in 0..3 {
+            fabric(&mut m, 3, 0);
+        }
+        assert_eq!(status(&m), ConditionStatus::False);
+        fabric(&mut m, 3, 17);
+        assert!(
+            status_of(&m.conditions(), GPU_FABRIC_NOT_READY)
+                .message
+                .contains("status 17")
+        );
+
+        m.apply(&Observation::InfoRom {
+            gpu: 1,
+            valid: false,
+            at: now,
+        });
+        m.apply(&Observation::Reset { gpu: 1, at: now });
+        let hw = status_of(&m.conditions(), GPU_HARDWARE_FAULT).clone();
+        assert_eq!(
+            (hw.status, hw.reason.as_str()),
+            (ConditionStatus::True, "InfoROMCorrupted")
         );
     }
 

@@ -30,9 +30,10 @@ pub const GPU_NVLINK_DEGRADED: &str = "GPUNVLinkDegraded";
 pub const GPU_THERMAL_THROTTLING: &str = "GPUThermalThrottling";
 pub const GPU_MISSING: &str = "GPUMissing";
 pub const GPU_PCIE_LINK_DEGRADED: &str = "GPUPCIeLinkDegraded";
+pub const GPU_FABRIC_NOT_READY: &str = "GPUFabricNotReady";
 
 /// Every condition type this monitor reports, in report order.
-pub const SUPPORTED_CONDITIONS: [&str; 12] = [
+pub const SUPPORTED_CONDITIONS: [&str; 13] = [
     GPU_DRIVER_NOT_READY,
     GPU_UNRESPONSIVE,
     GPU_MISSING,
@@ -43,6 +44,7 @@ pub const SUPPORTED_CONDITIONS: [&str; 12] = [
     GPU_HARDWARE_FAULT,
     GPU_NVLINK_DOWN,
     GPU_NVLINK_DEGRADED,
+    GPU_FABRIC_NOT_READY,
     GPU_PCIE_LINK_DEGRADED,
     GPU_THERMAL_THROTTLING,
 ];
@@ -153,6 +155,20 @@ pub enum Observation {
     },
     /// How many GPUs each source sees.
     GpuCount { counts: GpuCounts, at: SystemTime },
+    /// NVLink fabric registration: `NVML_GPU_FABRIC_STATE_*` (1 not started,
+    /// 2 in progress, 3 completed) and its result (0 = success).
+    Fabric {
+        gpu: u32,
+        state: u32,
+        status: u32,
+        at: SystemTime,
+    },
+    /// InfoROM checksum validation.
+    InfoRom {
+        gpu: u32,
+        valid: bool,
+        at: SystemTime,
+    },
     /// Memory in use, percent of the total.
     MemoryUsage {
         gpu: u32,
@@ -211,6 +227,8 @@ impl Observation {
             | Self::VolatileUncorrectableEcc { gpu, .. }
             | Self::PcieLink { gpu, .. }
             | Self::MemoryUsage { gpu, .. }
+            | Self::Fabric { gpu, .. }
+            | Self::InfoRom { gpu, .. }
             | Self::NvLinks { gpu, .. } => Some(*gpu),
             Self::KernelXid { .. }
             | Self::GpuCount { .. }

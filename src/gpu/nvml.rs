@@ -7,7 +7,8 @@
 //! Fast sweep (every `poll_interval`): temperature, clock-event reasons,
 //! the driver's recovery action (field 230), row remapping. Slow sweep
 //! (every `slow_every` fast ones): volatile uncorrectable ECC, PCIe width,
-//! NVLink state, and the GPU count against sysfs and `/dev/nvidiaN`.
+//! NVLink state, and the GPU count against sysfs and `/dev/nvidiaN`. Very
+//! slow sweep (every ten slow ones): fabric registration, InfoROM validation.
 //! `NotSupported` means "this GPU has no such feature": no observation.
 
 use std::ffi::OsString;
@@ -175,13 +176,22 @@ fn enumerate(h: &Handles, in_flight: &Shared) -> Result<Inventory, String> {
 }
 
 /// One sweep of every GPU; `GPU_IS_LOST` from any call becomes `Lost`.
+/// How deep a sweep goes: fast, slow, or very slow (each includes the one before).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Depth {
+    Fast,
+    Slow,
+    VerySlow,
+}
+
 fn sweep(
     h: &Handles,
     gpus: &[u32],
-    slow: bool,
+    depth: Depth,
     options: &NvmlOptions,
     in_flight: &Shared,
 ) -> Vec<Observation> {
+    let slow = depth >= Depth::Slow;
     let at = SystemTime::now();
     let mut out = Vec::with_capacity(gpus.len() * 4);
     for &gpu in gpus {
@@ -199,7 +209,9 @@ fn sweep(
         };
         let mut gpu_out = Vec::new();
         let lost = fast(h, &dev, gpu, at, in_flight, &mut gpu_out).is_err()
-            || (slow && self::slow(&dev, gpu, at, in_flight, &mut gpu_out).is_err());
+            || (slow && self::slow(&dev, gpu, at, in_flight, &mut gpu_out).is_err())
+            || (depth == Depth::VerySlow
+                && very_slow(h, &dev, gpu, at, in_flight, &mut gpu_out).is_err());
         if lost {
             out.push(Observation::Lost { gpu, at });
         } else {
@@ -356,6 +368,45 @@ fn slow(
         inactive,
         at,
     });
+    Ok(())
+}
+
+fn very_slow(
+    h: &Handles,
+    dev: &Device<'_>,
+    gpu: u32,
+    at: SystemTime,
+    f: &Shared,
+    out: &mut Vec<Observation>,
+) -> Result<(), ()> {
+    if let Some(raw) = &h.raw {
+        mark(f, "nvmlDeviceGetGpuFabricInfo", Some(gpu));
+        if let Some(r) = raw.fabric_info(dev)
+            && let Some(info) = check(r, gpu, "fabric info")?
+        {
+            out.push(Observation::Fabric {
+                gpu,
+                state: info.state,
+                status: info.status,
+                at,
+            });
+        }
+    }
+    mark(f, "nvmlDeviceValidateInforom", Some(gpu));
+    match dev.validate_info_rom() {
+        Ok(()) => out.push(Observation::InfoRom {
+            gpu,
+            valid: true,
+            at,
+        }),
+        Err(NvmlError::CorruptedInfoROM) => out.push(Observation::InfoRom {
+            gpu,
+            valid: false,
+            at,
+        }),
+        Err(NvmlError::GpuLost) => return Err(()),
+        Err(e) => tracing::debug!(gpu, "InfoROM not validated: {}", describe(&e)),
+    }
     Ok(())
 }
 
@@ -590,13 +641,21 @@ async fn session(
             _ = tick.tick() => {}
             () = token.cancelled() => return Session::Cancelled,
         }
-        let slow = n % u64::from(options.slow_every.max(1)) == 0;
+        let every = u64::from(options.slow_every.max(1));
+        // Very slow (fabric, InfoROM at ~70 ms) every ten slow sweeps.
+        let depth = if n % (every * 10) == 0 {
+            Depth::VerySlow
+        } else if n % every == 0 {
+            Depth::Slow
+        } else {
+            Depth::Fast
+        };
         let shared = Arc::clone(in_flight);
         let gpus = Arc::clone(&indexes);
         let o = Arc::clone(&opts);
         let started = Instant::now();
         let readings = match worker
-            .call(deadline, move |h| sweep(h, &gpus, slow, &o, &shared))
+            .call(deadline, move |h| sweep(h, &gpus, depth, &o, &shared))
             .await
         {
             Ok(r) => r,
@@ -604,7 +663,7 @@ async fn session(
         };
         tracing::debug!(
             gpus = indexes.len(),
-            slow,
+            ?depth,
             took_us = started.elapsed().as_micros(),
             "NVML sweep"
         );

@@ -9,7 +9,7 @@ use std::os::raw::c_uint;
 use libloading::Library;
 use nvml_wrapper::Device;
 use nvml_wrapper::error::{NvmlError, nvml_try};
-use nvml_wrapper_sys::bindings::{nvmlDevice_t, nvmlReturn_t};
+use nvml_wrapper_sys::bindings::{nvmlDevice_t, nvmlGpuFabricInfo_t, nvmlReturn_t};
 
 /// `nvmlDeviceGetRemappedRows` (nvml.h, R460+).
 type GetRemappedRows = unsafe extern "C" fn(
@@ -19,6 +19,18 @@ type GetRemappedRows = unsafe extern "C" fn(
     *mut c_uint,
     *mut c_uint,
 ) -> nvmlReturn_t;
+
+/// `nvmlDeviceGetGpuFabricInfo` (nvml.h, R525+; the unversioned form).
+type GetFabricInfo = unsafe extern "C" fn(nvmlDevice_t, *mut nvmlGpuFabricInfo_t) -> nvmlReturn_t;
+
+/// A GPU's NVLink fabric registration (NVSwitch systems).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FabricInfo {
+    /// `NVML_GPU_FABRIC_STATE_*`: 0 not supported, 1 not started, 2 in progress, 3 completed.
+    pub state: u32,
+    /// The registration's result once completed (0 = success).
+    pub status: u32,
+}
 
 /// Row remapping counters of one GPU.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -33,6 +45,7 @@ pub struct RemappedRows {
 #[derive(Debug)]
 pub struct RawNvml {
     remapped_rows: Option<GetRemappedRows>,
+    fabric_info: Option<GetFabricInfo>,
     // Keeps the symbols above valid; dropped last.
     _library: Library,
 }
@@ -54,8 +67,16 @@ impl RawNvml {
             unsafe { library.get::<GetRemappedRows>(b"nvmlDeviceGetRemappedRows\0") }
                 .ok()
                 .map(|symbol| *symbol);
+        // SAFETY: the type matches the C prototype of nvmlDeviceGetGpuFabricInfo
+        // in nvml.h: (nvmlDevice_t, nvmlGpuFabricInfo_t*) -> nvmlReturn_t, with
+        // the struct as nvml-wrapper-sys generates it from that header. Valid
+        // while `_library` is loaded.
+        let fabric_info = unsafe { library.get::<GetFabricInfo>(b"nvmlDeviceGetGpuFabricInfo\0") }
+            .ok()
+            .map(|symbol| *symbol);
         Ok(Self {
             remapped_rows,
+            fabric_info,
             _library: library,
         })
     }
@@ -75,6 +96,26 @@ impl RawNvml {
             uncorrected: rows[1],
             pending: rows[2] != 0,
             failure: rows[3] != 0,
+        }))
+    }
+
+    /// Fabric state, or `None` when the driver lacks the call.
+    pub fn fabric_info(&self, device: &Device<'_>) -> Option<Result<FabricInfo, NvmlError>> {
+        let get = self.fabric_info?;
+        let mut info = nvmlGpuFabricInfo_t {
+            clusterUuid: [0; 16],
+            status: 0,
+            cliqueId: 0,
+            state: 0,
+        };
+        // SAFETY: `device.handle()` is a live handle owned by the `Nvml` the
+        // caller borrows for the whole call; `info` is a properly aligned,
+        // writable `nvmlGpuFabricInfo_t` that outlives the call; `get` is valid
+        // while `self._library` is loaded.
+        let rc = unsafe { get(device.handle(), &mut info) };
+        Some(nvml_try(rc).map(|()| FabricInfo {
+            state: u32::from(info.state),
+            status: info.status,
         }))
     }
 }

@@ -84,6 +84,10 @@ pub enum Fault {
     Slowdown(bool),
     /// The GPU drops out of the driver's enumeration (sysfs still lists it).
     Missing,
+    /// NVLink fabric registration stays in progress.
+    FabricNotReady,
+    /// InfoROM validation fails.
+    InfoRomCorrupt,
     /// A simulated GPU reset: clears every fault a reset clears and cools the
     /// GPU to idle (a row-remap failure stays: it is the board's).
     Clear,
@@ -105,6 +109,8 @@ impl std::fmt::Display for Fault {
             Self::NvlinkDown(l) => write!(f, "NVLink {l} down"),
             Self::Slowdown(on) => write!(f, "hardware slowdown {}", if *on { "on" } else { "off" }),
             Self::Missing => f.write_str("missing from the driver"),
+            Self::FabricNotReady => f.write_str("fabric registration stuck"),
+            Self::InfoRomCorrupt => f.write_str("InfoROM corrupted"),
             Self::Clear => f.write_str("clear (simulated reset)"),
         }
     }
@@ -285,7 +291,7 @@ fn parse_step(sink: &mut Sink, node: &json::Node, path: &str) -> Option<Step> {
 }
 
 fn parse_fault(sink: &mut Sink, node: &json::Node, path: &str) -> Option<Fault> {
-    const HELP: &str = r#"a fault is "lost", "hang", "row_remap_pending", "row_remap_failure", "missing", "clear", or one of {"xid": N}, {"xid_storm": {"xid": N, "count": C}}, {"temperature": C}, {"recovery_action": N}, {"ecc_errors": N}, {"pcie_width": W}, {"nvlink_down": L}, {"slowdown": true|false}"#;
+    const HELP: &str = r#"a fault is "lost", "hang", "row_remap_pending", "row_remap_failure", "missing", "fabric_not_ready", "inforom_corrupt", "clear", or one of {"xid": N}, {"xid_storm": {"xid": N, "count": C}}, {"temperature": C}, {"recovery_action": N}, {"ecc_errors": N}, {"pcie_width": W}, {"nvlink_down": L}, {"slowdown": true|false}"#;
     let u32_of = |sink: &mut Sink, f: &walk::Found<'_>| {
         walk::unsigned(sink, f).and_then(|v| u32::try_from(v).ok())
     };
@@ -297,6 +303,8 @@ fn parse_fault(sink: &mut Sink, node: &json::Node, path: &str) -> Option<Fault> 
             "row_remap_pending" => Some(Fault::RowRemapPending),
             "row_remap_failure" => Some(Fault::RowRemapFailure),
             "missing" => Some(Fault::Missing),
+            "fabric_not_ready" => Some(Fault::FabricNotReady),
+            "inforom_corrupt" => Some(Fault::InfoRomCorrupt),
             _ => {
                 sink.error(node.pos, path, format!("unknown fault {s:?}: {HELP}"));
                 None
@@ -417,6 +425,8 @@ struct SimGpu {
     nvlinks_down: Vec<u32>,
     slowdown: bool,
     present: bool,
+    fabric_ready: bool,
+    inforom_valid: bool,
 }
 
 impl Default for SimGpu {
@@ -431,6 +441,8 @@ impl Default for SimGpu {
             nvlinks_down: Vec::new(),
             slowdown: false,
             present: true,
+            fabric_ready: true,
+            inforom_valid: true,
         }
     }
 }
@@ -464,10 +476,14 @@ impl SimDriver {
             Fault::NvlinkDown(l) => g.nvlinks_down.push(l),
             Fault::Slowdown(on) => g.slowdown = on,
             Fault::Missing => g.present = false,
+            Fault::FabricNotReady => g.fabric_ready = false,
+            Fault::InfoRomCorrupt => g.inforom_valid = false,
             Fault::Clear => {
-                let failure = g.remap_failure;
+                // A reset does not repair the board.
+                let (failure, inforom) = (g.remap_failure, g.inforom_valid);
                 *g = SimGpu {
                     remap_failure: failure,
+                    inforom_valid: inforom,
                     ..SimGpu::default()
                 };
                 if self.hung == Some(gpu) {
@@ -527,6 +543,17 @@ impl SimDriver {
                         .filter(|l| !g.nvlinks_down.contains(l))
                         .collect(),
                     inactive: g.nvlinks_down.clone(),
+                    at,
+                },
+                Observation::Fabric {
+                    gpu,
+                    state: if g.fabric_ready { 3 } else { 2 },
+                    status: 0,
+                    at,
+                },
+                Observation::InfoRom {
+                    gpu,
+                    valid: g.inforom_valid,
                     at,
                 },
             ]);
