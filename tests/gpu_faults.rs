@@ -294,3 +294,31 @@ async fn fabric_registration_and_inforom_faults() {
         .await;
     r.stop().await;
 }
+
+#[tokio::test]
+async fn growing_pcie_replay_and_nvlink_error_counters() {
+    let mut r = rig().await;
+    r.sim.inject(4, &Fault::PcieReplays(500)).await;
+    r.sim.inject(5, &Fault::NvlinkErrors(3)).await;
+    let m = r
+        .expect(gpu::GPU_PCIE_LINK_DEGRADED, ConditionStatus::True)
+        .await;
+    assert!(
+        m.contains("gpu=4 ") && m.contains("PCIe replays above 100"),
+        "{m}"
+    );
+    let m = r
+        .expect(gpu::GPU_NVLINK_DEGRADED, ConditionStatus::True)
+        .await;
+    assert!(
+        m.contains("gpu=5 ") && m.contains("NVLink replay/recovery/CRC errors grew"),
+        "{m}"
+    );
+    r.sim.inject(4, &Fault::Clear).await;
+    r.sim.inject(5, &Fault::Clear).await;
+    r.expect(gpu::GPU_PCIE_LINK_DEGRADED, ConditionStatus::False)
+        .await;
+    r.expect(gpu::GPU_NVLINK_DEGRADED, ConditionStatus::False)
+        .await;
+    r.stop().await;
+}

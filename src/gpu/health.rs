@@ -41,6 +41,10 @@ const SLOWDOWN_CLEAR: f64 = 0.2;
 const SLOWDOWN_MIN_SAMPLES: usize = 6;
 /// Consecutive good readings that clear a reading-based fault.
 const GOOD_READINGS_TO_CLEAR: u8 = 3;
+/// PCIe replays per slow reading (60 s by default) that count as a high rate.
+pub const PCIE_REPLAY_BUDGET: u64 = 100;
+/// Slow readings in a row over a budget before a counter raises a condition.
+const SUSTAINED_READINGS: u8 = 3;
 /// Fabric registration may take this many (slow) readings after boot.
 const FABRIC_GRACE_READINGS: u8 = 3;
 /// More uncorrectable remapped rows than this: the bank budget is spent.
@@ -197,6 +201,8 @@ struct GpuState {
     nvlink_baseline: Option<Vec<u32>>,
     /// Consecutive readings with the fabric registration not yet complete.
     fabric_pending: u8,
+    /// Last value and consecutive over-budget readings, per counter.
+    counters: HashMap<&'static str, (u64, u8)>,
 }
 
 /// What the plugin publishes after every change.
@@ -262,7 +268,23 @@ impl GpuState {
             good_readings: HashMap::new(),
             nvlink_baseline: None,
             fabric_pending: 0,
+            counters: HashMap::new(),
         }
+    }
+
+    /// Feeds a cumulative counter; returns the increase since the last
+    /// reading and how many readings in a row went over `budget`. A counter
+    /// that went down (driver reload, reset) starts over.
+    fn counter(&mut self, key: &'static str, value: u64, budget: u64) -> (u64, u8) {
+        let entry = self.counters.entry(key).or_insert((value, 0));
+        let delta = value.saturating_sub(entry.0);
+        entry.0 = value;
+        entry.1 = if delta > budget {
+            entry.1.saturating_add(1)
+        } else {
+            0
+        };
+        (delta, entry.1)
     }
 
     fn set(&mut self, slot: Slot, fault: Fault) {
@@ -532,6 +554,48 @@ impl HealthModel {
                 }
             }
             Observation::GpuCount { counts, at } => self.gpu_count(*counts, *at),
+            Observation::PcieReplays { gpu, count, at } => {
+                if let Some(pos) = self.position(*gpu) {
+                    let g = &mut self.gpus[pos];
+                    let (delta, streak) = g.counter("pcie-replay", *count, PCIE_REPLAY_BUDGET);
+                    let bad = (streak >= SUSTAINED_READINGS).then(|| {
+                        fault(
+                            "PCIeReplayRateHigh",
+                            &format!("PCIe replays above {PCIE_REPLAY_BUDGET} per reading for {SUSTAINED_READINGS} readings"),
+                            "reseat or inspect the GPU and its riser; check the slot",
+                        )
+                    });
+                    g.reading(Slot::Pcie, "pcie-replay", bad);
+                    if delta > PCIE_REPLAY_BUDGET {
+                        let message =
+                            format!("{}: {delta} PCIe replays since the last reading", g.id);
+                        let key = g.id.pci_bus_id.clone();
+                        self.emit(Severity::Warn, *at, "PCIeReplayRateHigh", &key, message);
+                    }
+                }
+            }
+            Observation::NvlinkErrors { gpu, count, at } => {
+                if let Some(pos) = self.position(*gpu) {
+                    let g = &mut self.gpus[pos];
+                    let (delta, streak) = g.counter("nvlink-errors", *count, 0);
+                    let bad = (streak >= SUSTAINED_READINGS).then(|| {
+                        fault(
+                            "NVLinkErrorsIncreasing",
+                            &format!("NVLink replay/recovery/CRC errors grew for {SUSTAINED_READINGS} readings in a row"),
+                            Classes::NVLINK_DEGRADED.action(),
+                        )
+                    });
+                    g.reading(Slot::NvlinkDegraded, "nvlink-errors", bad);
+                    if delta > 0 {
+                        let message = format!(
+                            "{}: {delta} new NVLink errors (replay, recovery, CRC)",
+                            g.id
+                        );
+                        let key = g.id.pci_bus_id.clone();
+                        self.emit(Severity::Warn, *at, "NVLinkErrorsIncreased", &key, message);
+                    }
+                }
+            }
             Observation::Fabric {
                 gpu, state, status, ..
             } => {
@@ -2136,6 +2200,62 @@ mod tests {
         assert_eq!(
             (hw.status, hw.reason.as_str()),
             (ConditionStatus::True, "InfoROMCorrupted")
+        );
+    }
+
+    #[test]
+    fn counters_raise_conditions_only_when_growth_is_sustained() {
+        let mut m = model();
+        let now = SystemTime::now();
+        let pcie = |m: &mut HealthModel, count| {
+            m.apply(&Observation::PcieReplays {
+                gpu: 3,
+                count,
+                at: now,
+            })
+        };
+        let status = |m: &HealthModel, t| status_of(&m.conditions(), t).status;
+        pcie(&mut m, 1_000_000); // the first reading is a baseline, not a rate
+        assert!(m.snapshot().events.is_empty());
+        pcie(&mut m, 1_000_500);
+        pcie(&mut m, 1_001_000);
+        assert_eq!(
+            status(&m, GPU_PCIE_LINK_DEGRADED),
+            ConditionStatus::False,
+            "not yet sustained"
+        );
+        assert_eq!(
+            m.snapshot().events.len(),
+            1,
+            "one event, the repeat aggregated"
+        );
+        pcie(&mut m, 1_001_500);
+        assert_eq!(status(&m, GPU_PCIE_LINK_DEGRADED), ConditionStatus::True);
+        for c in [1_001_510, 1_001_520, 1_001_530] {
+            pcie(&mut m, c);
+        }
+        assert_eq!(status(&m, GPU_PCIE_LINK_DEGRADED), ConditionStatus::False);
+
+        let nv = |m: &mut HealthModel, count| {
+            m.apply(&Observation::NvlinkErrors {
+                gpu: 3,
+                count,
+                at: now,
+            })
+        };
+        for c in [0, 5, 9, 20] {
+            nv(&mut m, c);
+        }
+        let d = status_of(&m.conditions(), GPU_NVLINK_DEGRADED).clone();
+        assert_eq!(d.status, ConditionStatus::True);
+        assert!(d.message.contains("grew for 3 readings"), "{}", d.message);
+        nv(&mut m, 0); // counters reset: a new baseline, not a negative rate
+        for _ in 0..3 {
+            nv(&mut m, 0);
+        }
+        assert_eq!(
+            status_of(&m.conditions(), GPU_NVLINK_DEGRADED).status,
+            ConditionStatus::False
         );
     }
 

@@ -155,6 +155,19 @@ pub enum Observation {
     },
     /// How many GPUs each source sees.
     GpuCount { counts: GpuCounts, at: SystemTime },
+    /// PCIe replay counter (cumulative).
+    PcieReplays {
+        gpu: u32,
+        count: u64,
+        at: SystemTime,
+    },
+    /// NVLink replay, recovery and CRC error counters summed over active
+    /// links (cumulative).
+    NvlinkErrors {
+        gpu: u32,
+        count: u64,
+        at: SystemTime,
+    },
     /// NVLink fabric registration: `NVML_GPU_FABRIC_STATE_*` (1 not started,
     /// 2 in progress, 3 completed) and its result (0 = success).
     Fabric {
@@ -228,6 +241,8 @@ impl Observation {
             | Self::PcieLink { gpu, .. }
             | Self::MemoryUsage { gpu, .. }
             | Self::Fabric { gpu, .. }
+            | Self::PcieReplays { gpu, .. }
+            | Self::NvlinkErrors { gpu, .. }
             | Self::InfoRom { gpu, .. }
             | Self::NvLinks { gpu, .. } => Some(*gpu),
             Self::KernelXid { .. }

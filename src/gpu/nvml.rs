@@ -22,6 +22,7 @@ use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{
     EccCounter, MemoryError, TemperatureSensor, TemperatureThreshold,
 };
+use nvml_wrapper::enum_wrappers::nv_link::ErrorCounter;
 use nvml_wrapper::enums::device::SampleValue;
 use nvml_wrapper::enums::event::XidError;
 use nvml_wrapper::error::NvmlError;
@@ -353,14 +354,39 @@ fn slow(
             at,
         });
     }
+    mark(f, "nvmlDeviceGetPcieReplayCounter", Some(gpu));
+    if let Some(count) = check(dev.pcie_replay_counter(), gpu, "PCIe replays")? {
+        out.push(Observation::PcieReplays {
+            gpu,
+            count: u64::from(count),
+            at,
+        });
+    }
     let (mut active, mut inactive) = (Vec::new(), Vec::new());
+    let mut errors: Option<u64> = None;
     for link in 0..NVLINK_MAX_LINKS {
         mark(f, "nvmlDeviceGetNvLinkState", Some(gpu));
-        match check(dev.link_wrapper_for(link).is_active(), gpu, "NVLink state")? {
-            Some(true) => active.push(link),
+        let wrapper = dev.link_wrapper_for(link);
+        match check(wrapper.is_active(), gpu, "NVLink state")? {
+            Some(true) => {
+                active.push(link);
+                mark(f, "nvmlDeviceGetNvLinkErrorCounter", Some(gpu));
+                for counter in [
+                    ErrorCounter::DlReplay,
+                    ErrorCounter::DlRecovery,
+                    ErrorCounter::DlCrcFlit,
+                ] {
+                    if let Some(n) = check(wrapper.error_counter(counter), gpu, "NVLink errors")? {
+                        *errors.get_or_insert(0) += n;
+                    }
+                }
+            }
             Some(false) => inactive.push(link),
             None => {}
         }
+    }
+    if let Some(count) = errors {
+        out.push(Observation::NvlinkErrors { gpu, count, at });
     }
     out.push(Observation::NvLinks {
         gpu,

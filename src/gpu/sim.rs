@@ -84,6 +84,10 @@ pub enum Fault {
     Slowdown(bool),
     /// The GPU drops out of the driver's enumeration (sysfs still lists it).
     Missing,
+    /// PCIe replays added on every poll from now on.
+    PcieReplays(u64),
+    /// NVLink errors added on every poll from now on.
+    NvlinkErrors(u64),
     /// NVLink fabric registration stays in progress.
     FabricNotReady,
     /// InfoROM validation fails.
@@ -109,6 +113,8 @@ impl std::fmt::Display for Fault {
             Self::NvlinkDown(l) => write!(f, "NVLink {l} down"),
             Self::Slowdown(on) => write!(f, "hardware slowdown {}", if *on { "on" } else { "off" }),
             Self::Missing => f.write_str("missing from the driver"),
+            Self::PcieReplays(n) => write!(f, "{n} PCIe replays per poll"),
+            Self::NvlinkErrors(n) => write!(f, "{n} NVLink errors per poll"),
             Self::FabricNotReady => f.write_str("fabric registration stuck"),
             Self::InfoRomCorrupt => f.write_str("InfoROM corrupted"),
             Self::Clear => f.write_str("clear (simulated reset)"),
@@ -291,7 +297,7 @@ fn parse_step(sink: &mut Sink, node: &json::Node, path: &str) -> Option<Step> {
 }
 
 fn parse_fault(sink: &mut Sink, node: &json::Node, path: &str) -> Option<Fault> {
-    const HELP: &str = r#"a fault is "lost", "hang", "row_remap_pending", "row_remap_failure", "missing", "fabric_not_ready", "inforom_corrupt", "clear", or one of {"xid": N}, {"xid_storm": {"xid": N, "count": C}}, {"temperature": C}, {"recovery_action": N}, {"ecc_errors": N}, {"pcie_width": W}, {"nvlink_down": L}, {"slowdown": true|false}"#;
+    const HELP: &str = r#"a fault is "lost", "hang", "row_remap_pending", "row_remap_failure", "missing", "fabric_not_ready", "inforom_corrupt", "clear", or one of {"xid": N}, {"xid_storm": {"xid": N, "count": C}}, {"temperature": C}, {"recovery_action": N}, {"ecc_errors": N}, {"pcie_width": W}, {"pcie_replays": N}, {"nvlink_errors": N}, {"nvlink_down": L}, {"slowdown": true|false}"#;
     let u32_of = |sink: &mut Sink, f: &walk::Found<'_>| {
         walk::unsigned(sink, f).and_then(|v| u32::try_from(v).ok())
     };
@@ -318,6 +324,10 @@ fn parse_fault(sink: &mut Sink, node: &json::Node, path: &str) -> Option<Fault> 
                 u32_of(sink, &f).map(Fault::RecoveryAction)
             } else if let Some(f) = obj.get(sink, &["ecc_errors"]) {
                 walk::unsigned(sink, &f).map(Fault::EccErrors)
+            } else if let Some(f) = obj.get(sink, &["pcie_replays"]) {
+                walk::unsigned(sink, &f).map(Fault::PcieReplays)
+            } else if let Some(f) = obj.get(sink, &["nvlink_errors"]) {
+                walk::unsigned(sink, &f).map(Fault::NvlinkErrors)
             } else if let Some(f) = obj.get(sink, &["pcie_width"]) {
                 u32_of(sink, &f).map(Fault::PcieWidth)
             } else if let Some(f) = obj.get(sink, &["nvlink_down"]) {
@@ -427,6 +437,11 @@ struct SimGpu {
     present: bool,
     fabric_ready: bool,
     inforom_valid: bool,
+    /// Cumulative counters, and how much each poll adds to them.
+    pcie_replays: u64,
+    pcie_replays_per_poll: u64,
+    nvlink_errors: u64,
+    nvlink_errors_per_poll: u64,
 }
 
 impl Default for SimGpu {
@@ -443,6 +458,10 @@ impl Default for SimGpu {
             present: true,
             fabric_ready: true,
             inforom_valid: true,
+            pcie_replays: 0,
+            pcie_replays_per_poll: 0,
+            nvlink_errors: 0,
+            nvlink_errors_per_poll: 0,
         }
     }
 }
@@ -476,6 +495,8 @@ impl SimDriver {
             Fault::NvlinkDown(l) => g.nvlinks_down.push(l),
             Fault::Slowdown(on) => g.slowdown = on,
             Fault::Missing => g.present = false,
+            Fault::PcieReplays(n) => g.pcie_replays_per_poll = n,
+            Fault::NvlinkErrors(n) => g.nvlink_errors_per_poll = n,
             Fault::FabricNotReady => g.fabric_ready = false,
             Fault::InfoRomCorrupt => g.inforom_valid = false,
             Fault::Clear => {
@@ -491,6 +512,14 @@ impl SimDriver {
                 }
             }
             Fault::Xid(_) | Fault::XidStorm { .. } | Fault::Lost => {}
+        }
+    }
+
+    /// Error counters grow by their per-poll rate (a poll is a reading interval).
+    fn advance_counters(&mut self) {
+        for g in &mut self.gpus {
+            g.pcie_replays += g.pcie_replays_per_poll;
+            g.nvlink_errors += g.nvlink_errors_per_poll;
         }
     }
 
@@ -554,6 +583,16 @@ impl SimDriver {
                 Observation::InfoRom {
                     gpu,
                     valid: g.inforom_valid,
+                    at,
+                },
+                Observation::PcieReplays {
+                    gpu,
+                    count: g.pcie_replays,
+                    at,
+                },
+                Observation::NvlinkErrors {
+                    gpu,
+                    count: g.nvlink_errors,
                     at,
                 },
             ]);
@@ -686,7 +725,9 @@ async fn poll(
                 while lock(d).hung.is_some() {
                     std::thread::sleep(Duration::from_millis(10));
                 }
-                lock(d).readings(SystemTime::now())
+                let mut driver = lock(d);
+                driver.advance_counters();
+                driver.readings(SystemTime::now())
             })
             .await;
         let obs = match result {
