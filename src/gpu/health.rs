@@ -251,6 +251,8 @@ pub struct HealthModel {
     events: VecDeque<(u64, Event)>,
     next_seq: u64,
     bursts: HashMap<String, Burst>,
+    /// Fatal NVSwitch errors by switch address: the fabric is not usable.
+    switch_faults: BTreeMap<String, String>,
     /// Last report per (PCI address, XID): when, and whether from the kernel log.
     recent_xids: HashMap<(String, u32), (SystemTime, bool)>,
 }
@@ -361,6 +363,7 @@ impl HealthModel {
             next_seq: 1,
             bursts: HashMap::new(),
             recent_xids: HashMap::new(),
+            switch_faults: BTreeMap::new(),
         }
     }
 
@@ -433,6 +436,39 @@ impl HealthModel {
             } => {
                 let pos = self.position_for_pci(*pci);
                 self.xid(pos, *xid, Some(detail), *at, *replay);
+            }
+            Observation::SXid {
+                pci,
+                sxid,
+                fatal,
+                detail,
+                at,
+                replay,
+            } => {
+                let kind = if *fatal { "fatal" } else { "non-fatal" };
+                if *fatal {
+                    self.switch_faults
+                        .entry(pci.to_string())
+                        .or_insert_with(|| format!("SXid {sxid} ({kind})"));
+                }
+                if !*replay {
+                    let message = format!(
+                        "nvswitch pci={pci}: SXid {sxid} ({kind}); kernel: {}",
+                        truncate(detail, 256)
+                    );
+                    let severity = if *fatal {
+                        Severity::Warn
+                    } else {
+                        Severity::Info
+                    };
+                    self.emit(
+                        severity,
+                        *at,
+                        "SXIDError",
+                        &format!("{pci}/{sxid}"),
+                        message,
+                    );
+                }
             }
             Observation::Xid { gpu, xid, at } => {
                 if let Some(pos) = self.position(*gpu) {
@@ -1240,8 +1276,29 @@ impl HealthModel {
             .iter()
             .filter_map(|g| g.faults.get(&slot).map(|f| (g, f)))
             .collect();
-        match hit.first() {
-            None => {
+        let mut parts: Vec<String> = hit
+            .iter()
+            .map(|(g, f)| format!("{}: {}; action: {}", g.id, f.evidence, f.action))
+            .collect();
+        if slot == Slot::Fabric {
+            // A fatal NVSwitch error takes the fabric down for every GPU on it.
+            parts.extend(self.switch_faults.iter().map(|(pci, what)| {
+                format!("nvswitch pci={pci}: {what}; action: drain the node, restart the Fabric Manager, reset the switch and GPUs")
+            }));
+        }
+        let reason = match hit.first() {
+            Some((_, f)) => f.reason.clone(),
+            None if !parts.is_empty() => "SXidFatal".to_owned(),
+            None => String::new(),
+        };
+        match parts.is_empty() {
+            false => Condition::new(
+                slot.condition_type(),
+                ConditionStatus::True,
+                reason,
+                join(parts.into_iter()),
+            ),
+            true => {
                 let (reason, message) = slot.healthy(n);
                 Condition::new(
                     slot.condition_type(),
@@ -1250,15 +1307,6 @@ impl HealthModel {
                     message,
                 )
             }
-            Some((_, first)) => Condition::new(
-                slot.condition_type(),
-                ConditionStatus::True,
-                first.reason.clone(),
-                join(
-                    hit.iter()
-                        .map(|(g, f)| format!("{}: {}; action: {}", g.id, f.evidence, f.action)),
-                ),
-            ),
         }
     }
 
@@ -2256,6 +2304,38 @@ mod tests {
         assert_eq!(
             status_of(&m.conditions(), GPU_NVLINK_DEGRADED).status,
             ConditionStatus::False
+        );
+    }
+
+    #[test]
+    fn a_fatal_nvswitch_error_takes_the_fabric_down() {
+        let mut m = model();
+        let now = SystemTime::now();
+        let sxid = |fatal| Observation::SXid {
+            pci: PciAddr::parse("0000:05:00").expect("pci"),
+            sxid: 24007,
+            fatal,
+            detail: "Link 33 sourcetrack timeout error".into(),
+            at: now,
+            replay: false,
+        };
+        m.apply(&sxid(false));
+        assert_eq!(
+            status_of(&m.conditions(), GPU_FABRIC_NOT_READY).status,
+            ConditionStatus::False
+        );
+        assert_eq!(m.snapshot().events[0].1.reason, "SXIDError");
+        m.apply(&sxid(true));
+        let f = status_of(&m.conditions(), GPU_FABRIC_NOT_READY).clone();
+        assert_eq!(
+            (f.status, f.reason.as_str()),
+            (ConditionStatus::True, "SXidFatal")
+        );
+        assert!(
+            f.message
+                .starts_with("nvswitch pci=0000:05:00: SXid 24007 (fatal)"),
+            "{}",
+            f.message
         );
     }
 

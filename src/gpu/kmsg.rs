@@ -100,10 +100,32 @@ pub enum KernelLine {
     /// `NVRM: GPU 0000:61:00.0: GPU has fallen off the bus.` or the
     /// multi-line "The NVIDIA GPU … has fallen off the bus" record.
     FellOffBus { pci: PciAddr },
+    /// `nvidia-nvswitch3: SXid (PCI:0000:05:00.0): 12028, Non-fatal, Link 46 <text>`
+    SXid {
+        pci: PciAddr,
+        sxid: u32,
+        fatal: bool,
+        detail: String,
+    },
 }
 
 /// Recognises the NVIDIA driver lines we act on; everything else is `None`.
 pub fn parse_line(text: &str) -> Option<KernelLine> {
+    if let Some(i) = text.find("SXid (PCI:")
+        && text[..i].contains("nvswitch")
+    {
+        let rest = &text[i + "SXid (PCI:".len()..];
+        let (addr, rest) = rest.split_once("):")?;
+        let mut parts = rest.splitn(3, ',');
+        let sxid = parts.next()?.trim().parse().ok()?;
+        let severity = parts.next()?.trim();
+        return Some(KernelLine::SXid {
+            pci: PciAddr::parse(addr)?,
+            sxid,
+            fatal: severity.eq_ignore_ascii_case("fatal"),
+            detail: parts.next().unwrap_or_default().trim().to_owned(),
+        });
+    }
     let nvrm = text.find("NVRM: ").map(|i| &text[i + 6..])?;
     if let Some(rest) = nvrm.strip_prefix("Xid (PCI:") {
         let (addr, rest) = rest.split_once("):")?;
@@ -240,16 +262,34 @@ pub async fn run(options: KmsgOptions, tx: mpsc::Sender<Observation>, token: Can
         }
         if let Some(line) = parse_line(&record.text) {
             let at = SystemTime::now();
-            let (pci, xid, detail) = match line {
-                KernelLine::Xid { pci, xid, detail } => (pci, xid, detail),
-                KernelLine::FellOffBus { pci } => (pci, 79, "GPU has fallen off the bus".into()),
-            };
-            let obs = Observation::KernelXid {
-                pci,
-                xid,
-                detail,
-                at,
-                replay,
+            let obs = match line {
+                KernelLine::Xid { pci, xid, detail } => Observation::KernelXid {
+                    pci,
+                    xid,
+                    detail,
+                    at,
+                    replay,
+                },
+                KernelLine::FellOffBus { pci } => Observation::KernelXid {
+                    pci,
+                    xid: 79,
+                    detail: "GPU has fallen off the bus".into(),
+                    at,
+                    replay,
+                },
+                KernelLine::SXid {
+                    pci,
+                    sxid,
+                    fatal,
+                    detail,
+                } => Observation::SXid {
+                    pci,
+                    sxid,
+                    fatal,
+                    detail,
+                    at,
+                    replay,
+                },
             };
             if !replay {
                 tracing::warn!(seq = record.seq, "kernel: {}", record.text);
@@ -396,6 +436,29 @@ mod tests {
             panic!("XID 154 not parsed")
         };
         assert!(detail.contains("Node Reboot Required"));
+    }
+
+    #[test]
+    fn nvswitch_sxid_lines() {
+        let fatal = "nvidia-nvswitch3: SXid (PCI:0000:05:00.0): 24007, Fatal, Link 33 sourcetrack timeout error";
+        assert_eq!(
+            parse_line(fatal),
+            Some(KernelLine::SXid {
+                pci: pci("0000:05:00"),
+                sxid: 24007,
+                fatal: true,
+                detail: "Link 33 sourcetrack timeout error".into()
+            })
+        );
+        let nonfatal = "nvidia-nvswitch0: SXid (PCI:0000:07:00.0): 12028, Non-fatal, Link 46 egress non-posted PRIV error";
+        assert!(matches!(
+            parse_line(nonfatal),
+            Some(KernelLine::SXid {
+                fatal: false,
+                sxid: 12028,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -207,6 +207,15 @@ pub enum Observation {
         /// Read again after a restart: rebuilds state, sends no event.
         replay: bool,
     },
+    /// An NVSwitch error from the kernel log (`SXid`), named by the switch's PCI address.
+    SXid {
+        pci: kmsg::PciAddr,
+        sxid: u32,
+        fatal: bool,
+        detail: String,
+        at: SystemTime,
+        replay: bool,
+    },
     /// The driver's recovery action for the GPU (NVML field 230).
     RecoveryAction {
         gpu: u32,
@@ -246,6 +255,7 @@ impl Observation {
             | Self::InfoRom { gpu, .. }
             | Self::NvLinks { gpu, .. } => Some(*gpu),
             Self::KernelXid { .. }
+            | Self::SXid { .. }
             | Self::GpuCount { .. }
             | Self::Thresholds { .. }
             | Self::DriverNotReady { .. }

@@ -277,16 +277,7 @@ fn fast(
     }
     mark(f, "nvmlDeviceGetCurrentClocksEventReasons", Some(gpu));
     if let Some(r) = check(dev.current_throttle_reasons(), gpu, "clock-event reasons")? {
-        let slowdown = ThrottleReasons::HW_SLOWDOWN
-            | ThrottleReasons::HW_THERMAL_SLOWDOWN
-            | ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN
-            | ThrottleReasons::SW_THERMAL_SLOWDOWN;
-        out.push(Observation::ClockEvents {
-            gpu,
-            slowdown: r.intersects(slowdown),
-            idle: r.contains(ThrottleReasons::GPU_IDLE),
-            at,
-        });
+        out.push(clock_events(gpu, r, at));
     }
     mark(
         f,
@@ -316,6 +307,21 @@ fn fast(
         }
     }
     Ok(())
+}
+
+/// Hardware, thermal and power-brake slowdown count as throttling; power
+/// capping and application clocks do not (they are settings, not faults).
+fn clock_events(gpu: u32, reasons: ThrottleReasons, at: SystemTime) -> Observation {
+    let slowdown = ThrottleReasons::HW_SLOWDOWN
+        | ThrottleReasons::HW_THERMAL_SLOWDOWN
+        | ThrottleReasons::HW_POWER_BRAKE_SLOWDOWN
+        | ThrottleReasons::SW_THERMAL_SLOWDOWN;
+    Observation::ClockEvents {
+        gpu,
+        slowdown: reasons.intersects(slowdown),
+        idle: reasons.contains(ThrottleReasons::GPU_IDLE),
+        at,
+    }
 }
 
 fn recovery_value(sample: Result<FieldValueSample, NvmlError>) -> Option<u32> {
@@ -704,7 +710,150 @@ async fn session(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
+
+    /// A value the fixture recorded (`{"ok": "<Debug>"}`) or its error.
+    fn fixture_value(dev: &serde_json::Value, key: &str) -> Result<String, NvmlError> {
+        match (&dev[key]["ok"], &dev[key]["err"]) {
+            (serde_json::Value::String(v), _) => Ok(v.clone()),
+            (_, serde_json::Value::String(e)) if e == "NotSupported" => {
+                Err(NvmlError::NotSupported)
+            }
+            (_, e) => panic!("{key}: unexpected fixture entry {e}"),
+        }
+    }
+
+    fn number(dev: &serde_json::Value, key: &str) -> Result<u64, NvmlError> {
+        fixture_value(dev, key).map(|v| v.parse().unwrap_or_else(|_| panic!("{key}: {v}")))
+    }
+
+    /// "ThrottleReasons(GPU_IDLE | SW_POWER_CAP)" as nvml-wrapper printed it.
+    fn throttle(text: &str) -> ThrottleReasons {
+        let inner = text
+            .trim_start_matches("ThrottleReasons(")
+            .trim_end_matches(')');
+        inner
+            .split(" | ")
+            .filter(|n| !n.is_empty())
+            .map(|n| ThrottleReasons::from_name(n).unwrap_or_else(|| panic!("flag {n}")))
+            .fold(ThrottleReasons::empty(), |a, b| a | b)
+    }
+
+    /// Real readings from an idle, healthy H200: every value goes through the
+    /// conversions the backend uses, and nothing may be raised. Hopper answers
+    /// `NotSupported` for retired pages and (in this VM) NVLink: not a fault.
+    #[test]
+    fn the_h200_fixture_raises_nothing() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/fixtures/nvidia-h200/nvml-probe.json");
+        let text = std::fs::read_to_string(&path).expect("fixture (../shared beside the checkout)");
+        let probe: serde_json::Value = serde_json::from_str(&text).expect("fixture JSON");
+        let dev = &probe["devices"][0];
+        let at = SystemTime::now();
+        let gpu = 0;
+        let mut out = Vec::new();
+        let temp = check(number(dev, "temperature_gpu"), gpu, "t")
+            .expect("not lost")
+            .expect("read");
+        out.push(Observation::Temperature {
+            gpu,
+            celsius: temp as i32,
+            at,
+        });
+        let slowdown = check(number(dev, "temp_threshold_slowdown"), gpu, "t")
+            .expect("ok")
+            .expect("read");
+        assert_eq!(slowdown, 89);
+        out.push(Observation::SlowdownThreshold {
+            gpu,
+            celsius: slowdown as i32,
+        });
+        let reasons = check(fixture_value(dev, "throttle_reasons"), gpu, "r")
+            .expect("ok")
+            .expect("read");
+        let clocks = clock_events(gpu, throttle(&reasons), at);
+        assert!(
+            matches!(
+                clocks,
+                Observation::ClockEvents {
+                    slowdown: false,
+                    idle: true,
+                    ..
+                }
+            ),
+            "{clocks:?}"
+        );
+        out.push(clocks);
+        let rows = &dev["remapped_rows"];
+        out.push(Observation::RemappedRows {
+            gpu,
+            pending: rows["pending"] != 0,
+            failure: rows["failure"] != 0,
+            uncorrectable: rows["uncorrected"].as_u64().unwrap_or_default() as u32,
+            at,
+        });
+        if let Some(count) = check(number(dev, "ecc_uncorrected_volatile"), gpu, "ecc").expect("ok")
+        {
+            out.push(Observation::VolatileUncorrectableEcc { gpu, count, at });
+        }
+        for key in ["retired_pages_dbe", "pages_pending_retired"] {
+            assert_eq!(
+                check(number(dev, key), gpu, key),
+                Ok(None),
+                "{key}: NotSupported is no reading"
+            );
+        }
+        let (mut active, mut inactive) = (Vec::new(), Vec::new());
+        for (link, l) in dev["nvlinks"].as_array().expect("links").iter().enumerate() {
+            let state = match (&l["active"]["ok"], &l["active"]["err"]) {
+                (serde_json::Value::String(v), _) => Ok(v == "true"),
+                _ => Err(NvmlError::NotSupported),
+            };
+            match check(state, gpu, "nvlink").expect("ok") {
+                Some(true) => active.push(link as u32),
+                Some(false) => inactive.push(link as u32),
+                None => {}
+            }
+        }
+        out.push(Observation::NvLinks {
+            gpu,
+            active,
+            inactive,
+            at,
+        });
+        let width = check(number(dev, "pcie_link_width"), gpu, "w")
+            .expect("ok")
+            .expect("read") as u32;
+        let max_width = check(number(dev, "pcie_link_width_max"), gpu, "w")
+            .expect("ok")
+            .expect("read") as u32;
+        out.push(Observation::PcieLink {
+            gpu,
+            width,
+            max_width,
+            at,
+        });
+        let replays = check(number(dev, "pcie_replay_counter"), gpu, "r")
+            .expect("ok")
+            .expect("read");
+        out.push(Observation::PcieReplays {
+            gpu,
+            count: replays,
+            at,
+        });
+
+        let mut model = crate::gpu::health::HealthModel::new(crate::gpu::sim::identities(1));
+        model.apply_all(&out);
+        model.apply_all(&out); // a second sweep: counters are rates, not totals
+        let raised: Vec<_> = model
+            .conditions()
+            .into_iter()
+            .filter(|c| c.status != crate::problem::ConditionStatus::False)
+            .collect();
+        assert!(raised.is_empty(), "{raised:#?}");
+    }
 
     #[tokio::test]
     async fn a_missing_library_is_driver_not_ready_naming_the_path() {
