@@ -43,6 +43,12 @@ const SLOWDOWN_MIN_SAMPLES: usize = 6;
 const GOOD_READINGS_TO_CLEAR: u8 = 3;
 /// PCIe replays per slow reading (60 s by default) that count as a high rate.
 pub const PCIE_REPLAY_BUDGET: u64 = 100;
+/// Corrected ECC errors per slow reading that make a `CorrectedECCRateHigh` event.
+pub const CORRECTED_ECC_BUDGET: u64 = 1000;
+/// Retired pages (pre-Ampere) beyond which the GPU is due for replacement:
+/// the table holds 64; NVIDIA's guidance is to replace at 60+ or 15+ from double-bit errors.
+const RETIRED_PAGES_LIMIT: u32 = 60;
+const RETIRED_DBE_PAGES_LIMIT: u32 = 15;
 /// Slow readings in a row over a budget before a counter raises a condition.
 const SUSTAINED_READINGS: u8 = 3;
 /// Fabric registration may take this many (slow) readings after boot.
@@ -590,6 +596,52 @@ impl HealthModel {
                 }
             }
             Observation::GpuCount { counts, at } => self.gpu_count(*counts, *at),
+            Observation::RetiredPages {
+                gpu,
+                single_bit,
+                double_bit,
+                pending,
+                ..
+            } => {
+                if let Some(pos) = self.position(*gpu) {
+                    let g = &mut self.gpus[pos];
+                    let bad = pending.then(|| {
+                        fault(
+                            "PageRetirementPending",
+                            "page retirement pending (a GPU reset or driver reload applies it)",
+                            Classes::RESET.action(),
+                        )
+                    });
+                    g.reading(Slot::Reset, "retire-pending", bad);
+                    let total = single_bit + double_bit;
+                    if total >= RETIRED_PAGES_LIMIT || *double_bit >= RETIRED_DBE_PAGES_LIMIT {
+                        let evidence =
+                            format!("{total} pages retired ({double_bit} from double-bit errors)");
+                        g.set(
+                            Slot::Memory,
+                            fault("RetiredPagesExhausted", &evidence, Classes::MEMORY.action()),
+                        );
+                    }
+                }
+            }
+            Observation::CorrectedEcc { gpu, count, at } => {
+                if let Some(pos) = self.position(*gpu) {
+                    let g = &mut self.gpus[pos];
+                    let (delta, _) = g.counter("ecc-corrected", *count, CORRECTED_ECC_BUDGET);
+                    if delta > CORRECTED_ECC_BUDGET {
+                        let message = format!(
+                            "{}: {delta} corrected ECC errors since the last reading",
+                            g.id
+                        );
+                        let key = g.id.pci_bus_id.clone();
+                        self.emit(Severity::Warn, *at, "CorrectedECCRateHigh", &key, message);
+                    }
+                }
+            }
+            Observation::SourceDegraded { source, reason, at } => {
+                let message = format!("{source}: {reason}");
+                self.emit(Severity::Warn, *at, "GPUMonitorDegraded", source, message);
+            }
             Observation::PcieReplays { gpu, count, at } => {
                 if let Some(pos) = self.position(*gpu) {
                     let g = &mut self.gpus[pos];
@@ -2336,6 +2388,72 @@ mod tests {
                 .starts_with("nvswitch pci=0000:05:00: SXid 24007 (fatal)"),
             "{}",
             f.message
+        );
+    }
+
+    #[test]
+    fn retired_pages_corrected_ecc_and_a_degraded_source() {
+        let mut m = model();
+        let now = SystemTime::now();
+        let pages = |m: &mut HealthModel, single_bit, double_bit, pending| {
+            m.apply(&Observation::RetiredPages {
+                gpu: 0,
+                single_bit,
+                double_bit,
+                pending,
+                at: now,
+            })
+        };
+        pages(&mut m, 3, 1, true);
+        assert_eq!(
+            status_of(&m.conditions(), GPU_RESET_REQUIRED).reason,
+            "PageRetirementPending"
+        );
+        assert_eq!(
+            status_of(&m.conditions(), GPU_MEMORY_UNHEALTHY).status,
+            ConditionStatus::False
+        );
+        pages(&mut m, 3, 16, false);
+        assert_eq!(
+            status_of(&m.conditions(), GPU_MEMORY_UNHEALTHY).reason,
+            "RetiredPagesExhausted"
+        );
+
+        m.apply(&Observation::CorrectedEcc {
+            gpu: 1,
+            count: 10,
+            at: now,
+        });
+        m.apply(&Observation::CorrectedEcc {
+            gpu: 1,
+            count: 5_000,
+            at: now,
+        });
+        let reasons: Vec<String> = m
+            .snapshot()
+            .events
+            .iter()
+            .map(|(_, e)| e.reason.clone())
+            .collect();
+        assert!(
+            reasons.contains(&"CorrectedECCRateHigh".to_owned()),
+            "{reasons:?}"
+        );
+
+        m.apply(&Observation::SourceDegraded {
+            source: "kernel log".into(),
+            reason: "permission denied".into(),
+            at: now,
+        });
+        let last = m
+            .snapshot()
+            .events
+            .last()
+            .map(|(_, e)| e.clone())
+            .expect("event");
+        assert_eq!(
+            (last.reason.as_str(), last.message.as_str()),
+            ("GPUMonitorDegraded", "kernel log: permission denied")
         );
     }
 

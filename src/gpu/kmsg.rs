@@ -227,10 +227,18 @@ pub async fn run(options: KmsgOptions, tx: mpsc::Sender<Observation>, token: Can
     let file = match File::open(&options.path) {
         Ok(f) => f,
         Err(e) => {
-            tracing::error!(
-                path = %options.path.display(),
-                "cannot read the kernel log: {e}; XIDs that NVML does not report (79, 119, 120) will be missed"
+            let reason = format!(
+                "cannot read {}: {e}; XIDs that NVML does not report (79, 119, 120) will be missed (the container needs CAP_SYSLOG and /dev/kmsg)",
+                options.path.display()
             );
+            tracing::error!("{reason}");
+            let _ = tx
+                .send(Observation::SourceDegraded {
+                    source: "kernel log".into(),
+                    reason,
+                    at: SystemTime::now(),
+                })
+                .await;
             return;
         }
     };

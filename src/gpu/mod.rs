@@ -155,6 +155,27 @@ pub enum Observation {
     },
     /// How many GPUs each source sees.
     GpuCount { counts: GpuCounts, at: SystemTime },
+    /// Retired pages (pre-Ampere GPUs; Ampere and later remap rows instead).
+    RetiredPages {
+        gpu: u32,
+        single_bit: u32,
+        double_bit: u32,
+        pending: bool,
+        at: SystemTime,
+    },
+    /// Corrected ECC errors since the driver loaded (cumulative).
+    CorrectedEcc {
+        gpu: u32,
+        count: u64,
+        at: SystemTime,
+    },
+    /// A data source stopped working (kernel log unreadable, …); what it
+    /// would have seen is now missed.
+    SourceDegraded {
+        source: String,
+        reason: String,
+        at: SystemTime,
+    },
     /// PCIe replay counter (cumulative).
     PcieReplays {
         gpu: u32,
@@ -251,11 +272,14 @@ impl Observation {
             | Self::MemoryUsage { gpu, .. }
             | Self::Fabric { gpu, .. }
             | Self::PcieReplays { gpu, .. }
+            | Self::RetiredPages { gpu, .. }
+            | Self::CorrectedEcc { gpu, .. }
             | Self::NvlinkErrors { gpu, .. }
             | Self::InfoRom { gpu, .. }
             | Self::NvLinks { gpu, .. } => Some(*gpu),
             Self::KernelXid { .. }
             | Self::SXid { .. }
+            | Self::SourceDegraded { .. }
             | Self::GpuCount { .. }
             | Self::Thresholds { .. }
             | Self::DriverNotReady { .. }

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 use nvml_wrapper::bitmasks::device::ThrottleReasons;
 use nvml_wrapper::bitmasks::event::EventTypes;
 use nvml_wrapper::enum_wrappers::device::{
-    EccCounter, MemoryError, TemperatureSensor, TemperatureThreshold,
+    EccCounter, MemoryError, RetirementCause, TemperatureSensor, TemperatureThreshold,
 };
 use nvml_wrapper::enum_wrappers::nv_link::ErrorCounter;
 use nvml_wrapper::enums::device::SampleValue;
@@ -210,9 +210,9 @@ fn sweep(
         };
         let mut gpu_out = Vec::new();
         let lost = fast(h, &dev, gpu, at, in_flight, &mut gpu_out).is_err()
-            || (slow && self::slow(&dev, gpu, at, in_flight, &mut gpu_out).is_err())
+            || (slow && self::slow(h, &dev, gpu, at, in_flight, &mut gpu_out).is_err())
             || (depth == Depth::VerySlow
-                && very_slow(h, &dev, gpu, at, in_flight, &mut gpu_out).is_err());
+                && very_slow(&dev, gpu, at, in_flight, &mut gpu_out).is_err());
         if lost {
             out.push(Observation::Lost { gpu, at });
         } else {
@@ -334,6 +334,7 @@ fn recovery_value(sample: Result<FieldValueSample, NvmlError>) -> Option<u32> {
 }
 
 fn slow(
+    h: &Handles,
     dev: &Device<'_>,
     gpu: u32,
     at: SystemTime,
@@ -359,6 +360,54 @@ fn slow(
             max_width,
             at,
         });
+    }
+    mark(f, "nvmlDeviceGetTotalEccErrors(corrected)", Some(gpu));
+    if let Some(count) = check(
+        dev.total_ecc_errors(MemoryError::Corrected, EccCounter::Volatile),
+        gpu,
+        "corrected ECC",
+    )? {
+        out.push(Observation::CorrectedEcc { gpu, count, at });
+    }
+    // Pre-Ampere GPUs retire pages; later ones answer NotSupported (and remap rows).
+    mark(f, "nvmlDeviceGetRetiredPages", Some(gpu));
+    let single = check(
+        dev.retired_pages(RetirementCause::MultipleSingleBitEccErrors),
+        gpu,
+        "retired pages",
+    )?;
+    let double = check(
+        dev.retired_pages(RetirementCause::DoubleBitEccError),
+        gpu,
+        "retired pages",
+    )?;
+    mark(f, "nvmlDeviceGetRetiredPagesPendingStatus", Some(gpu));
+    let pending = check(
+        dev.are_pages_pending_retired(),
+        gpu,
+        "pages pending retirement",
+    )?;
+    if let (Some(single), Some(double)) = (single, double) {
+        out.push(Observation::RetiredPages {
+            gpu,
+            single_bit: u32::try_from(single.len()).unwrap_or(u32::MAX),
+            double_bit: u32::try_from(double.len()).unwrap_or(u32::MAX),
+            pending: pending.unwrap_or(false),
+            at,
+        });
+    }
+    if let Some(raw) = &h.raw {
+        mark(f, "nvmlDeviceGetGpuFabricInfo", Some(gpu));
+        if let Some(r) = raw.fabric_info(dev)
+            && let Some(info) = check(r, gpu, "fabric info")?
+        {
+            out.push(Observation::Fabric {
+                gpu,
+                state: info.state,
+                status: info.status,
+                at,
+            });
+        }
     }
     mark(f, "nvmlDeviceGetPcieReplayCounter", Some(gpu));
     if let Some(count) = check(dev.pcie_replay_counter(), gpu, "PCIe replays")? {
@@ -404,26 +453,12 @@ fn slow(
 }
 
 fn very_slow(
-    h: &Handles,
     dev: &Device<'_>,
     gpu: u32,
     at: SystemTime,
     f: &Shared,
     out: &mut Vec<Observation>,
 ) -> Result<(), ()> {
-    if let Some(raw) = &h.raw {
-        mark(f, "nvmlDeviceGetGpuFabricInfo", Some(gpu));
-        if let Some(r) = raw.fabric_info(dev)
-            && let Some(info) = check(r, gpu, "fabric info")?
-        {
-            out.push(Observation::Fabric {
-                gpu,
-                state: info.state,
-                status: info.status,
-                at,
-            });
-        }
-    }
     mark(f, "nvmlDeviceValidateInforom", Some(gpu));
     match dev.validate_info_rom() {
         Ok(()) => out.push(Observation::InfoRom {
