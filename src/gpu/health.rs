@@ -51,6 +51,10 @@ const RETIRED_PAGES_LIMIT: u32 = 60;
 const RETIRED_DBE_PAGES_LIMIT: u32 = 15;
 /// Slow readings in a row over a budget before a counter raises a condition.
 const SUSTAINED_READINGS: u8 = 3;
+/// A condition set this many times within [`FLAP_WINDOW`] is flapping…
+const FLAP_SETS: usize = 3;
+/// …and is then held True until it stays clear for this long.
+pub const FLAP_WINDOW: Duration = Duration::from_secs(600);
 /// Fabric registration may take this many (slow) readings after boot.
 const FABRIC_GRACE_READINGS: u8 = 3;
 /// More uncorrectable remapped rows than this: the bank budget is spent.
@@ -209,6 +213,12 @@ struct GpuState {
     fabric_pending: u8,
     /// Last value and consecutive over-budget readings, per counter.
     counters: HashMap<&'static str, (u64, u8)>,
+    /// Recent times each slot was set (flap guard).
+    set_times: HashMap<Slot, VecDeque<SystemTime>>,
+    /// Slots held True for flapping: until when, and whether a clear waits.
+    holds: HashMap<Slot, (SystemTime, bool)>,
+    /// Slots that just started flapping (the model sends one event each).
+    newly_flapping: Vec<Slot>,
 }
 
 /// What the plugin publishes after every change.
@@ -277,6 +287,9 @@ impl GpuState {
             nvlink_baseline: None,
             fabric_pending: 0,
             counters: HashMap::new(),
+            set_times: HashMap::new(),
+            holds: HashMap::new(),
+            newly_flapping: Vec::new(),
         }
     }
 
@@ -295,20 +308,84 @@ impl GpuState {
         (delta, entry.1)
     }
 
-    fn set(&mut self, slot: Slot, fault: Fault) {
-        self.faults.entry(slot).or_insert(fault);
+    /// Sets `slot` unless already set (the first evidence stays). Returns
+    /// true when it was just set.
+    fn set(&mut self, slot: Slot, fault: Fault, now: SystemTime) -> bool {
+        if self.faults.contains_key(&slot) {
+            return false;
+        }
+        self.faults.insert(slot, fault);
+        self.note_set(slot, now);
+        true
+    }
+
+    /// Flap guard: a slot set [`FLAP_SETS`] times within [`FLAP_WINDOW`] is
+    /// held True until it has stayed clear for a whole window.
+    fn note_set(&mut self, slot: Slot, now: SystemTime) {
+        let times = self.set_times.entry(slot).or_default();
+        times.push_back(now);
+        while times
+            .front()
+            .is_some_and(|t| now.duration_since(*t).unwrap_or_default() > FLAP_WINDOW)
+        {
+            times.pop_front();
+        }
+        let flapping = times.len() >= FLAP_SETS;
+        match self.holds.get_mut(&slot) {
+            Some(hold) => *hold = (now + FLAP_WINDOW, false),
+            None if flapping => {
+                self.holds.insert(slot, (now + FLAP_WINDOW, false));
+                self.newly_flapping.push(slot);
+            }
+            None => {}
+        }
+    }
+
+    /// Clears `slot` unless the flap guard holds it (then the clear waits for
+    /// the hold to end). Returns true when it cleared.
+    fn clear(&mut self, slot: Slot, now: SystemTime) -> bool {
+        if let Some(hold) = self.holds.get_mut(&slot)
+            && now < hold.0
+        {
+            hold.1 = self.faults.contains_key(&slot);
+            return false;
+        }
+        self.holds.remove(&slot);
+        self.faults.remove(&slot).is_some()
+    }
+
+    /// Ends holds that expired; applies the clears they delayed.
+    fn release_holds(&mut self, now: SystemTime) -> bool {
+        let expired: Vec<(Slot, bool)> = self
+            .holds
+            .iter()
+            .filter(|(_, (until, _))| now >= *until)
+            .map(|(slot, (_, pending))| (*slot, *pending))
+            .collect();
+        let mut changed = false;
+        for (slot, pending) in expired {
+            self.holds.remove(&slot);
+            if pending {
+                changed |= self.faults.remove(&slot).is_some();
+            }
+        }
+        changed
     }
 
     /// A reading-based fault: set at once when bad; cleared after
     /// [`GOOD_READINGS_TO_CLEAR`] good readings in a row. Returns true when it was just set.
-    fn reading(&mut self, slot: Slot, key: &'static str, bad: Option<Fault>) -> bool {
+    fn reading(
+        &mut self,
+        slot: Slot,
+        key: &'static str,
+        bad: Option<Fault>,
+        now: SystemTime,
+    ) -> bool {
         match bad {
             Some(mut f) => {
                 self.good_readings.insert(key, 0);
                 f.source = Source::Reading(key);
-                let new = !self.faults.contains_key(&slot);
-                self.faults.entry(slot).or_insert(f);
-                new
+                self.set(slot, f, now)
             }
             None => {
                 let held =
@@ -317,7 +394,7 @@ impl GpuState {
                     let good = self.good_readings.entry(key).or_insert(0);
                     *good += 1;
                     if *good >= GOOD_READINGS_TO_CLEAR {
-                        self.faults.remove(&slot);
+                        self.clear(slot, now);
                         self.good_readings.remove(key);
                     }
                 }
@@ -402,11 +479,13 @@ impl HealthModel {
         let events_before = self.next_seq;
         for obs in batch {
             self.apply_one(obs);
+            self.report_flapping(obs.at().unwrap_or_else(SystemTime::now));
         }
         self.next_seq != events_before || self.conditions() != before
     }
 
     fn apply_one(&mut self, obs: &Observation) {
+        let now = obs.at().unwrap_or_else(SystemTime::now);
         match obs {
             Observation::DriverNotReady { reason, at } => self.driver_not_ready(reason, *at),
             Observation::DriverReady { gpus, version, at } => self.driver_ready(gpus, version, *at),
@@ -495,6 +574,7 @@ impl HealthModel {
                     g.set(
                         Slot::Lost,
                         fault("GPUNotResponding", "the driver reports GPU_IS_LOST", action),
+                        now,
                     );
                     let message = format!(
                         "{}: GPU stopped answering (GPU_IS_LOST); action: {action}",
@@ -548,7 +628,7 @@ impl HealthModel {
                             Classes::RESET.action(),
                         )
                     });
-                    self.gpus[pos].reading(Slot::Reset, "ecc", bad);
+                    self.gpus[pos].reading(Slot::Reset, "ecc", bad, now);
                 }
             }
             Observation::PcieLink {
@@ -565,7 +645,7 @@ impl HealthModel {
                             "reseat or inspect the GPU and its riser; check the slot",
                         )
                     });
-                    self.gpus[pos].reading(Slot::Pcie, "pcie-width", bad);
+                    self.gpus[pos].reading(Slot::Pcie, "pcie-width", bad, now);
                 }
             }
             Observation::NvLinks {
@@ -592,7 +672,7 @@ impl HealthModel {
                             Classes::NVLINK_DOWN.action(),
                         )
                     });
-                    g.reading(Slot::NvlinkDown, "nvlink", bad);
+                    g.reading(Slot::NvlinkDown, "nvlink", bad, now);
                 }
             }
             Observation::GpuCount { counts, at } => self.gpu_count(*counts, *at),
@@ -612,7 +692,7 @@ impl HealthModel {
                             Classes::RESET.action(),
                         )
                     });
-                    g.reading(Slot::Reset, "retire-pending", bad);
+                    g.reading(Slot::Reset, "retire-pending", bad, now);
                     let total = single_bit + double_bit;
                     if total >= RETIRED_PAGES_LIMIT || *double_bit >= RETIRED_DBE_PAGES_LIMIT {
                         let evidence =
@@ -620,6 +700,7 @@ impl HealthModel {
                         g.set(
                             Slot::Memory,
                             fault("RetiredPagesExhausted", &evidence, Classes::MEMORY.action()),
+                            now,
                         );
                     }
                 }
@@ -653,7 +734,7 @@ impl HealthModel {
                             "reseat or inspect the GPU and its riser; check the slot",
                         )
                     });
-                    g.reading(Slot::Pcie, "pcie-replay", bad);
+                    g.reading(Slot::Pcie, "pcie-replay", bad, now);
                     if delta > PCIE_REPLAY_BUDGET {
                         let message =
                             format!("{}: {delta} PCIe replays since the last reading", g.id);
@@ -673,7 +754,7 @@ impl HealthModel {
                             Classes::NVLINK_DEGRADED.action(),
                         )
                     });
-                    g.reading(Slot::NvlinkDegraded, "nvlink-errors", bad);
+                    g.reading(Slot::NvlinkDegraded, "nvlink-errors", bad, now);
                     if delta > 0 {
                         let message = format!(
                             "{}: {delta} new NVLink errors (replay, recovery, CRC)",
@@ -688,7 +769,7 @@ impl HealthModel {
                 gpu, state, status, ..
             } => {
                 if let Some(pos) = self.position(*gpu) {
-                    self.fabric(pos, *state, *status);
+                    self.fabric(pos, *state, *status, now);
                 }
             }
             Observation::InfoRom { gpu, valid, .. } => {
@@ -700,7 +781,7 @@ impl HealthModel {
                         "InfoROM checksum validation failed",
                         Classes::HARDWARE.action(),
                     );
-                    self.gpus[pos].set(Slot::Hardware, f);
+                    self.gpus[pos].set(Slot::Hardware, f, now);
                 }
             }
             Observation::Thresholds {
@@ -816,7 +897,7 @@ impl HealthModel {
             (Classes::NVLINK_DEGRADED, Slot::NvlinkDegraded),
         ] {
             if info.classes.contains(class) {
-                g.set(slot, fault(&reason, &evidence(&info), action));
+                g.set(slot, fault(&reason, &evidence(&info), action), at);
             }
         }
         if replay {
@@ -842,7 +923,15 @@ impl HealthModel {
         }
         let old = std::mem::replace(&mut g.recovery, action);
         // Faults the previous action raised go; the new action raises its own.
-        g.faults.retain(|_, f| f.source != Source::Recovery);
+        let raised: Vec<Slot> = g
+            .faults
+            .iter()
+            .filter(|(_, f)| f.source == Source::Recovery)
+            .map(|(slot, _)| *slot)
+            .collect();
+        for slot in raised {
+            g.clear(slot, at);
+        }
         let name = recovery_action_name(action);
         let evidence = format!("driver recovery action: {name}");
         let slot = match action {
@@ -968,7 +1057,7 @@ impl HealthModel {
                 Classes::RESET.action(),
             )
         });
-        let newly_pending = g.reading(Slot::Reset, "remap-pending", bad);
+        let newly_pending = g.reading(Slot::Reset, "remap-pending", bad, at);
         if failure {
             g.set(
                 Slot::Memory,
@@ -977,6 +1066,7 @@ impl HealthModel {
                     "row remapping failed",
                     Classes::MEMORY.action(),
                 ),
+                at,
             );
         } else if uncorrectable >= REMAPPED_ROWS_BUDGET {
             let evidence = format!(
@@ -985,6 +1075,7 @@ impl HealthModel {
             g.set(
                 Slot::Memory,
                 fault("RemappedRowsExhausted", &evidence, Classes::MEMORY.action()),
+                at,
             );
         }
         if newly_pending {
@@ -996,7 +1087,7 @@ impl HealthModel {
 
     /// GPUFabricNotReady: registration failed, or still not complete after
     /// [`FABRIC_GRACE_READINGS`] readings (a fresh boot registers within a few).
-    fn fabric(&mut self, pos: usize, state: u32, status: u32) {
+    fn fabric(&mut self, pos: usize, state: u32, status: u32, now: SystemTime) {
         const NOT_SUPPORTED: u32 = 0;
         const COMPLETED: u32 = 3;
         let g = &mut self.gpus[pos];
@@ -1032,7 +1123,7 @@ impl HealthModel {
                 })
             }
         };
-        g.reading(Slot::Fabric, "fabric", bad);
+        g.reading(Slot::Fabric, "fabric", bad, now);
     }
 
     /// GPUMissing: NVML sees fewer GPUs than the most any source says exist.
@@ -1064,7 +1155,15 @@ impl HealthModel {
     fn reset(&mut self, pos: usize, at: SystemTime) {
         let g = &mut self.gpus[pos];
         let before = g.faults.len();
-        g.faults.retain(|slot, _| !slot.cleared_by_reset());
+        let clearable: Vec<Slot> = g
+            .faults
+            .keys()
+            .copied()
+            .filter(|slot| slot.cleared_by_reset())
+            .collect();
+        for slot in clearable {
+            g.clear(slot, at);
+        }
         g.recovery = 0;
         if g.faults.len() != before {
             let message = format!(
@@ -1183,9 +1282,36 @@ impl HealthModel {
         }
     }
 
-    /// Ends windows older than [`EVENT_WINDOW`] at `now`: each that counted
-    /// repeats sends one summary event. Returns whether any was sent.
+    /// One `GPUConditionFlapping` event per slot that just started flapping.
+    fn report_flapping(&mut self, at: SystemTime) {
+        let mut found = Vec::new();
+        for g in &mut self.gpus {
+            for slot in g.newly_flapping.drain(..) {
+                found.push(format!(
+                    "{}: {} set {FLAP_SETS} times within {} min; held True until it stays clear that long",
+                    g.id,
+                    slot.condition_type(),
+                    FLAP_WINDOW.as_secs() / 60
+                ));
+            }
+        }
+        for message in found {
+            self.emit(Severity::Warn, at, "GPUConditionFlapping", "", message);
+        }
+    }
+
+    /// Time-driven work at `now`: ends event windows older than
+    /// [`EVENT_WINDOW`] (each that counted repeats sends one summary) and
+    /// flap-guard holds that expired. Returns whether anything changed.
     pub fn flush(&mut self, now: SystemTime) -> bool {
+        let mut released = false;
+        for g in &mut self.gpus {
+            released |= g.release_holds(now);
+        }
+        self.flush_events(now) || released
+    }
+
+    fn flush_events(&mut self, now: SystemTime) -> bool {
         let mut due: Vec<(String, Burst)> = Vec::new();
         self.bursts.retain(|k, b| {
             if now.duration_since(b.since).unwrap_or_default() < EVENT_WINDOW {
@@ -2454,6 +2580,59 @@ mod tests {
         assert_eq!(
             (last.reason.as_str(), last.message.as_str()),
             ("GPUMonitorDegraded", "kernel log: permission denied")
+        );
+    }
+
+    #[test]
+    fn a_flapping_condition_is_held_true_until_it_stays_clear() {
+        let mut m = model();
+        let t0 = SystemTime::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let width = |m: &mut HealthModel, w, t| {
+            m.apply(&Observation::PcieLink {
+                gpu: 5,
+                width: w,
+                max_width: 16,
+                at: t,
+            })
+        };
+        let status = |m: &HealthModel| status_of(&m.conditions(), GPU_PCIE_LINK_DEGRADED).status;
+        let mut t = 0;
+        for round in 0..3 {
+            width(&mut m, 8, at(t));
+            t += 10;
+            for _ in 0..3 {
+                width(&mut m, 16, at(t));
+                t += 10;
+            }
+            if round < 2 {
+                assert_eq!(
+                    status(&m),
+                    ConditionStatus::False,
+                    "round {round}: clears normally"
+                );
+            }
+        }
+        // Third set within 10 min: flapping, and the clear is held back.
+        assert_eq!(status(&m), ConditionStatus::True);
+        let flaps: Vec<_> = m
+            .snapshot()
+            .events
+            .into_iter()
+            .filter(|(_, e)| e.reason == "GPUConditionFlapping")
+            .collect();
+        assert_eq!(flaps.len(), 1);
+        assert!(
+            flaps[0].1.message.contains("gpu=5 ")
+                && flaps[0].1.message.contains("GPUPCIeLinkDegraded")
+        );
+        assert!(!m.flush(at(t + 60)), "still inside the hold");
+        assert_eq!(status(&m), ConditionStatus::True);
+        assert!(m.flush(at(t + FLAP_WINDOW.as_secs() + 1)));
+        assert_eq!(
+            status(&m),
+            ConditionStatus::False,
+            "clear once the hold ends"
         );
     }
 

@@ -256,6 +256,38 @@ pub enum Observation {
 }
 
 impl Observation {
+    /// When it was seen (`None` for settings, which have no time).
+    pub fn at(&self) -> Option<SystemTime> {
+        match self {
+            Self::DriverNotReady { at, .. }
+            | Self::DriverReady { at, .. }
+            | Self::Unresponsive { at, .. }
+            | Self::Responsive { at, .. }
+            | Self::ClockEvents { at, .. }
+            | Self::RemappedRows { at, .. }
+            | Self::VolatileUncorrectableEcc { at, .. }
+            | Self::PcieLink { at, .. }
+            | Self::NvLinks { at, .. }
+            | Self::GpuCount { at, .. }
+            | Self::RetiredPages { at, .. }
+            | Self::CorrectedEcc { at, .. }
+            | Self::SourceDegraded { at, .. }
+            | Self::PcieReplays { at, .. }
+            | Self::NvlinkErrors { at, .. }
+            | Self::Fabric { at, .. }
+            | Self::InfoRom { at, .. }
+            | Self::MemoryUsage { at, .. }
+            | Self::Xid { at, .. }
+            | Self::KernelXid { at, .. }
+            | Self::SXid { at, .. }
+            | Self::RecoveryAction { at, .. }
+            | Self::Lost { at, .. }
+            | Self::Temperature { at, .. }
+            | Self::Reset { at, .. } => Some(*at),
+            Self::SlowdownThreshold { .. } | Self::Thresholds { .. } => None,
+        }
+    }
+
     /// The GPU this is about, or `None` for the driver as a whole.
     pub fn gpu(&self) -> Option<u32> {
         match self {
