@@ -224,31 +224,19 @@ pub struct KmsgOptions {
 
 /// Reads records until `token` is cancelled, sending what the driver said.
 pub async fn run(options: KmsgOptions, tx: mpsc::Sender<Observation>, token: CancellationToken) {
-    let file = match File::open(&options.path) {
-        Ok(f) => f,
-        Err(e) => {
-            let reason = format!(
-                "cannot read {}: {e}; XIDs that NVML does not report (79, 119, 120) will be missed (the container needs CAP_SYSLOG and /dev/kmsg)",
-                options.path.display()
-            );
-            tracing::error!("{reason}");
-            let _ = tx
-                .send(Observation::SourceDegraded {
-                    source: "kernel log".into(),
-                    reason,
-                    at: SystemTime::now(),
-                })
-                .await;
-            return;
-        }
-    };
-    let (rec_tx, mut rec_rx) = mpsc::channel::<Record>(1024);
+    // Opening (a FIFO blocks until a writer comes) and reading block: they
+    // get a thread of their own, which ends with the process or at the first
+    // record after the receiver is gone.
+    let (rec_tx, mut rec_rx) = mpsc::channel::<Result<Record, String>>(1024);
     let path = options.path.clone();
-    // Reads block; they get a thread of their own, which ends with the process
-    // or at the first record after the receiver is gone.
     let spawned = std::thread::Builder::new()
         .name("kmsg".into())
-        .spawn(move || read_records(&path, file, &rec_tx));
+        .spawn(move || match File::open(&path) {
+            Ok(file) => read_records(&path, file, &rec_tx),
+            Err(e) => {
+                let _ = rec_tx.blocking_send(Err(e.to_string()));
+            }
+        });
     if let Err(e) = spawned {
         tracing::error!("cannot start the kernel log reader: {e}");
         return;
@@ -260,6 +248,24 @@ pub async fn run(options: KmsgOptions, tx: mpsc::Sender<Observation>, token: Can
         let record = tokio::select! {
             r = rec_rx.recv() => match r { Some(r) => r, None => break },
             () = token.cancelled() => break,
+        };
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                let reason = format!(
+                    "cannot read {}: {e}; XIDs that NVML does not report (79, 119, 120) will be missed (the container needs CAP_SYSLOG and /dev/kmsg)",
+                    options.path.display()
+                );
+                tracing::error!("{reason}");
+                let _ = tx
+                    .send(Observation::SourceDegraded {
+                        source: "kernel log".into(),
+                        reason,
+                        at: SystemTime::now(),
+                    })
+                    .await;
+                break;
+            }
         };
         // Records handled before a restart rebuild the state (a GPU that
         // needed a reset still does) but are not reported again.
@@ -326,7 +332,7 @@ fn save(options: &KmsgOptions, position: &Position, unsaved: &mut u32) {
 
 /// The blocking read loop: one record per read on `/dev/kmsg`, one per line
 /// elsewhere (a regular file is followed like `tail -f`).
-fn read_records(path: &Path, file: File, tx: &mpsc::Sender<Record>) {
+fn read_records(path: &Path, file: File, tx: &mpsc::Sender<Result<Record, String>>) {
     let is_kmsg = file
         .metadata()
         .is_ok_and(|m| m.file_type().is_char_device());
@@ -340,7 +346,7 @@ fn read_records(path: &Path, file: File, tx: &mpsc::Sender<Record>) {
                     let text = String::from_utf8_lossy(&buf[..n]);
                     // The first line is the record; " KEY=value" lines follow.
                     if let Some(r) = text.lines().next().and_then(parse_record)
-                        && tx.blocking_send(r).is_err()
+                        && tx.blocking_send(Ok(r)).is_err()
                     {
                         return;
                     }
@@ -369,7 +375,7 @@ fn read_records(path: &Path, file: File, tx: &mpsc::Sender<Record>) {
             }
             Ok(_) => {
                 if let Some(r) = parse_record(&line)
-                    && tx.blocking_send(r).is_err()
+                    && tx.blocking_send(Ok(r)).is_err()
                 {
                     return;
                 }
@@ -597,6 +603,63 @@ mod tests {
             ..options
         });
         assert_eq!(next_xid(&mut rx).await.0, 79);
+        token.cancel();
+        task.await.expect("stops");
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_log_is_reported_not_ignored() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let options = KmsgOptions {
+            path: PathBuf::from("/nonexistent/kmsg"),
+            state_dir: None,
+            boot_id: "b".into(),
+        };
+        run(options, tx, CancellationToken::new()).await;
+        match rx.recv().await {
+            Some(Observation::SourceDegraded { source, reason, .. }) => {
+                assert_eq!(source, "kernel log");
+                assert!(
+                    reason.contains("/nonexistent/kmsg") && reason.contains("will be missed"),
+                    "{reason}"
+                );
+            }
+            other => panic!("expected SourceDegraded, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn reads_records_from_a_fifo() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("kmsg.fifo");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .expect("mkfifo runs");
+        assert!(made.success());
+        // Opening a FIFO for reading blocks until a writer comes: write first.
+        let writer_path = fifo.clone();
+        let writer = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut w = std::fs::OpenOptions::new()
+                .write(true)
+                .open(writer_path)
+                .expect("open fifo");
+            writeln!(w, "4,7,700,-;NVRM: Xid (PCI:0000:9d:00): 119, Timeout after 6s of waiting for RPC response").expect("write");
+        });
+        let (tx, mut rx) = mpsc::channel(16);
+        let token = CancellationToken::new();
+        let options = KmsgOptions {
+            path: fifo,
+            state_dir: None,
+            boot_id: "b".into(),
+        };
+        let task = tokio::spawn(run(options, tx, token.clone()));
+        assert_eq!(
+            next_xid(&mut rx).await,
+            (119, PciAddr::parse("0000:9d:00").expect("pci"))
+        );
+        writer.join().expect("writer");
         token.cancel();
         task.await.expect("stops");
     }
