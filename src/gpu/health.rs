@@ -522,6 +522,16 @@ impl HealthModel {
                 let pos = self.position_for_pci(*pci);
                 self.xid(pos, *xid, Some(detail), *at, *replay);
             }
+            Observation::KernelGpuInit { pci, at, replay } => {
+                // Only a GPU we know: an init line for a new address is just a driver load.
+                if let Some(pos) = self
+                    .gpus
+                    .iter()
+                    .position(|g| PciAddr::parse(&g.id.pci_bus_id) == Some(*pci))
+                {
+                    self.reset_seen(pos, *at, *replay);
+                }
+            }
             Observation::SXid {
                 pci,
                 sxid,
@@ -619,8 +629,15 @@ impl HealthModel {
                     self.remapped_rows(pos, *pending, *failure, *uncorrectable, *at);
                 }
             }
-            Observation::VolatileUncorrectableEcc { gpu, count, .. } => {
+            Observation::VolatileUncorrectableEcc { gpu, count, at } => {
                 if let Some(pos) = self.position(*gpu) {
+                    // Volatile counters only go down when the driver
+                    // reinitialises the GPU: a reset happened.
+                    let before = self.gpus[pos].counters.get("ecc-volatile").map(|(v, _)| *v);
+                    self.gpus[pos].counter("ecc-volatile", *count, u64::MAX);
+                    if before.is_some_and(|b| *count < b) {
+                        self.reset_seen(pos, *at, false);
+                    }
                     let bad = (*count > 0).then(|| {
                         fault(
                             "VolatileUncorrectableECC",
@@ -1148,6 +1165,26 @@ impl HealthModel {
         });
         if !was && let Some(m) = self.missing.clone() {
             self.emit(Severity::Warn, at, GPU_MISSING, "", m);
+        }
+    }
+
+    /// Evidence of a reset from the driver itself (kernel init line, counters
+    /// back to zero); a replayed one only rebuilds state.
+    fn reset_seen(&mut self, pos: usize, at: SystemTime, replay: bool) {
+        if replay {
+            let g = &mut self.gpus[pos];
+            let clearable: Vec<Slot> = g
+                .faults
+                .keys()
+                .copied()
+                .filter(|s| s.cleared_by_reset())
+                .collect();
+            for slot in clearable {
+                g.clear(slot, at);
+            }
+            g.recovery = 0;
+        } else {
+            self.reset(pos, at);
         }
     }
 
@@ -2633,6 +2670,64 @@ mod tests {
             status(&m),
             ConditionStatus::False,
             "clear once the hold ends"
+        );
+    }
+
+    #[test]
+    fn the_driver_reinitialising_a_gpu_is_reset_evidence() {
+        let now = SystemTime::now();
+        let pci = PciAddr::parse("0000:61:00").expect("GPU 3 of the sim");
+        let xid = |replay| Observation::KernelXid {
+            pci,
+            xid: 48,
+            detail: String::new(),
+            at: now,
+            replay,
+        };
+        let init = |replay| Observation::KernelGpuInit {
+            pci,
+            at: now,
+            replay,
+        };
+        let reset_status = |m: &HealthModel| status_of(&m.conditions(), GPU_RESET_REQUIRED).status;
+
+        let mut m = model();
+        m.apply(&xid(false));
+        assert_eq!(reset_status(&m), ConditionStatus::True);
+        m.apply(&init(false));
+        assert_eq!(reset_status(&m), ConditionStatus::False);
+        assert_eq!(
+            m.snapshot().events.last().map(|(_, e)| e.reason.clone()),
+            Some(REASON_RECOVERED.to_owned())
+        );
+
+        // After a monitor restart the whole story replays, quietly, to the same end.
+        let mut m = model();
+        m.apply(&xid(true));
+        m.apply(&init(true));
+        assert_eq!(reset_status(&m), ConditionStatus::False);
+        assert!(m.snapshot().events.is_empty());
+
+        // Volatile ECC counters going back to zero: the driver reset the GPU.
+        let mut m = model();
+        let ecc = |count| Observation::VolatileUncorrectableEcc {
+            gpu: 3,
+            count,
+            at: now,
+        };
+        m.apply(&ecc(0));
+        m.apply(&Observation::Xid {
+            gpu: 3,
+            xid: 48,
+            at: now,
+        });
+        m.apply(&ecc(2));
+        assert_eq!(reset_status(&m), ConditionStatus::True);
+        m.apply(&ecc(0));
+        assert_eq!(
+            reset_status(&m),
+            ConditionStatus::False,
+            "XID 48 cleared by the counters' reset"
         );
     }
 

@@ -100,6 +100,10 @@ pub enum KernelLine {
     /// `NVRM: GPU 0000:61:00.0: GPU has fallen off the bus.` or the
     /// multi-line "The NVIDIA GPU … has fallen off the bus" record.
     FellOffBus { pci: PciAddr },
+    /// `NVRM: GPU at PCI:0000:61:00: GPU-<uuid>`: the driver (re)initialised
+    /// the GPU, at load or after a reset — evidence that reset-class faults
+    /// logged before it are gone.
+    GpuInit { pci: PciAddr },
     /// `nvidia-nvswitch3: SXid (PCI:0000:05:00.0): 12028, Non-fatal, Link 46 <text>`
     SXid {
         pci: PciAddr,
@@ -142,6 +146,14 @@ pub fn parse_line(text: &str) -> Option<KernelLine> {
             pci: PciAddr::parse(addr)?,
             xid,
             detail,
+        });
+    }
+    if let Some(rest) = nvrm.strip_prefix("GPU at PCI:")
+        && let Some((addr, uuid)) = rest.split_once(": ")
+        && uuid.trim_start().starts_with("GPU-")
+    {
+        return Some(KernelLine::GpuInit {
+            pci: PciAddr::parse(addr)?,
         });
     }
     if nvrm.contains("fallen off the bus") {
@@ -291,6 +303,7 @@ pub async fn run(options: KmsgOptions, tx: mpsc::Sender<Observation>, token: Can
                     at,
                     replay,
                 },
+                KernelLine::GpuInit { pci } => Observation::KernelGpuInit { pci, at, replay },
                 KernelLine::SXid {
                     pci,
                     sxid,
@@ -450,6 +463,20 @@ mod tests {
             panic!("XID 154 not parsed")
         };
         assert!(detail.contains("Node Reboot Required"));
+    }
+
+    #[test]
+    fn gpu_initialisation_lines() {
+        assert_eq!(
+            parse_line("NVRM: GPU at PCI:0000:61:00: GPU-d17bcf75-059f-700d-b693-ce78e3a3d619"),
+            Some(KernelLine::GpuInit {
+                pci: pci("0000:61:00")
+            })
+        );
+        assert_eq!(
+            parse_line("NVRM: GPU at PCI:0000:61:00: something else"),
+            None
+        );
     }
 
     #[test]

@@ -228,6 +228,12 @@ pub enum Observation {
         /// Read again after a restart: rebuilds state, sends no event.
         replay: bool,
     },
+    /// The kernel log says the driver (re)initialised the GPU at `pci`.
+    KernelGpuInit {
+        pci: kmsg::PciAddr,
+        at: SystemTime,
+        replay: bool,
+    },
     /// An NVSwitch error from the kernel log (`SXid`), named by the switch's PCI address.
     SXid {
         pci: kmsg::PciAddr,
@@ -280,6 +286,7 @@ impl Observation {
             | Self::Xid { at, .. }
             | Self::KernelXid { at, .. }
             | Self::SXid { at, .. }
+            | Self::KernelGpuInit { at, .. }
             | Self::RecoveryAction { at, .. }
             | Self::Lost { at, .. }
             | Self::Temperature { at, .. }
@@ -311,6 +318,7 @@ impl Observation {
             | Self::NvLinks { gpu, .. } => Some(*gpu),
             Self::KernelXid { .. }
             | Self::SXid { .. }
+            | Self::KernelGpuInit { .. }
             | Self::SourceDegraded { .. }
             | Self::GpuCount { .. }
             | Self::Thresholds { .. }
