@@ -199,6 +199,8 @@ struct GpuState {
     /// Temperature when throttling began (kept out of the live reading so
     /// the condition message does not churn with every degree).
     throttled_at: Option<i32>,
+    /// Thermal margin (°C) when it reached zero, while it stays low.
+    margin_at: Option<i32>,
     /// The driver's recovery action (NVML field 230 / XID 154), 0 = none.
     recovery: u32,
     /// Recent clock-event samples: slowdown active or not (idle samples skipped).
@@ -280,6 +282,7 @@ impl GpuState {
             slowdown: DEFAULT_SLOWDOWN_CELSIUS,
             faults: BTreeMap::new(),
             throttled_at: None,
+            margin_at: None,
             recovery: 0,
             slowdown_samples: VecDeque::new(),
             slowdown_throttling: false,
@@ -596,6 +599,35 @@ impl HealthModel {
             Observation::Temperature { gpu, celsius, at } => {
                 if let Some(pos) = self.position(*gpu) {
                     self.temperature(pos, *celsius, *at);
+                }
+            }
+            Observation::MarginTemperature { gpu, celsius, at } => {
+                if let Some(pos) = self.position(*gpu) {
+                    let g = &mut self.gpus[pos];
+                    let was = g.margin_at.is_some();
+                    let hot = if was {
+                        *celsius < THERMAL_HYSTERESIS_CELSIUS
+                    } else {
+                        *celsius <= 0
+                    };
+                    if hot != was {
+                        g.margin_at = hot.then_some(*celsius);
+                        let (severity, reason, what) = if hot {
+                            (
+                                Severity::Warn,
+                                "ThermalThrottlingStarted",
+                                format!("thermal margin {celsius} °C"),
+                            )
+                        } else {
+                            (
+                                Severity::Info,
+                                "ThermalThrottlingStopped",
+                                format!("thermal margin back to {celsius} °C"),
+                            )
+                        };
+                        let message = format!("{}: {what}", g.id);
+                        self.emit(severity, *at, reason, "", message);
+                    }
                 }
             }
             Observation::SlowdownThreshold { gpu, celsius } => {
@@ -1529,19 +1561,21 @@ impl HealthModel {
         let hot: Vec<(&GpuState, String)> = self
             .gpus
             .iter()
-            .filter_map(|g| match (g.throttled_at, g.slowdown_throttling) {
-                (Some(t), _) => Some((
-                    g,
-                    format!(
+            .filter_map(|g| {
+                let what = match (g.throttled_at, g.margin_at, g.slowdown_throttling) {
+                    (Some(t), _, _) => format!(
                         "reached {t} °C, slowdown is {} °C",
                         self.temperature_threshold.unwrap_or(g.slowdown)
                     ),
-                )),
-                (None, true) => Some((
-                    g,
-                    "hardware or thermal slowdown active in most of the last 10 min".to_owned(),
-                )),
-                (None, false) => None,
+                    (None, Some(m), _) => {
+                        format!("thermal margin {m} °C (at or past the slowdown point)")
+                    }
+                    (None, None, true) => {
+                        "hardware or thermal slowdown active in most of the last 10 min".to_owned()
+                    }
+                    (None, None, false) => return None,
+                };
+                Some((g, what))
             })
             .collect();
         if hot.is_empty() {
@@ -2729,6 +2763,33 @@ mod tests {
             ConditionStatus::False,
             "XID 48 cleared by the counters' reset"
         );
+    }
+
+    #[test]
+    fn no_thermal_margin_left_is_throttling() {
+        let mut m = model();
+        let now = SystemTime::now();
+        let margin = |m: &mut HealthModel, c| {
+            m.apply(&Observation::MarginTemperature {
+                gpu: 4,
+                celsius: c,
+                at: now,
+            })
+        };
+        let status = |m: &HealthModel| status_of(&m.conditions(), GPU_THERMAL_THROTTLING).status;
+        margin(&mut m, 12);
+        assert_eq!(status(&m), ConditionStatus::False);
+        margin(&mut m, 0);
+        assert_eq!(status(&m), ConditionStatus::True);
+        assert!(
+            status_of(&m.conditions(), GPU_THERMAL_THROTTLING)
+                .message
+                .contains("thermal margin 0 °C")
+        );
+        margin(&mut m, 3);
+        assert_eq!(status(&m), ConditionStatus::True, "hysteresis");
+        margin(&mut m, 6);
+        assert_eq!(status(&m), ConditionStatus::False);
     }
 
     #[test]

@@ -114,6 +114,12 @@ pub enum Observation {
     },
     /// Driver calls return in time again.
     Responsive { at: SystemTime },
+    /// Degrees left before the GPU slows down (≤ 0: at or past it).
+    MarginTemperature {
+        gpu: u32,
+        celsius: i32,
+        at: SystemTime,
+    },
     /// The GPU's own slowdown temperature, °C.
     SlowdownThreshold { gpu: u32, celsius: i32 },
     /// One clock-event sample: hardware, thermal or power-brake slowdown
@@ -287,6 +293,7 @@ impl Observation {
             | Self::KernelXid { at, .. }
             | Self::SXid { at, .. }
             | Self::KernelGpuInit { at, .. }
+            | Self::MarginTemperature { at, .. }
             | Self::RecoveryAction { at, .. }
             | Self::Lost { at, .. }
             | Self::Temperature { at, .. }
@@ -309,6 +316,7 @@ impl Observation {
             | Self::VolatileUncorrectableEcc { gpu, .. }
             | Self::PcieLink { gpu, .. }
             | Self::MemoryUsage { gpu, .. }
+            | Self::MarginTemperature { gpu, .. }
             | Self::Fabric { gpu, .. }
             | Self::PcieReplays { gpu, .. }
             | Self::RetiredPages { gpu, .. }

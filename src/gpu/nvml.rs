@@ -265,6 +265,14 @@ fn fast(
             at,
         });
     }
+    if let Some(raw) = &h.raw {
+        mark(f, "nvmlDeviceGetMarginTemperature", Some(gpu));
+        if let Some(r) = raw.margin_temperature(dev)
+            && let Some(celsius) = check(r, gpu, "margin temperature")?
+        {
+            out.push(Observation::MarginTemperature { gpu, celsius, at });
+        }
+    }
     mark(f, "nvmlDeviceGetMemoryInfo", Some(gpu));
     if let Some(m) = check(dev.memory_info(), gpu, "memory")?
         && m.total > 0

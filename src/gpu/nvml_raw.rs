@@ -9,7 +9,9 @@ use std::os::raw::c_uint;
 use libloading::Library;
 use nvml_wrapper::Device;
 use nvml_wrapper::error::{NvmlError, nvml_try};
-use nvml_wrapper_sys::bindings::{nvmlDevice_t, nvmlGpuFabricInfo_t, nvmlReturn_t};
+use nvml_wrapper_sys::bindings::{
+    nvmlDevice_t, nvmlGpuFabricInfo_t, nvmlMarginTemperature_t, nvmlReturn_t,
+};
 
 /// `nvmlDeviceGetRemappedRows` (nvml.h, R460+).
 type GetRemappedRows = unsafe extern "C" fn(
@@ -22,6 +24,14 @@ type GetRemappedRows = unsafe extern "C" fn(
 
 /// `nvmlDeviceGetGpuFabricInfo` (nvml.h, R525+; the unversioned form).
 type GetFabricInfo = unsafe extern "C" fn(nvmlDevice_t, *mut nvmlGpuFabricInfo_t) -> nvmlReturn_t;
+
+/// `nvmlDeviceGetMarginTemperature` (nvml.h, R555+).
+type GetMarginTemperature =
+    unsafe extern "C" fn(nvmlDevice_t, *mut nvmlMarginTemperature_t) -> nvmlReturn_t;
+
+/// `NVML_STRUCT_VERSION(MarginTemperature, 1)`: the struct's size with the
+/// version in the top byte.
+const MARGIN_TEMPERATURE_V1: u32 = size_of::<nvmlMarginTemperature_t>() as u32 | (1 << 24);
 
 /// A GPU's NVLink fabric registration (NVSwitch systems).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,6 +56,7 @@ pub struct RemappedRows {
 pub struct RawNvml {
     remapped_rows: Option<GetRemappedRows>,
     fabric_info: Option<GetFabricInfo>,
+    margin_temperature: Option<GetMarginTemperature>,
     // Keeps the symbols above valid; dropped last.
     _library: Library,
 }
@@ -74,9 +85,17 @@ impl RawNvml {
         let fabric_info = unsafe { library.get::<GetFabricInfo>(b"nvmlDeviceGetGpuFabricInfo\0") }
             .ok()
             .map(|symbol| *symbol);
+        // SAFETY: the type matches the C prototype of nvmlDeviceGetMarginTemperature
+        // in nvml.h: (nvmlDevice_t, nvmlMarginTemperature_t*) -> nvmlReturn_t.
+        // Valid while `_library` is loaded.
+        let margin_temperature =
+            unsafe { library.get::<GetMarginTemperature>(b"nvmlDeviceGetMarginTemperature\0") }
+                .ok()
+                .map(|symbol| *symbol);
         Ok(Self {
             remapped_rows,
             fabric_info,
+            margin_temperature,
             _library: library,
         })
     }
@@ -117,5 +136,19 @@ impl RawNvml {
             state: u32::from(info.state),
             status: info.status,
         }))
+    }
+
+    /// Degrees (°C) left before the GPU slows down, or `None` when the driver
+    /// lacks the call.
+    pub fn margin_temperature(&self, device: &Device<'_>) -> Option<Result<i32, NvmlError>> {
+        let get = self.margin_temperature?;
+        let mut info = nvmlMarginTemperature_t {
+            version: MARGIN_TEMPERATURE_V1,
+            marginTemperature: 0,
+        };
+        // SAFETY: as for `remapped_rows`: a live handle, a writable struct
+        // whose `version` names the layout we pass, a symbol kept loaded.
+        let rc = unsafe { get(device.handle(), &mut info) };
+        Some(nvml_try(rc).map(|()| info.marginTemperature))
     }
 }
