@@ -32,7 +32,7 @@ fn sweep() {
         per_sweep.push(start.elapsed());
     }
     report(
-        "fast sweep of 8 sim GPUs into the health model (8 GPUs × 7 readings + count)",
+        "fast sweep of 8 sim GPUs into the health model (8 GPUs × 11 readings + count)",
         &mut per_sweep,
     );
 }

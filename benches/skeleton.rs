@@ -91,40 +91,39 @@ async fn fault_to_conditions(
     )
     .expect("detector");
     let addr = detector.http_addr.expect("http");
-    wait_lost(addr, false).await;
+    wait_for(addr, "GPUThermalThrottling", false).await;
     let mut samples = Vec::with_capacity(n);
+    // Thermal throttling, not GPULost: a GPU lost and back 500 times would
+    // (rightly) trip the flap guard, which holds the condition True.
     for i in 0..n {
         let gpu = (i % 8) as u32;
         let start = Instant::now();
-        observations
-            .send(Observation::Xid {
-                gpu,
-                xid: 79,
-                at: SystemTime::now(),
-            })
-            .await
-            .expect("inject");
-        wait_lost(addr, true).await;
+        let hot = Observation::Temperature {
+            gpu,
+            celsius: 95,
+            at: SystemTime::now(),
+        };
+        observations.send(hot).await.expect("inject");
+        wait_for(addr, "GPUThermalThrottling", true).await;
         samples.push(start.elapsed());
-        observations
-            .send(Observation::Reset {
-                gpu,
-                at: SystemTime::now(),
-            })
-            .await
-            .expect("inject");
-        wait_lost(addr, false).await;
+        let cool = Observation::Temperature {
+            gpu,
+            celsius: 40,
+            at: SystemTime::now(),
+        };
+        observations.send(cool).await.expect("inject");
+        wait_for(addr, "GPUThermalThrottling", false).await;
     }
     report(
-        "fault injected -> GPULost True on /conditions (WatchHealth)",
+        "fault injected -> GPUThermalThrottling True on /conditions (WatchHealth)",
         &mut samples,
     );
     shutdown.drain(Duration::from_secs(2)).await;
 }
 
-/// Polls `/conditions` over HTTP until GPULost has the wanted status.
-async fn wait_lost(addr: SocketAddr, lost: bool) {
-    let want = if lost { "True" } else { "False" };
+/// Polls `/conditions` over HTTP until `condition` has the wanted status.
+async fn wait_for(addr: SocketAddr, condition: &str, problem: bool) {
+    let want = if problem { "True" } else { "False" };
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let body = get(addr, "/conditions").await;
@@ -133,11 +132,11 @@ async fn wait_lost(addr: SocketAddr, lost: bool) {
             .as_array()
             .into_iter()
             .flatten()
-            .any(|c| c["type"] == "GPULost" && c["status"] == want);
+            .any(|c| c["type"] == condition && c["status"] == want);
         if hit {
             return;
         }
-        assert!(Instant::now() < deadline, "GPULost never became {want}");
+        assert!(Instant::now() < deadline, "{condition} never became {want}");
     }
 }
 

@@ -15,7 +15,6 @@ use tonic::{Request, Response};
 
 use super::health::{HealthModel, Snapshot};
 use super::{GpuIdentity, Observation, SUPPORTED_CONDITIONS};
-use crate::problem::Status;
 use crate::rpc::API_VERSION;
 use crate::rpc::pb::external_monitor_server::{ExternalMonitor, ExternalMonitorServer};
 use crate::rpc::pb::{self, HealthCheckRequest, MonitorMetadata};
@@ -81,7 +80,7 @@ impl Plugin {
             Some(gpus) => HealthModel::new(gpus.clone()),
             None => HealthModel::awaiting_driver(),
         };
-        let (snap_tx, snap_rx) = watch::channel(Arc::new(model.snapshot()));
+        let (snap_tx, snap_rx) = watch::channel(Arc::new(Published::new(model.snapshot())));
         let engine = tokio::spawn(run_model(model, self.rx, snap_tx, token.clone()));
 
         let service = GpuMonitorService {
@@ -138,7 +137,7 @@ impl Plugin {
 async fn run_model(
     mut model: HealthModel,
     mut rx: mpsc::Receiver<Observation>,
-    tx: watch::Sender<Arc<Snapshot>>,
+    tx: watch::Sender<Arc<Published>>,
     token: CancellationToken,
 ) {
     // Aggregated event windows close on this tick.
@@ -162,7 +161,7 @@ async fn run_model(
             () = token.cancelled() => break,
         };
         if changed {
-            tx.send_replace(Arc::new(model.snapshot()));
+            tx.send_replace(Arc::new(Published::new(model.snapshot())));
         }
     }
 }
@@ -206,7 +205,7 @@ struct GpuMonitorService {
     observations: mpsc::Sender<Observation>,
     /// The thresholds last applied from request parameters.
     thresholds: Arc<std::sync::Mutex<Option<Thresholds>>>,
-    snapshots: watch::Receiver<Arc<Snapshot>>,
+    snapshots: watch::Receiver<Arc<Published>>,
     token: CancellationToken,
     /// Last event sequence handed to a `CheckHealth` caller: each poll gets
     /// the events since the previous poll.
@@ -215,15 +214,45 @@ struct GpuMonitorService {
     watch_health: bool,
 }
 
+/// A snapshot with its conditions already in wire form: every call and
+/// every stream clones those instead of converting again.
+#[derive(Debug, Default)]
+struct Published {
+    snapshot: Snapshot,
+    conditions: Vec<pb::Condition>,
+}
+
+impl Published {
+    fn last_event_seq(&self) -> u64 {
+        self.snapshot.last_event_seq()
+    }
+
+    fn events_after(&self, after: u64) -> impl Iterator<Item = &crate::problem::Event> {
+        self.snapshot.events_after(after)
+    }
+
+    fn new(snapshot: Snapshot) -> Self {
+        let conditions = snapshot
+            .conditions
+            .iter()
+            .map(pb::Condition::from)
+            .collect();
+        Self {
+            snapshot,
+            conditions,
+        }
+    }
+}
+
 fn to_wire<'a>(
-    snapshot: &Snapshot,
+    published: &Published,
     events: impl Iterator<Item = &'a crate::problem::Event>,
 ) -> pb::Status {
-    pb::Status::from(&Status {
+    pb::Status {
         source: SOURCE.into(),
-        events: events.cloned().collect(),
-        conditions: snapshot.conditions.clone(),
-    })
+        events: events.map(pb::Event::from).collect(),
+        conditions: published.conditions.clone(),
+    }
 }
 
 impl GpuMonitorService {
