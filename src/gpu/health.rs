@@ -612,21 +612,12 @@ impl HealthModel {
                     };
                     if hot != was {
                         g.margin_at = hot.then_some(*celsius);
-                        let (severity, reason, what) = if hot {
-                            (
-                                Severity::Warn,
-                                "ThermalThrottlingStarted",
-                                format!("thermal margin {celsius} °C"),
-                            )
+                        let what = if hot {
+                            format!("thermal margin {celsius} °C")
                         } else {
-                            (
-                                Severity::Info,
-                                "ThermalThrottlingStopped",
-                                format!("thermal margin back to {celsius} °C"),
-                            )
+                            format!("thermal margin back to {celsius} °C")
                         };
-                        let message = format!("{}: {what}", g.id);
-                        self.emit(severity, *at, reason, "", message);
+                        self.thermal_transition(pos, hot, &what, *at);
                     }
                 }
             }
@@ -1027,20 +1018,22 @@ impl HealthModel {
             return;
         }
         g.throttled_at = now.then_some(celsius);
-        let (severity, reason, what) = if now {
-            (
-                Severity::Warn,
-                "ThermalThrottlingStarted",
-                format!("{celsius} °C reached {slowdown} °C"),
-            )
+        let what = if now {
+            format!("{celsius} °C reached {slowdown} °C")
         } else {
-            (
-                Severity::Info,
-                "ThermalThrottlingStopped",
-                format!("cooled to {celsius} °C"),
-            )
+            format!("cooled to {celsius} °C")
         };
-        let message = format!("{}: {what}", g.id);
+        self.thermal_transition(pos, now, &what, at);
+    }
+
+    /// The event for a GPU that starts or stops throttling (by any rule).
+    fn thermal_transition(&mut self, pos: usize, started: bool, what: &str, at: SystemTime) {
+        let (severity, reason) = if started {
+            (Severity::Warn, "ThermalThrottlingStarted")
+        } else {
+            (Severity::Info, "ThermalThrottlingStopped")
+        };
+        let message = format!("{}: {what}", self.gpus[pos].id);
         self.emit(severity, at, reason, "", message);
     }
 
@@ -1073,21 +1066,12 @@ impl HealthModel {
             return;
         }
         g.slowdown_throttling = now;
-        let (severity, reason, what) = if now {
-            (
-                Severity::Warn,
-                "ThermalThrottlingStarted",
-                "hardware or thermal slowdown active in most recent samples",
-            )
+        let what = if now {
+            "hardware or thermal slowdown active in most recent samples"
         } else {
-            (
-                Severity::Info,
-                "ThermalThrottlingStopped",
-                "slowdown no longer sustained",
-            )
+            "slowdown no longer sustained"
         };
-        let message = format!("{}: {what}", g.id);
-        self.emit(severity, at, reason, "", message);
+        self.thermal_transition(pos, now, what, at);
     }
 
     fn remapped_rows(
