@@ -207,6 +207,10 @@ struct GpuState {
     slowdown_samples: VecDeque<bool>,
     /// Throttling judged from the slowdown rate.
     slowdown_throttling: bool,
+    /// Whether the last clock-event sample found the GPU idle.
+    last_idle: Option<bool>,
+    /// Slow readings in a row with the PCIe link below its generation while busy.
+    gen_low_streak: u8,
     /// Consecutive good readings per reading-based fault.
     good_readings: HashMap<&'static str, u8>,
     /// NVLinks active when first seen: the ones expected to stay up.
@@ -286,6 +290,8 @@ impl GpuState {
             recovery: 0,
             slowdown_samples: VecDeque::new(),
             slowdown_throttling: false,
+            last_idle: None,
+            gen_low_streak: 0,
             good_readings: HashMap::new(),
             nvlink_baseline: None,
             fabric_pending: 0,
@@ -688,6 +694,34 @@ impl HealthModel {
                     self.gpus[pos].reading(Slot::Pcie, "pcie-width", bad, now);
                 }
             }
+            Observation::PcieGen {
+                gpu,
+                generation,
+                max_generation,
+                ..
+            } => {
+                if let Some(pos) = self.position(*gpu) {
+                    let g = &mut self.gpus[pos];
+                    // An idle GPU lowers its link speed to save power: only a
+                    // busy GPU on a slow link is degraded.
+                    let low = *generation > 0
+                        && generation < max_generation
+                        && g.last_idle == Some(false);
+                    g.gen_low_streak = if low {
+                        g.gen_low_streak.saturating_add(1)
+                    } else {
+                        0
+                    };
+                    let bad = (g.gen_low_streak >= SUSTAINED_READINGS).then(|| {
+                        fault(
+                            "PCIeLinkGenReduced",
+                            &format!("PCIe link at gen {generation} of {max_generation} while the GPU is busy"),
+                            "reseat or inspect the GPU and its riser; check the slot",
+                        )
+                    });
+                    g.reading(Slot::Pcie, "pcie-gen", bad, now);
+                }
+            }
             Observation::NvLinks {
                 gpu,
                 active,
@@ -1042,6 +1076,7 @@ impl HealthModel {
     /// samples do not count.
     fn clock_events(&mut self, pos: usize, slowdown: bool, idle: bool, at: SystemTime) {
         let g = &mut self.gpus[pos];
+        g.last_idle = Some(idle);
         // Idle time would dilute the rate of a GPU that slows down whenever it
         // works, so idle samples do not count toward setting; they do count
         // toward clearing (an idle GPU is not throttled).
@@ -2774,6 +2809,48 @@ mod tests {
         assert_eq!(status(&m), ConditionStatus::True, "hysteresis");
         margin(&mut m, 6);
         assert_eq!(status(&m), ConditionStatus::False);
+    }
+
+    #[test]
+    fn a_slow_pcie_generation_counts_only_while_busy() {
+        let mut m = model();
+        let now = SystemTime::now();
+        let status = |m: &HealthModel| status_of(&m.conditions(), GPU_PCIE_LINK_DEGRADED).status;
+        let sweep = |m: &mut HealthModel, idle: bool, generation: u32| {
+            m.apply_all(&[
+                Observation::ClockEvents {
+                    gpu: 2,
+                    slowdown: false,
+                    idle,
+                    at: now,
+                },
+                Observation::PcieGen {
+                    gpu: 2,
+                    generation,
+                    max_generation: 5,
+                    at: now,
+                },
+            ])
+        };
+        for _ in 0..5 {
+            sweep(&mut m, true, 1);
+        }
+        assert_eq!(
+            status(&m),
+            ConditionStatus::False,
+            "idle power saving is not a fault"
+        );
+        sweep(&mut m, false, 3);
+        sweep(&mut m, false, 3);
+        assert_eq!(status(&m), ConditionStatus::False, "not yet sustained");
+        sweep(&mut m, false, 3);
+        let p = status_of(&m.conditions(), GPU_PCIE_LINK_DEGRADED).clone();
+        assert_eq!(p.status, ConditionStatus::True);
+        assert!(
+            p.message.contains("gen 3 of 5 while the GPU is busy"),
+            "{}",
+            p.message
+        );
     }
 
     #[test]

@@ -151,6 +151,13 @@ pub enum Observation {
         max_width: u32,
         at: SystemTime,
     },
+    /// PCIe link generation, current and maximum.
+    PcieGen {
+        gpu: u32,
+        generation: u32,
+        max_generation: u32,
+        at: SystemTime,
+    },
     /// NVLink links reported active and inactive (links the GPU does not
     /// support are left out).
     NvLinks {
@@ -279,6 +286,7 @@ impl Observation {
             | Self::RemappedRows { at, .. }
             | Self::VolatileUncorrectableEcc { at, .. }
             | Self::PcieLink { at, .. }
+            | Self::PcieGen { at, .. }
             | Self::NvLinks { at, .. }
             | Self::GpuCount { at, .. }
             | Self::RetiredPages { at, .. }
@@ -315,6 +323,7 @@ impl Observation {
             | Self::RemappedRows { gpu, .. }
             | Self::VolatileUncorrectableEcc { gpu, .. }
             | Self::PcieLink { gpu, .. }
+            | Self::PcieGen { gpu, .. }
             | Self::MemoryUsage { gpu, .. }
             | Self::MarginTemperature { gpu, .. }
             | Self::Fabric { gpu, .. }

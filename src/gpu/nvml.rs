@@ -25,7 +25,7 @@ use nvml_wrapper::enum_wrappers::device::{
 use nvml_wrapper::enum_wrappers::nv_link::ErrorCounter;
 use nvml_wrapper::enums::device::SampleValue;
 use nvml_wrapper::enums::event::XidError;
-use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::error::{Bits, NvmlError};
 use nvml_wrapper::struct_wrappers::device::FieldValueSample;
 use nvml_wrapper::structs::device::FieldId;
 use nvml_wrapper::{Device, Nvml};
@@ -417,6 +417,18 @@ fn slow(
             });
         }
     }
+    mark(f, "nvmlDeviceGetCurrPcieLinkGeneration", Some(gpu));
+    let generation = check(dev.current_pcie_link_gen(), gpu, "PCIe generation")?;
+    mark(f, "nvmlDeviceGetMaxPcieLinkGeneration", Some(gpu));
+    let max_generation = check(dev.max_pcie_link_gen(), gpu, "PCIe max generation")?;
+    if let (Some(generation), Some(max_generation)) = (generation, max_generation) {
+        out.push(Observation::PcieGen {
+            gpu,
+            generation,
+            max_generation,
+            at,
+        });
+    }
     mark(f, "nvmlDeviceGetPcieReplayCounter", Some(gpu));
     if let Some(count) = check(dev.pcie_replay_counter(), gpu, "PCIe replays")? {
         out.push(Observation::PcieReplays {
@@ -494,92 +506,120 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// The NVML event thread: critical XIDs as they happen (the source of XIDs
-/// where the kernel log cannot be read, e.g. a non-root container). Blocking
-/// waits, so a thread and an NVML handle of its own; not under the watchdog
-/// (a wait is supposed to block).
+/// Event types the wrapper has no flag for (`nvml.h`): the GPU became
+/// unavailable, the driver's recovery action changed.
+const EVENT_GPU_UNAVAILABLE: u64 =
+    nvml_wrapper_sys::bindings::nvmlEventTypeGpuUnavailableError as u64;
+const EVENT_RECOVERY_ACTION: u64 =
+    nvml_wrapper_sys::bindings::nvmlEventTypeGpuRecoveryAction as u64;
+
+/// The event types a device supports, including those the wrapper drops.
+fn supported_events(dev: &Device<'_>) -> u64 {
+    match dev.supported_event_types_strict() {
+        Ok(t) => t.bits(),
+        Err(NvmlError::IncorrectBits(Bits::U64(raw))) => raw,
+        Err(_) => 0,
+    }
+}
+
+/// The NVML event thread: critical XIDs, double-bit ECC, the GPU becoming
+/// unavailable and recovery-action changes as they happen (the source of
+/// XIDs where the kernel log cannot be read, e.g. a non-root container).
+/// Blocking waits, so a thread and an NVML handle of its own; not under the
+/// watchdog (a wait is supposed to block). What an event does not carry
+/// (the ECC count, the new action) is read right away on this thread.
 fn spawn_event_thread(
     library: Option<PathBuf>,
     tx: mpsc::Sender<Observation>,
     stop: Arc<AtomicBool>,
 ) {
-    let spawned = std::thread::Builder::new()
-        .name("nvml-events".into())
-        .spawn(move || {
-            let h = match open(library) {
-                Ok(h) => h,
-                Err(e) => {
-                    tracing::warn!("NVML event thread not started: {e}");
-                    return;
-                }
-            };
-            let nvml = &h.nvml;
-            let mut set = match nvml.create_event_set() {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!("NVML event set not created: {}", describe(&e));
-                    return;
-                }
-            };
-            let count = nvml.device_count().unwrap_or(0);
-            let mut registered = 0;
-            for i in 0..count {
-                let Ok(dev) = nvml.device_by_index(i) else {
-                    continue;
-                };
-                let wanted = dev.supported_event_types().unwrap_or(EventTypes::empty())
-                    & EventTypes::CRITICAL_XID_ERROR;
-                if wanted.is_empty() {
-                    continue;
-                }
-                set = match dev.register_events(wanted, set) {
-                    Ok(s) => {
-                        registered += 1;
-                        s
-                    }
-                    Err(e) => {
-                        tracing::warn!(
-                            gpu = i,
-                            "NVML events not registered: {}",
-                            describe(&e.error)
-                        );
-                        return;
-                    }
-                };
+    let spawned = std::thread::Builder::new().name("nvml-events".into()).spawn(move || {
+        let h = match open(library) {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!("NVML event thread not started: {e}");
+                return;
             }
-            tracing::info!(
-                gpus = registered,
-                "NVML event thread waiting for critical XIDs"
-            );
-            while !stop.load(AtomicOrdering::Relaxed) {
-                match set.wait(1000) {
-                    Ok(event) => {
-                        let Ok(gpu) = event.device.index() else {
-                            continue;
-                        };
-                        if let Some(XidError::Value(xid)) = event.event_data
-                            && event.event_type.contains(EventTypes::CRITICAL_XID_ERROR)
-                        {
-                            let xid = u32::try_from(xid).unwrap_or(u32::MAX);
-                            tracing::warn!(gpu, xid, "NVML event: critical XID");
-                            let obs = Observation::Xid {
-                                gpu,
-                                xid,
-                                at: SystemTime::now(),
-                            };
-                            if tx.blocking_send(obs).is_err() {
-                                return;
-                            }
+        };
+        let nvml = &h.nvml;
+        let mut set = match nvml.create_event_set() {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("NVML event set not created: {}", describe(&e));
+                return;
+            }
+        };
+        let count = nvml.device_count().unwrap_or(0);
+        let mask = EventTypes::CRITICAL_XID_ERROR.bits()
+            | EventTypes::DOUBLE_BIT_ECC_ERROR.bits()
+            | EVENT_GPU_UNAVAILABLE
+            | EVENT_RECOVERY_ACTION;
+        let mut registered = 0;
+        for i in 0..count {
+            let Ok(dev) = nvml.device_by_index(i) else { continue };
+            let wanted = supported_events(&dev) & mask;
+            if wanted == 0 {
+                continue;
+            }
+            set = match dev.register_events(EventTypes::from_bits_retain(wanted), set) {
+                Ok(s) => {
+                    registered += 1;
+                    s
+                }
+                Err(e) => {
+                    tracing::warn!(gpu = i, "NVML events not registered: {}", describe(&e.error));
+                    return;
+                }
+            };
+        }
+        tracing::info!(gpus = registered, "NVML event thread waiting for critical XIDs, ECC, availability and recovery-action events");
+        while !stop.load(AtomicOrdering::Relaxed) {
+            let event = match set.wait(1000) {
+                Ok(event) => event,
+                Err(NvmlError::Timeout) => continue,
+                Err(e) => {
+                    tracing::debug!("NVML event wait: {}", describe(&e));
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            };
+            let at = SystemTime::now();
+            let Ok(gpu) = event.device.index() else { continue };
+            let mut out = Vec::new();
+            if let Some(XidError::Value(xid)) = event.event_data
+                && event.event_type.contains(EventTypes::CRITICAL_XID_ERROR)
+            {
+                let xid = u32::try_from(xid).unwrap_or(u32::MAX);
+                tracing::warn!(gpu, xid, "NVML event: critical XID");
+                out.push(Observation::Xid { gpu, xid, at });
+            } else if event.event_type.contains(EventTypes::DOUBLE_BIT_ECC_ERROR) {
+                tracing::warn!(gpu, "NVML event: double-bit ECC error");
+                match event.device.total_ecc_errors(MemoryError::Uncorrected, EccCounter::Volatile) {
+                    Ok(count) => out.push(Observation::VolatileUncorrectableEcc { gpu, count, at }),
+                    Err(NvmlError::GpuLost) => out.push(Observation::Lost { gpu, at }),
+                    Err(_) => {}
+                }
+            } else {
+                // A type the wrapper drops: unavailable or recovery action.
+                // Ask the device itself what changed.
+                tracing::warn!(gpu, "NVML event: GPU availability or recovery action changed");
+                match event.device.field_values_for(&[FieldId(FIELD_RECOVERY_ACTION)]) {
+                    Ok(samples) => {
+                        if let Some(action) = samples.into_iter().next().and_then(recovery_value) {
+                            out.push(Observation::RecoveryAction { gpu, action, at });
                         }
                     }
-                    Err(NvmlError::Timeout) => {}
-                    Err(e) => {
-                        tracing::debug!("NVML event wait: {}", describe(&e));
-                        std::thread::sleep(Duration::from_secs(1));
-                    }
+                    Err(NvmlError::GpuLost) => out.push(Observation::Lost { gpu, at }),
+                    Err(_) => {}
                 }
             }
-        });
+            for obs in out {
+                if tx.blocking_send(obs).is_err() {
+                    return;
+                }
+            }
+        }
+    });
     if let Err(e) = spawned {
         tracing::warn!("NVML event thread not started: {e}");
     }

@@ -585,6 +585,12 @@ impl SimDriver {
                     valid: g.inforom_valid,
                     at,
                 },
+                Observation::PcieGen {
+                    gpu,
+                    generation: 5,
+                    max_generation: 5,
+                    at,
+                },
                 Observation::PcieReplays {
                     gpu,
                     count: g.pcie_replays,
