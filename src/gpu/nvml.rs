@@ -918,6 +918,18 @@ mod tests {
             max_width,
             at,
         });
+        let generation = check(number(dev, "pcie_link_gen"), gpu, "g")
+            .expect("ok")
+            .expect("read") as u32;
+        let max_generation = check(number(dev, "pcie_link_gen_max"), gpu, "g")
+            .expect("ok")
+            .expect("read") as u32;
+        out.push(Observation::PcieGen {
+            gpu,
+            generation,
+            max_generation,
+            at,
+        });
         let replays = check(number(dev, "pcie_replay_counter"), gpu, "r")
             .expect("ok")
             .expect("read");
