@@ -68,7 +68,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     say!("  conditions     http://{addr}/conditions   health http://{addr}/healthz");
     for s in &scenario.steps {
         say!(
-            "  at +{:<6} GPU {} {:?}",
+            "  at +{:<6} GPU {}: {}",
             format!("{:.1}s", s.at.as_secs_f64()),
             s.gpu,
             s.fault
