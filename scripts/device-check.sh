@@ -75,6 +75,7 @@ work=$(mktemp -d)
     grep "depth=$kind " "$out/nvml-gpu-monitor.log" | grep -oE 'took_us=[0-9]+' | cut -d= -f2 | sort -n \
       | awk -v k="$kind" '{a[NR]=$1} END {if (NR) print "sweep (" k ") us: n=" NR " min=" a[1] " p50=" a[int((NR+1)/2)] " max=" a[NR]}'
   done
+  echo "## NVML call costs"; grep -E "NVML call costs" "$out/nvml-gpu-monitor.log" | tail -1 | sed 's/.*NVML call costs: //' | tr ';' '\n'
   echo "## warnings, errors and the event thread"; grep -E " WARN | ERROR |event thread" "$out/nvml-gpu-monitor.log" | head -10
 } > "$out/nvml.txt" 2>&1
 

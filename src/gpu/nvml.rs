@@ -72,17 +72,58 @@ struct Handles {
     raw: Option<RawNvml>,
 }
 
-/// The call in progress on the worker, so a hang can be named.
+/// The call in progress on the worker, so a hang can be named, and what
+/// each call has cost so far (logged with every very slow sweep).
 #[derive(Clone, Debug, Default)]
 struct InFlight {
     call: &'static str,
     gpu: Option<u32>,
+    since: Option<Instant>,
+    /// Per call: count, total and worst time.
+    costs: std::collections::BTreeMap<&'static str, (u32, Duration, Duration)>,
 }
 
 type Shared = Arc<Mutex<InFlight>>;
 
+/// Notes that `call` starts now; the previous call's time goes to its cost.
 fn mark(in_flight: &Shared, call: &'static str, gpu: Option<u32>) {
-    *in_flight.lock().unwrap_or_else(PoisonError::into_inner) = InFlight { call, gpu };
+    let now = Instant::now();
+    let mut f = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(since) = f.since
+        && f.call != "idle"
+        && !f.call.is_empty()
+    {
+        let took = now - since;
+        let previous = f.call;
+        let entry = f.costs.entry(previous).or_default();
+        entry.0 += 1;
+        entry.1 += took;
+        entry.2 = entry.2.max(took);
+    }
+    f.call = call;
+    f.gpu = gpu;
+    f.since = Some(now);
+}
+
+/// Logs each call's mean and worst cost, then starts counting afresh.
+fn log_costs(in_flight: &Shared) {
+    let costs = std::mem::take(
+        &mut in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .costs,
+    );
+    let table: Vec<String> = costs
+        .iter()
+        .map(|(call, (n, total, max))| {
+            format!(
+                "{call}: n={n} mean={}µs max={}µs",
+                (*total / (*n).max(1)).as_micros(),
+                max.as_micros()
+            )
+        })
+        .collect();
+    tracing::debug!("NVML call costs: {}", table.join("; "));
 }
 
 /// Loads NVML from `library` or the first candidate that works, with the
@@ -645,10 +686,10 @@ pub async fn run(options: NvmlOptions, tx: mpsc::Sender<Observation>, token: Can
                 }
             }
             Session::Hung(waited) => {
-                let InFlight { call, gpu } = in_flight
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .clone();
+                let (call, gpu) = {
+                    let f = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+                    (f.call, f.gpu)
+                };
                 tracing::error!(
                     call,
                     ?gpu,
@@ -782,6 +823,9 @@ async fn session(
             took_us = started.elapsed().as_micros(),
             "NVML sweep"
         );
+        if depth == Depth::VerySlow && n > 0 {
+            log_costs(in_flight);
+        }
         for obs in readings {
             if tx.send(obs).await.is_err() {
                 return Session::Cancelled;
