@@ -947,12 +947,23 @@ impl HealthModel {
         if !replay && self.seen_from_other_source(pos, xid, kernel.is_some(), at) {
             return;
         }
-        let info = xid::lookup(xid);
+        let mut info = xid::lookup(xid);
         if info.classes.contains(Classes::RECOVERY)
             && let Some(action) = kernel.and_then(parse_recovery_change)
         {
             self.recovery(pos, action, at, replay);
             return;
+        }
+        // NVLink-5 XIDs (144–150) say their severity in the text: a
+        // non-fatal one is an event; a fatal one also needs a reset.
+        if (144..=150).contains(&xid)
+            && let Some(k) = kernel
+        {
+            if k.contains("Nonfatal") || k.contains("Non-fatal") {
+                info.classes = Classes::EVENT;
+            } else if k.contains("Fatal") {
+                info.classes = info.classes | Classes::RESET;
+            }
         }
         let g = &mut self.gpus[pos];
         let action = info.classes.action();
@@ -2850,6 +2861,41 @@ mod tests {
             p.message.contains("gen 3 of 5 while the GPU is busy"),
             "{}",
             p.message
+        );
+    }
+
+    #[test]
+    fn nvlink5_xids_follow_the_severity_in_their_text() {
+        let now = SystemTime::now();
+        let pci = PciAddr::parse("0000:52:00").expect("GPU 2 of the sim");
+        let line = |detail: &str| Observation::KernelXid {
+            pci,
+            xid: 145,
+            detail: detail.into(),
+            at: now,
+            replay: false,
+        };
+        let mut m = model();
+        m.apply(&line(
+            "RLW_REMAP Nonfatal XC0 i0 Link 5 (0x00000004 0x00000000 0x0 0x0 0x0)",
+        ));
+        assert!(
+            m.conditions()
+                .iter()
+                .all(|c| c.status == ConditionStatus::False)
+        );
+        let mut m = model();
+        m.apply(&line(
+            "RLW_SRC_TRACK Fatal XC0 i0 Link 5 (0x00000002 0x00000000 0x0 0x0 0x0)",
+        ));
+        let c = m.conditions();
+        assert_eq!(
+            status_of(&c, GPU_NVLINK_DEGRADED).status,
+            ConditionStatus::True
+        );
+        assert_eq!(
+            status_of(&c, GPU_RESET_REQUIRED).status,
+            ConditionStatus::True
         );
     }
 
