@@ -880,18 +880,20 @@ mod tests {
         let dev = &probe["devices"][0];
         let at = SystemTime::now();
         let gpu = 0;
+        // A reading the backend takes: answered, the GPU not lost.
+        let read = |key: &str| {
+            check(number(dev, key), gpu, key)
+                .expect("not lost")
+                .expect("supported")
+        };
         let mut out = Vec::new();
-        let temp = check(number(dev, "temperature_gpu"), gpu, "t")
-            .expect("not lost")
-            .expect("read");
+        let temp = read("temperature_gpu");
         out.push(Observation::Temperature {
             gpu,
             celsius: temp as i32,
             at,
         });
-        let slowdown = check(number(dev, "temp_threshold_slowdown"), gpu, "t")
-            .expect("ok")
-            .expect("read");
+        let slowdown = read("temp_threshold_slowdown");
         assert_eq!(slowdown, 89);
         out.push(Observation::SlowdownThreshold {
             gpu,
@@ -950,33 +952,23 @@ mod tests {
             inactive,
             at,
         });
-        let width = check(number(dev, "pcie_link_width"), gpu, "w")
-            .expect("ok")
-            .expect("read") as u32;
-        let max_width = check(number(dev, "pcie_link_width_max"), gpu, "w")
-            .expect("ok")
-            .expect("read") as u32;
+        let width = read("pcie_link_width") as u32;
+        let max_width = read("pcie_link_width_max") as u32;
         out.push(Observation::PcieLink {
             gpu,
             width,
             max_width,
             at,
         });
-        let generation = check(number(dev, "pcie_link_gen"), gpu, "g")
-            .expect("ok")
-            .expect("read") as u32;
-        let max_generation = check(number(dev, "pcie_link_gen_max"), gpu, "g")
-            .expect("ok")
-            .expect("read") as u32;
+        let generation = read("pcie_link_gen") as u32;
+        let max_generation = read("pcie_link_gen_max") as u32;
         out.push(Observation::PcieGen {
             gpu,
             generation,
             max_generation,
             at,
         });
-        let replays = check(number(dev, "pcie_replay_counter"), gpu, "r")
-            .expect("ok")
-            .expect("read");
+        let replays = read("pcie_replay_counter");
         out.push(Observation::PcieReplays {
             gpu,
             count: replays,
