@@ -40,6 +40,21 @@ fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Reads a child's pipe until `needle` appears; the text read so far.
+fn read_until(pipe: &mut impl Read, needle: &str) -> String {
+    let mut seen = String::new();
+    let mut buf = [0u8; 4096];
+    while !seen.contains(needle) {
+        let n = pipe.read(&mut buf).expect("read");
+        assert!(
+            n > 0,
+            "the process exited before printing {needle:?}: {seen}"
+        );
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    seen
+}
+
 fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     let start = Instant::now();
     loop {
@@ -354,13 +369,7 @@ fn detector_stops_on_sigterm_while_its_plugin_is_away() {
         .expect("spawn");
     let mut stderr = child.stderr.take().expect("stderr");
     // Wait until it is up: its first log lines say so.
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains("external monitor starting") {
-        let n = stderr.read(&mut buf).expect("read");
-        assert!(n > 0, "detector exited early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let seen = read_until(&mut stderr, "external monitor starting");
     assert!(seen.contains("standalone mode"), "{seen}");
     sigterm(&child);
     let status = wait_exit(&mut child, Duration::from_secs(10));
@@ -425,13 +434,7 @@ fn demo_exits_cleanly_on_ctrl_c() {
         .spawn()
         .expect("spawn");
     let mut stdout = child.stdout.take().expect("stdout");
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains("GPUThermalThrottling") {
-        let n = stdout.read(&mut buf).expect("read");
-        assert!(n > 0, "demo exited early: {seen}");
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
+    let mut seen = read_until(&mut stdout, "GPUThermalThrottling");
     let ok = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
