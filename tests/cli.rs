@@ -574,3 +574,37 @@ fn kernel_log_xids_reach_the_plugin_status_by_pci_address() {
         std::fs::read_to_string(dir.path().join("state/kmsg-position")).expect("position kept");
     assert!(position.trim().ends_with(" 3"), "{position}");
 }
+
+#[test]
+fn every_upstream_linux_config_validates() {
+    let dir = shared("npd-configs");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("npd-configs") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if !name.ends_with(".json") || name.starts_with("windows-") {
+            continue;
+        }
+        let (code, out, _) = npd(&["validate-config", path.to_str().expect("utf8")]);
+        assert_eq!(code, 0, "{name} must load unchanged:\n{out}");
+        assert!(out.contains(&format!("{name}: ok")), "{out}");
+        checked += 1;
+    }
+    assert!(
+        checked >= 19,
+        "only {checked} configs found in {}",
+        dir.display()
+    );
+}
+
+#[test]
+fn windows_configs_are_named_as_such() {
+    let cfg = shared("npd-configs/windows-defender-monitor.json");
+    let (code, out, _) = npd(&["validate-config", cfg.to_str().expect("utf8")]);
+    assert_eq!(code, 1);
+    assert!(out.contains("a Windows-only plugin"), "{out}");
+}

@@ -4,25 +4,17 @@
 use std::process::ExitCode;
 
 use crate::cli::ValidateConfigArgs;
-use crate::config::{self, Level};
-
-/// Plugins of upstream NPD's other monitor kinds, which this build cannot check yet.
-const NOT_YET: [&str; 4] = ["kmsg", "filelog", "journald", "custom"];
+use crate::config::{self, Diagnostic, Kind, Level};
 
 pub fn run(args: &ValidateConfigArgs) -> ExitCode {
     let mut invalid = 0usize;
     for path in &args.files {
-        if let Some(plugin) = plugin_of(path).filter(|p| NOT_YET.contains(&p.as_str())) {
-            say!(
-                "{}: error: plugin: {plugin:?} configs cannot be checked by this build yet (only \"external\")",
-                path.display()
-            );
-            invalid += 1;
-            continue;
-        }
-        let checked = config::check_external_file(path);
-        let errors = checked.errors().count();
-        for d in &checked.diagnostics {
+        let diagnostics = check(path);
+        let errors = diagnostics
+            .iter()
+            .filter(|d| d.level == Level::Error)
+            .count();
+        for d in &diagnostics {
             if d.level == Level::Error || !args.quiet {
                 say!("{d}");
             }
@@ -45,8 +37,17 @@ pub fn run(args: &ValidateConfigArgs) -> ExitCode {
     }
 }
 
-fn plugin_of(path: &std::path::Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
-    v.get("plugin")?.as_str().map(str::to_owned)
+/// Every diagnostic for one file, whatever monitor it configures.
+pub fn check(path: &std::path::Path) -> Vec<Diagnostic> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        // The external checker reports an unreadable file in the usual shape.
+        Err(_) => return config::check_external_file(path).diagnostics,
+    };
+    match config::kind_of(&text) {
+        Kind::SystemLog => config::syslog::check(path, &text).diagnostics,
+        Kind::Custom => config::custom::check(path, &text).diagnostics,
+        Kind::SystemStats => config::stats::check(path, &text).diagnostics,
+        Kind::External | Kind::Unknown(_) => config::external::check(path, &text).diagnostics,
+    }
 }

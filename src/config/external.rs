@@ -398,7 +398,7 @@ fn read_count(sink: &mut Sink, f: &Found<'_>) -> Option<u32> {
     }
 }
 
-fn read_conditions(sink: &mut Sink, f: &Found<'_>) -> Vec<ConditionDecl> {
+pub(crate) fn read_conditions(sink: &mut Sink, f: &Found<'_>) -> Vec<ConditionDecl> {
     let Value::Array(items) = &f.node.value else {
         sink.error(
             f.node.pos,

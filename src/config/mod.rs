@@ -4,9 +4,12 @@
 //! Owns turning bytes into typed configs and explaining what is wrong. It must
 //! not start anything.
 
+pub mod custom;
 pub mod duration;
 pub mod external;
 pub mod json;
+pub mod stats;
+pub mod syslog;
 pub(crate) mod walk;
 
 use std::fmt;
@@ -67,6 +70,71 @@ pub struct Checked<T> {
 impl<T> Checked<T> {
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
         self.diagnostics.iter().filter(|d| d.level == Level::Error)
+    }
+}
+
+/// Why a path is Windows-only, or `None` for a path npd-ext can use.
+pub(crate) fn windows_only(path: &str) -> Option<&'static str> {
+    let lower = path.to_ascii_lowercase();
+    if lower.len() > 2
+        && lower.as_bytes()[1] == b':'
+        && (lower.as_bytes()[2] == b'\\' || lower.as_bytes()[2] == b'/')
+    {
+        Some("a Windows path")
+    } else if lower.ends_with(".ps1") || lower.ends_with(".exe") {
+        Some("a Windows program")
+    } else {
+        None
+    }
+}
+
+/// The kind of monitor a config is for, from its `plugin` key (or its
+/// shape, for the system stats monitor that has none).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Kind {
+    External,
+    SystemLog,
+    Custom,
+    SystemStats,
+    Unknown(String),
+}
+
+/// Sniffs the kind without reporting anything (the real check does).
+pub fn kind_of(text: &str) -> Kind {
+    let Ok(json::Node {
+        value: json::Value::Object(members),
+        ..
+    }) = json::parse(text)
+    else {
+        return Kind::Unknown(String::new());
+    };
+    let plugin = members
+        .iter()
+        .find(|m| m.key.eq_ignore_ascii_case("plugin"));
+    match plugin.map(|m| &m.value.value) {
+        Some(json::Value::String(p)) => match p.as_str() {
+            "external" => Kind::External,
+            "kmsg" | "filelog" | "journald" => Kind::SystemLog,
+            "custom" => Kind::Custom,
+            other => Kind::Unknown(other.to_owned()),
+        },
+        _ if members.iter().any(|m| {
+            [
+                "cpu",
+                "disk",
+                "host",
+                "memory",
+                "osFeature",
+                "net",
+                "invokeInterval",
+            ]
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(&m.key))
+        }) =>
+        {
+            Kind::SystemStats
+        }
+        _ => Kind::Unknown(String::new()),
     }
 }
 
