@@ -91,7 +91,7 @@ fn read(sink: &mut Sink, doc: &json::Node) {
             "net" => {
                 if let Some(f) = c.get(sink, &["excludeInterfaceRegexp"])
                     && let Some(re) = walk::string(sink, &f)
-                    && let Err(e) = regex::Regex::new(&re)
+                    && let Err(e) = super::goregex::compile(&re)
                 {
                     sink.error(
                         f.node.pos,

@@ -237,7 +237,7 @@ fn read(sink: &mut Sink, file: &Path, doc: &json::Node) -> Option<SyslogMonitorC
             }
             for key in ["timestamp", "message"] {
                 if let Some(p) = cfg.plugin_config.get(key)
-                    && let Err(e) = regex::Regex::new(p)
+                    && let Err(e) = super::goregex::compile(p)
                 {
                     sink.error(
                         top_pos,
@@ -323,7 +323,7 @@ fn read_rules(sink: &mut Sink, f: &walk::Found<'_>, conditions: &[ConditionDecl]
         let pattern = match obj.get(sink, &["pattern"]) {
             Some(f) => {
                 let p = walk::string(sink, &f).unwrap_or_default();
-                if let Err(e) = regex::Regex::new(&p) {
+                if let Err(e) = super::goregex::compile(&p) {
                     sink.error(
                         f.node.pos,
                         &f.key,

@@ -2,6 +2,7 @@
 //! to the detector's fan-in. A monitor never touches another's state.
 
 pub mod external;
+pub mod rules;
 
 use crate::conditions::MonitorId;
 use crate::problem::Status;

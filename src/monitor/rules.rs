@@ -1,0 +1,249 @@
+//! The system log rule engine, with upstream NPD's semantics
+//! (`pkg/systemlogmonitor/log_buffer.go`): a ring of `bufferSize` lines, each
+//! pattern must match up to the end of the newest line (`\z` appended), and
+//! the message is the lines from the one where the match starts through the
+//! newest. Patterns are Go RE2: `\d \w \s` are ASCII-only, so they are
+//! translated before compiling. Single-line patterns are tested together in
+//! one `RegexSet` pass over the new line; the joined buffer is only built for
+//! patterns that can span lines.
+
+use std::collections::VecDeque;
+
+use regex::{Regex, RegexSet};
+
+use crate::config::goregex::go_compatible;
+use crate::config::syslog::LogRule;
+
+/// One rule that matched the newest line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Match {
+    /// Index of the rule in the config.
+    pub rule: usize,
+    /// The matched lines (from the match start through the newest), plus
+    /// `"; " + patternGeneratedMessageSuffix` when the rule has one.
+    pub message: String,
+    /// How many lines back the match starts (0 = the newest line).
+    pub lines_back: usize,
+}
+
+#[derive(Debug)]
+pub struct RuleEngine {
+    suffixes: Vec<Option<String>>,
+    /// Patterns that cannot span lines, tested together on the newest line.
+    single: RegexSet,
+    single_rules: Vec<usize>,
+    /// Patterns that may span lines, tested on the joined buffer.
+    multi: Vec<(usize, Regex)>,
+    buffer: VecDeque<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("rule {index} ({reason}): invalid pattern")]
+pub struct CompileError {
+    pub index: usize,
+    pub reason: String,
+    #[source]
+    pub source: regex::Error,
+}
+
+impl RuleEngine {
+    pub fn new(rules: &[LogRule], buffer_size: usize) -> Result<Self, CompileError> {
+        let mut single_patterns = Vec::new();
+        let mut single_rules = Vec::new();
+        let mut multi = Vec::new();
+        for (index, rule) in rules.iter().enumerate() {
+            let pattern = format!("(?:{})\\z", go_compatible(&rule.pattern));
+            let compiled = Regex::new(&pattern).map_err(|source| CompileError {
+                index,
+                reason: rule.reason.clone(),
+                source,
+            })?;
+            if single_line(&rule.pattern) {
+                single_patterns.push(pattern);
+                single_rules.push(index);
+            } else {
+                multi.push((index, compiled));
+            }
+        }
+        let single = RegexSet::new(&single_patterns).map_err(|source| CompileError {
+            index: single_rules.first().copied().unwrap_or_default(),
+            reason: "(set)".into(),
+            source,
+        })?;
+        let size = buffer_size.max(1);
+        Ok(Self {
+            suffixes: rules.iter().map(|r| r.message_suffix.clone()).collect(),
+            single,
+            single_rules,
+            multi,
+            buffer: std::iter::repeat_n(String::new(), size).collect(),
+        })
+    }
+
+    /// Pushes a line and returns every rule that matches now, in config order.
+    pub fn push(&mut self, line: &str) -> Vec<Match> {
+        self.buffer.pop_front();
+        self.buffer.push_back(line.to_owned());
+        let mut out: Vec<Match> = self
+            .single
+            .matches(line)
+            .into_iter()
+            .map(|i| Match {
+                rule: self.single_rules[i],
+                message: line.to_owned(),
+                lines_back: 0,
+            })
+            .collect();
+        if !self.multi.is_empty() {
+            let joined = self
+                .buffer
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join("\n");
+            for (rule, re) in &self.multi {
+                if let Some(m) = re.find(&joined) {
+                    // From the start of the line where the match begins.
+                    let line_start = joined[..m.start()].rfind('\n').map_or(0, |i| i + 1);
+                    let text = &joined[line_start..];
+                    out.push(Match {
+                        rule: *rule,
+                        message: text.to_owned(),
+                        lines_back: text.matches('\n').count(),
+                    });
+                }
+            }
+            out.sort_by_key(|m| m.rule);
+        }
+        for m in &mut out {
+            if let Some(suffix) = &self.suffixes[m.rule] {
+                m.message = format!("{}; {suffix}", m.message);
+            }
+        }
+        out
+    }
+}
+
+/// Whether a pattern provably stays within one line: no newline escape, no
+/// anchors or flags that make the buffer's start matter, and nothing that
+/// can match a newline (`\s`, negated classes, `(?s)`).
+fn single_line(pattern: &str) -> bool {
+    !["\\n", "\\s", "[^", "(?", "^", "\\A", "\\x0", "\\x{"]
+        .iter()
+        .any(|needle| pattern.contains(needle))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::syslog;
+
+    fn kernel_monitor() -> (Vec<LogRule>, usize) {
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/npd-configs/kernel-monitor.json");
+        let text = std::fs::read_to_string(&path)
+            .expect("kernel-monitor.json (../shared beside the checkout)");
+        let cfg = syslog::check(&path, &text)
+            .config
+            .expect("upstream config loads");
+        (cfg.rules, cfg.buffer_size)
+    }
+
+    fn reasons(engine: &mut RuleEngine, rules: &[LogRule], line: &str) -> Vec<String> {
+        engine
+            .push(line)
+            .iter()
+            .map(|m| rules[m.rule].reason.clone())
+            .collect()
+    }
+
+    #[test]
+    fn stock_kernel_rules_on_real_lines() {
+        let (rules, size) = kernel_monitor();
+        let mut e = RuleEngine::new(&rules, size).expect("compiles");
+        let cases: &[(&str, &[&str])] = &[
+            // OOM kill, old kernels: two lines, the second matches.
+            (
+                "Out of memory: Kill process 1234 (java) score 987 or sacrifice child",
+                &[],
+            ),
+            (
+                "Killed process 1234 (java) total-vm:2345678kB, anon-rss:123456kB, file-rss:0kB",
+                &["OOMKilling"],
+            ),
+            // OOM kill, kernels 5.x and later: one line with more fields.
+            (
+                "Out of memory: Killed process 4321 (python3) total-vm:9876543kB, anon-rss:8765432kB, file-rss:0kB, shmem-rss:0kB, UID:1000 pgtables:17000kB oom_score_adj:0",
+                &["OOMKilling"],
+            ),
+            (
+                "INFO: task kworker/2:1:123 blocked for more than 120 seconds.",
+                &["TaskHung"],
+            ),
+            (
+                "INFO: task docker:1234 blocked for more than 120 seconds.",
+                &["TaskHung", "DockerHung"],
+            ),
+            (
+                "EXT4-fs error (device sda1): ext4_find_entry:1455: inode #2: comm ls: reading directory lblock 0",
+                &["Ext4Error"],
+            ),
+            (
+                "XFS (sdb1): Corruption of in-memory data detected.  Shutting down filesystem",
+                &["XfsHasShutdown"],
+            ),
+            (
+                "{1}[Hardware Error]: event severity: fatal",
+                &["CperHardwareErrorFatal"],
+            ),
+            (
+                "{2}[Hardware Error]: event severity: corrected",
+                &["CperHardwareErrorCorrected"],
+            ),
+            (
+                "unregister_netdevice: waiting for eth0 to become free. Usage count = 1",
+                &["UnregisterNetDevice"],
+            ),
+            // Benign lines.
+            (
+                "EXT4-fs (sda1): mounted filesystem with ordered data mode. Opts: (null)",
+                &[],
+            ),
+            ("Killed process 1234 (java)", &[]),
+            (
+                "{3}[Hardware Error]: event severity: fatal, but this line goes on",
+                &[],
+            ),
+            (
+                "NVRM: loading NVIDIA UNIX Open Kernel Module for x86_64  580.159.04",
+                &[],
+            ),
+        ];
+        for (line, want) in cases {
+            assert_eq!(reasons(&mut e, &rules, line), *want, "{line}");
+        }
+    }
+
+    #[test]
+    fn multi_line_patterns_match_the_end_of_the_buffer() {
+        let rules = vec![LogRule {
+            kind: syslog::RuleKind::Temporary,
+            condition: None,
+            reason: "Pair".into(),
+            pattern: "first\\nsecond".into(),
+            message_suffix: Some("see the runbook".into()),
+        }];
+        let mut e = RuleEngine::new(&rules, 3).expect("compiles");
+        assert!(e.push("first").is_empty());
+        let m = e.push("second");
+        assert_eq!(m.len(), 1);
+        assert_eq!(m[0].message, "first\nsecond; see the runbook");
+        assert_eq!(m[0].lines_back, 1);
+        assert!(
+            e.push("third").is_empty(),
+            "the match must end at the newest line"
+        );
+    }
+}
