@@ -9,8 +9,8 @@ pub fn compile(pattern: &str) -> Result<Regex, regex::Error> {
 }
 
 /// Rewrites Go's ASCII-only Perl classes for the regex crate, whose `\d \w
-/// \s` are Unicode-aware. Outside brackets they become non-Unicode groups;
-/// inside brackets, their ASCII ranges.
+/// \s` are Unicode-aware. Outside brackets they become ASCII sets; inside
+/// brackets, their ASCII ranges.
 pub fn go_compatible(pattern: &str) -> String {
     let mut out = String::with_capacity(pattern.len() + 16);
     let mut chars = pattern.chars().peekable();
@@ -23,9 +23,14 @@ pub fn go_compatible(pattern: &str) -> String {
                     break;
                 };
                 match (next, in_class) {
-                    ('d' | 'w' | 's' | 'D' | 'W' | 'S', false) => {
-                        out.push_str(&format!("(?-u:\\{next})"));
-                    }
+                    // Go's classes as explicit ASCII sets (the negated ones
+                    // still match every non-ASCII character, as in Go).
+                    ('d', false) => out.push_str("[0-9]"),
+                    ('w', false) => out.push_str("[0-9A-Za-z_]"),
+                    ('s', false) => out.push_str("[\\t\\n\\x0C\\r ]"),
+                    ('D', false) => out.push_str("[^0-9]"),
+                    ('W', false) => out.push_str("[^0-9A-Za-z_]"),
+                    ('S', false) => out.push_str("[^\\t\\n\\x0C\\r ]"),
                     ('d', true) => out.push_str("0-9"),
                     ('w', true) => out.push_str("0-9A-Za-z_"),
                     ('s', true) => out.push_str("\\t\\n\\x0C\\r "),
@@ -77,5 +82,8 @@ mod tests {
         let class = Regex::new(&go_compatible(r"^[\d\s]+$")).expect("compiles");
         assert!(class.is_match("1 2") && !class.is_match("١"));
         assert_eq!(go_compatible(r"a\.b[\]x]"), r"a\.b[\]x]");
+        let not_space = compile(r"^\S+$").expect("compiles");
+        assert!(not_space.is_match("héllo") && !not_space.is_match("a b"));
+        compile(r#"^time="(\S*)""#).expect("docker-monitor-filelog.json's timestamp pattern");
     }
 }
