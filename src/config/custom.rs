@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::external::{ConditionDecl, read_conditions};
 use super::json::{self, Value};
-use super::syslog::RuleKind;
+use super::syslog::{RuleKind, read_rule_head};
 use super::walk::{self, Found, Obj, Sink, join};
-use super::{Checked, Level, windows_only};
+use super::{Checked, windows_only};
 use crate::config::duration::format_go;
 
 // NPD's defaults.
@@ -44,23 +44,7 @@ pub struct CustomPluginConfig {
 }
 
 pub fn check(file: &Path, text: &str) -> Checked<CustomPluginConfig> {
-    let mut sink = Sink::new(file);
-    let config = match json::parse(text) {
-        Ok(doc) => read(&mut sink, file, &doc),
-        Err(e) => {
-            sink.push(
-                Level::Error,
-                Some(e.pos),
-                "",
-                format!("invalid JSON: {}", e.message),
-            );
-            None
-        }
-    };
-    Checked {
-        config: config.filter(|_| !sink.has_errors()),
-        diagnostics: sink.diagnostics,
-    }
+    super::check_with(file, text, read)
 }
 
 fn read(sink: &mut Sink, file: &Path, doc: &json::Node) -> Option<CustomPluginConfig> {
@@ -166,43 +150,7 @@ fn read_rules(sink: &mut Sink, f: &Found<'_>, cfg: &CustomPluginConfig) -> Vec<C
         let Some(mut obj) = Obj::new(sink, item, &path_key) else {
             continue;
         };
-        let kind = match obj
-            .get(sink, &["type"])
-            .and_then(|f| walk::string(sink, &f).map(|s| (s, f)))
-        {
-            Some((s, _)) if s == "temporary" => Some(RuleKind::Temporary),
-            Some((s, _)) if s == "permanent" => Some(RuleKind::Permanent),
-            Some((s, f)) => {
-                sink.error(
-                    f.node.pos,
-                    &f.key,
-                    format!("{s:?}: a rule is \"temporary\" or \"permanent\""),
-                );
-                None
-            }
-            None => {
-                sink.error(item.pos, &join(&path_key, "type"), "missing");
-                None
-            }
-        };
-        let condition = obj.get(sink, &["condition"]).and_then(|f| {
-            let c = walk::string(sink, &f)?;
-            if kind == Some(RuleKind::Permanent) && !cfg.conditions.iter().any(|d| d.type_ == c) {
-                sink.error(
-                    f.node.pos,
-                    &f.key,
-                    format!("{c:?} is not declared in conditions"),
-                );
-            }
-            Some(c)
-        });
-        if kind == Some(RuleKind::Permanent) && condition.is_none() {
-            sink.error(
-                item.pos,
-                &join(&path_key, "condition"),
-                "missing; a permanent rule sets a condition",
-            );
-        }
+        let (kind, condition) = read_rule_head(sink, &mut obj, item, &path_key, &cfg.conditions);
         let reason = obj
             .get(sink, &["reason"])
             .and_then(|f| walk::string(sink, &f))
@@ -289,6 +237,7 @@ fn read_rules(sink: &mut Sink, f: &Found<'_>, cfg: &CustomPluginConfig) -> Vec<C
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Level;
 
     #[test]
     fn validates_like_npd_and_more() {

@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use super::Checked;
 use super::duration::format_go;
 use super::json::{self, Value};
 use super::walk::{self, Found, Obj, Sink, join};
-use super::{Checked, Level};
 use crate::problem::is_kubelet_owned;
 
 // ---------------------------------------------------------------------------
@@ -127,24 +127,7 @@ impl ExternalMonitorConfig {
 /// Checks one external monitor config. Phase one reads every key (types,
 /// durations, spellings); phase two checks the values against each other.
 pub fn check(file: &Path, text: &str) -> Checked<ExternalMonitorConfig> {
-    let mut sink = Sink::new(file);
-    let config = match json::parse(text) {
-        Ok(doc) => read(&mut sink, file, &doc),
-        Err(e) => {
-            sink.push(
-                Level::Error,
-                Some(e.pos),
-                "",
-                format!("invalid JSON: {}", e.message),
-            );
-            None
-        }
-    };
-    let config = config.filter(|_| !sink.has_errors());
-    Checked {
-        config,
-        diagnostics: sink.diagnostics,
-    }
+    super::check_with(file, text, read)
 }
 
 fn read(sink: &mut Sink, file: &Path, doc: &json::Node) -> Option<ExternalMonitorConfig> {

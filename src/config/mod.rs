@@ -74,6 +74,32 @@ impl<T> Checked<T> {
     }
 }
 
+/// Parses `text` and hands the document to `read` (phase one and two of a
+/// config kind); the config is kept only when no error was found.
+pub(crate) fn check_with<T>(
+    file: &Path,
+    text: &str,
+    read: impl FnOnce(&mut walk::Sink, &Path, &json::Node) -> Option<T>,
+) -> Checked<T> {
+    let mut sink = walk::Sink::new(file);
+    let config = match json::parse(text) {
+        Ok(doc) => read(&mut sink, file, &doc),
+        Err(e) => {
+            sink.push(
+                Level::Error,
+                Some(e.pos),
+                "",
+                format!("invalid JSON: {}", e.message),
+            );
+            None
+        }
+    };
+    Checked {
+        config: config.filter(|_| !sink.has_errors()),
+        diagnostics: sink.diagnostics,
+    }
+}
+
 /// Why a path is Windows-only, or `None` for a path npd-ext can use.
 pub(crate) fn windows_only(path: &str) -> Option<&'static str> {
     let lower = path.to_ascii_lowercase();

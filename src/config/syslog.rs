@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::external::{ConditionDecl, read_conditions};
 use super::json::{self, Value};
 use super::walk::{self, Obj, Sink, join};
-use super::{Checked, Level, windows_only};
+use super::{Checked, windows_only};
 
 /// NPD's default multi-line buffer, used when `bufferSize` is 0 or absent.
 pub const DEFAULT_BUFFER_SIZE: usize = 10;
@@ -57,23 +57,7 @@ pub struct SyslogMonitorConfig {
 
 /// Checks one system log monitor config; every problem, with positions.
 pub fn check(file: &Path, text: &str) -> Checked<SyslogMonitorConfig> {
-    let mut sink = Sink::new(file);
-    let config = match json::parse(text) {
-        Ok(doc) => read(&mut sink, file, &doc),
-        Err(e) => {
-            sink.push(
-                Level::Error,
-                Some(e.pos),
-                "",
-                format!("invalid JSON: {}", e.message),
-            );
-            None
-        }
-    };
-    Checked {
-        config: config.filter(|_| !sink.has_errors()),
-        diagnostics: sink.diagnostics,
-    }
+    super::check_with(file, text, read)
 }
 
 fn read(sink: &mut Sink, file: &Path, doc: &json::Node) -> Option<SyslogMonitorConfig> {
@@ -261,6 +245,55 @@ fn read(sink: &mut Sink, file: &Path, doc: &json::Node) -> Option<SyslogMonitorC
     Some(cfg)
 }
 
+/// The `type` and `condition` of a rule (system log and custom plugin
+/// rules share them): a permanent rule must name a declared condition.
+pub(crate) fn read_rule_head(
+    sink: &mut Sink,
+    obj: &mut Obj<'_>,
+    item: &json::Node,
+    path: &str,
+    conditions: &[ConditionDecl],
+) -> (Option<RuleKind>, Option<String>) {
+    let kind = match obj
+        .get(sink, &["type"])
+        .and_then(|f| walk::string(sink, &f).map(|s| (s, f)))
+    {
+        Some((s, _)) if s == "temporary" => Some(RuleKind::Temporary),
+        Some((s, _)) if s == "permanent" => Some(RuleKind::Permanent),
+        Some((s, f)) => {
+            sink.error(
+                f.node.pos,
+                &f.key,
+                format!("{s:?}: a rule is \"temporary\" or \"permanent\""),
+            );
+            None
+        }
+        None => {
+            sink.error(item.pos, &join(path, "type"), "missing");
+            None
+        }
+    };
+    let condition = obj.get(sink, &["condition"]).and_then(|f| {
+        let c = walk::string(sink, &f)?;
+        if kind == Some(RuleKind::Permanent) && !conditions.iter().any(|d| d.type_ == c) {
+            sink.error(
+                f.node.pos,
+                &f.key,
+                format!("{c:?} is not declared in conditions, so the rule could never set it"),
+            );
+        }
+        Some(c)
+    });
+    if kind == Some(RuleKind::Permanent) && condition.is_none() {
+        sink.error(
+            item.pos,
+            &join(path, "condition"),
+            "missing; a permanent rule sets a condition",
+        );
+    }
+    (kind, condition)
+}
+
 fn read_rules(sink: &mut Sink, f: &walk::Found<'_>, conditions: &[ConditionDecl]) -> Vec<LogRule> {
     let Value::Array(items) = &f.node.value else {
         sink.error(
@@ -276,43 +309,7 @@ fn read_rules(sink: &mut Sink, f: &walk::Found<'_>, conditions: &[ConditionDecl]
         let Some(mut obj) = Obj::new(sink, item, &path) else {
             continue;
         };
-        let kind = match obj
-            .get(sink, &["type"])
-            .and_then(|f| walk::string(sink, &f).map(|s| (s, f)))
-        {
-            Some((s, _)) if s == "temporary" => Some(RuleKind::Temporary),
-            Some((s, _)) if s == "permanent" => Some(RuleKind::Permanent),
-            Some((s, f)) => {
-                sink.error(
-                    f.node.pos,
-                    &f.key,
-                    format!("{s:?}: a rule is \"temporary\" or \"permanent\""),
-                );
-                None
-            }
-            None => {
-                sink.error(item.pos, &join(&path, "type"), "missing");
-                None
-            }
-        };
-        let condition = obj.get(sink, &["condition"]).and_then(|f| {
-            let c = walk::string(sink, &f)?;
-            if kind == Some(RuleKind::Permanent) && !conditions.iter().any(|d| d.type_ == c) {
-                sink.error(
-                    f.node.pos,
-                    &f.key,
-                    format!("{c:?} is not declared in conditions; upstream NPD would silently ignore this rule"),
-                );
-            }
-            Some(c)
-        });
-        if kind == Some(RuleKind::Permanent) && condition.is_none() {
-            sink.error(
-                item.pos,
-                &join(&path, "condition"),
-                "missing; a permanent rule sets a condition",
-            );
-        }
+        let (kind, condition) = read_rule_head(sink, &mut obj, item, &path, conditions);
         let reason = match obj.get(sink, &["reason"]) {
             Some(f) => walk::string(sink, &f).unwrap_or_default(),
             None => {
