@@ -4,29 +4,18 @@
 
 use std::path::Path;
 
+use super::Checked;
 use super::json::{self, Value};
 use super::walk::{self, Obj, Sink};
-use super::{Checked, Level};
 
 const COLLECTORS: [&str; 6] = ["cpu", "disk", "host", "memory", "osFeature", "net"];
 
 /// Checks the shape of a system stats monitor config.
 pub fn check(file: &Path, text: &str) -> Checked<()> {
-    let mut sink = Sink::new(file);
-    match json::parse(text) {
-        Ok(doc) => read(&mut sink, &doc),
-        Err(e) => sink.push(
-            Level::Error,
-            Some(e.pos),
-            "",
-            format!("invalid JSON: {}", e.message),
-        ),
-    }
-    let ok = !sink.has_errors();
-    Checked {
-        config: ok.then_some(()),
-        diagnostics: sink.diagnostics,
-    }
+    super::check_with(file, text, |sink, _, doc| {
+        read(sink, doc);
+        Some(())
+    })
 }
 
 fn read(sink: &mut Sink, doc: &json::Node) {

@@ -533,12 +533,8 @@ impl HealthModel {
             }
             Observation::KernelGpuInit { pci, at, replay } => {
                 // Only a GPU we know: an init line for a new address is just a driver load.
-                if let Some(pos) = self
-                    .gpus
-                    .iter()
-                    .position(|g| PciAddr::parse(&g.id.pci_bus_id) == Some(*pci))
-                {
-                    self.reset_seen(pos, *at, *replay);
+                if let Some(pos) = self.position_of_pci(*pci) {
+                    self.reset(pos, *at, !*replay);
                 }
             }
             Observation::SXid {
@@ -634,7 +630,7 @@ impl HealthModel {
             }
             Observation::Reset { gpu, at } => {
                 if let Some(pos) = self.position(*gpu) {
-                    self.reset(pos, *at);
+                    self.reset(pos, *at, true);
                 }
             }
             Observation::ClockEvents {
@@ -665,7 +661,7 @@ impl HealthModel {
                     let before = self.gpus[pos].counters.get("ecc-volatile").map(|(v, _)| *v);
                     self.gpus[pos].counter("ecc-volatile", *count, u64::MAX);
                     if before.is_some_and(|b| *count < b) {
-                        self.reset_seen(pos, *at, false);
+                        self.reset(pos, *at, true);
                     }
                     let bad = (*count > 0).then(|| {
                         fault(
@@ -894,13 +890,16 @@ impl HealthModel {
         pos
     }
 
-    /// The GPU at `pci`, or a new entry named by the address alone.
-    fn position_for_pci(&mut self, pci: PciAddr) -> usize {
-        if let Some(pos) = self
-            .gpus
+    /// The GPU at `pci`, if any.
+    fn position_of_pci(&self, pci: PciAddr) -> Option<usize> {
+        self.gpus
             .iter()
             .position(|g| PciAddr::parse(&g.id.pci_bus_id) == Some(pci))
-        {
+    }
+
+    /// The GPU at `pci`, or a new entry named by the address alone.
+    fn position_for_pci(&mut self, pci: PciAddr) -> usize {
+        if let Some(pos) = self.position_of_pci(pci) {
             return pos;
         }
         tracing::warn!(%pci, "kernel log names a GPU the driver does not enumerate");
@@ -1230,28 +1229,10 @@ impl HealthModel {
         }
     }
 
-    /// Evidence of a reset from the driver itself (kernel init line, counters
-    /// back to zero); a replayed one only rebuilds state.
-    fn reset_seen(&mut self, pos: usize, at: SystemTime, replay: bool) {
-        if replay {
-            let g = &mut self.gpus[pos];
-            let clearable: Vec<Slot> = g
-                .faults
-                .keys()
-                .copied()
-                .filter(|s| s.cleared_by_reset())
-                .collect();
-            for slot in clearable {
-                g.clear(slot, at);
-            }
-            g.recovery = 0;
-        } else {
-            self.reset(pos, at);
-        }
-    }
-
     /// Evidence that the GPU was reset and answers.
-    fn reset(&mut self, pos: usize, at: SystemTime) {
+    /// `announce` is false for evidence replayed after a restart, which
+    /// only rebuilds state.
+    fn reset(&mut self, pos: usize, at: SystemTime, announce: bool) {
         let g = &mut self.gpus[pos];
         let before = g.faults.len();
         let clearable: Vec<Slot> = g
@@ -1264,7 +1245,7 @@ impl HealthModel {
             g.clear(slot, at);
         }
         g.recovery = 0;
-        if g.faults.len() != before {
+        if announce && g.faults.len() != before {
             let message = format!(
                 "{}: GPU reset and answering; reset-class faults cleared",
                 g.id
