@@ -97,9 +97,35 @@ pub enum Toggle {
 
 #[derive(Debug, Args)]
 pub struct DetectorArgs {
+    /// System log monitor configs: kmsg, filelog, journald (comma-separated, repeatable).
+    #[arg(long = "config.system-log-monitor", value_delimiter = ',', action = ArgAction::Append, value_name = "FILE")]
+    pub system_log_monitors: Vec<PathBuf>,
+
+    /// Deprecated NPD spelling of --config.system-log-monitor.
+    #[arg(long = "system-log-monitors", value_delimiter = ',', action = ArgAction::Append, value_name = "FILE", hide = true, conflicts_with = "system_log_monitors")]
+    pub deprecated_system_log_monitors: Vec<PathBuf>,
+
+    /// Custom plugin monitor configs (comma-separated, repeatable).
+    #[arg(long = "config.custom-plugin-monitor", value_delimiter = ',', action = ArgAction::Append, value_name = "FILE")]
+    pub custom_plugin_monitors: Vec<PathBuf>,
+
+    /// Deprecated NPD spelling of --config.custom-plugin-monitor.
+    #[arg(long = "custom-plugin-monitors", value_delimiter = ',', action = ArgAction::Append, value_name = "FILE", hide = true, conflicts_with = "custom_plugin_monitors")]
+    pub deprecated_custom_plugin_monitors: Vec<PathBuf>,
+
+    /// System stats monitor configs: checked, but their metrics are not
+    /// collected by this build (a warning says so).
+    #[arg(long = "config.system-stats-monitor", value_delimiter = ',', action = ArgAction::Append, value_name = "FILE")]
+    pub system_stats_monitors: Vec<PathBuf>,
+
     /// External monitor configs (comma-separated, repeatable).
     #[arg(long = "config.external-monitor", value_delimiter = ',', action = ArgAction::Append, value_name = "FILE")]
     pub external_monitors: Vec<PathBuf>,
+
+    /// Kernel log for every kmsg monitor, instead of its logPath or
+    /// /dev/kmsg: a file or FIFO of records in /dev/kmsg's format (replays, tests).
+    #[arg(long, value_name = "PATH")]
+    pub kmsg_path: Option<PathBuf>,
 
     /// Report to the Kubernetes API (auto: when running in a cluster).
     #[arg(long, value_enum, default_value_t = Toggle::Auto, num_args = 0..=1, default_missing_value = "true")]
@@ -116,6 +142,14 @@ pub struct DetectorArgs {
     /// Port of the health and /conditions server (0 disables it).
     #[arg(long, default_value_t = 20256)]
     pub port: u16,
+
+    /// Address of the Prometheus /metrics server.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub prometheus_address: IpAddr,
+
+    /// Port of the Prometheus /metrics server (0 disables it).
+    #[arg(long, default_value_t = 20257)]
+    pub prometheus_port: u16,
 
     /// Grace period for shutdown.
     #[arg(long, value_parser = go_duration, default_value = "10s")]

@@ -10,7 +10,10 @@ use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::conditions::{ConditionManager, NodeCondition, Published};
 use crate::config::ExternalMonitorConfig;
+use crate::config::custom::CustomPluginConfig;
+use crate::config::syslog::{RuleKind, SyslogMonitorConfig};
 use crate::exporter;
+use crate::exporter::prometheus::Metrics;
 use crate::liveness::Liveness;
 use crate::monitor::{self, Report, Update};
 use crate::shutdown::Shutdown;
@@ -18,6 +21,10 @@ use crate::shutdown::Shutdown;
 #[derive(Debug, Default)]
 pub struct DetectorOptions {
     pub external: Vec<ExternalMonitorConfig>,
+    pub syslog: Vec<SyslogMonitorConfig>,
+    pub custom: Vec<CustomPluginConfig>,
+    /// Where `/metrics` is served; `None` disables it.
+    pub metrics: Option<std::net::TcpListener>,
     /// Where `/healthz` and `/conditions` are served; `None` disables the server.
     pub http: Option<std::net::TcpListener>,
     /// Print every transition and event as one log line.
@@ -36,6 +43,7 @@ pub enum StartError {
 #[derive(Debug)]
 pub struct Detector {
     pub http_addr: Option<SocketAddr>,
+    pub metrics_addr: Option<SocketAddr>,
     conditions: watch::Receiver<Arc<Vec<NodeCondition>>>,
     published: broadcast::Sender<Published>,
     pub liveness: Liveness,
@@ -56,20 +64,54 @@ impl Detector {
 /// Starts every monitor and exporter on `shutdown`'s tracker.
 pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, StartError> {
     let mut manager = ConditionManager::new();
+    let mut metrics = Metrics::new();
     let mut problems = Vec::new();
-    let mut ids = Vec::new();
-    for cfg in &options.external {
-        let types: Vec<String> = cfg.conditions.iter().map(|c| c.type_.clone()).collect();
-        let (id, errors) = manager.register(&cfg.source, &types);
-        problems.extend(
-            errors
-                .iter()
-                .map(|e| format!("{}: {e}", cfg.file.display())),
-        );
-        ids.push(id);
-    }
+    let mut register =
+        |file: &std::path::Path, source: &str, decls: &[crate::config::ConditionDecl]| {
+            let types: Vec<String> = decls.iter().map(|c| c.type_.clone()).collect();
+            let (id, errors) = manager.register(source, &types);
+            problems.extend(errors.iter().map(|e| format!("{}: {e}", file.display())));
+            id
+        };
+    let external_ids: Vec<_> = options
+        .external
+        .iter()
+        .map(|c| register(&c.file, &c.source, &c.conditions))
+        .collect();
+    let syslog_ids: Vec<_> = options
+        .syslog
+        .iter()
+        .map(|c| register(&c.file, &c.source, &c.conditions))
+        .collect();
+    let custom_ids: Vec<_> = options
+        .custom
+        .iter()
+        .map(|c| register(&c.file, &c.source, &c.conditions))
+        .collect();
     if !problems.is_empty() {
         return Err(StartError::Ownership(problems));
+    }
+    for c in &options.syslog {
+        metrics.declare(
+            &c.source,
+            c.metrics_reporting,
+            c.rules.iter().map(|r| r.reason.clone()),
+            c.rules
+                .iter()
+                .filter(|r| r.kind == RuleKind::Permanent)
+                .filter_map(|r| Some((r.condition.clone()?, r.reason.clone()))),
+        );
+    }
+    for c in &options.custom {
+        metrics.declare(
+            &c.source,
+            c.metrics_reporting,
+            c.rules.iter().map(|r| r.reason.clone()),
+            c.rules
+                .iter()
+                .filter(|r| r.kind == RuleKind::Permanent)
+                .filter_map(|r| Some((r.condition.clone()?, r.reason.clone()))),
+        );
     }
 
     let liveness = Liveness::new();
@@ -96,6 +138,21 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
         }
         None => None,
     };
+    let metrics_addr = match options.metrics {
+        Some(listener) => {
+            listener.set_nonblocking(true).map_err(StartError::Http)?;
+            let addr = listener.local_addr().map_err(StartError::Http)?;
+            let listener = tokio::net::TcpListener::from_std(listener).map_err(StartError::Http)?;
+            shutdown.spawn(exporter::prometheus::serve(
+                listener,
+                metrics.registry(),
+                shutdown.token().child_token(),
+            ));
+            tracing::info!(%addr, "serving /metrics");
+            Some(addr)
+        }
+        None => None,
+    };
     if options.log_exporter {
         shutdown.spawn(exporter::log::run(
             published_tx.subscribe(),
@@ -106,13 +163,40 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
     let fan_in_pulse = liveness.register("fan-in", FAN_IN_BEAT * 2);
     shutdown.spawn(fan_in(
         manager,
+        metrics,
         report_rx,
         published_tx.clone(),
         conditions_tx,
         fan_in_pulse,
         shutdown.token().child_token(),
     ));
-    for (cfg, id) in options.external.into_iter().zip(ids) {
+    for (cfg, id) in options.syslog.into_iter().zip(syslog_ids) {
+        let pulse = liveness.register(
+            format!("system-log-monitor {}", cfg.source),
+            Duration::from_secs(60),
+        );
+        shutdown.spawn(monitor::syslog::run(
+            id,
+            cfg,
+            report_tx.clone(),
+            pulse,
+            shutdown.token().child_token(),
+        ));
+    }
+    for (cfg, id) in options.custom.into_iter().zip(custom_ids) {
+        let pulse = liveness.register(
+            format!("custom-plugin-monitor {}", cfg.source),
+            Duration::from_secs(60),
+        );
+        shutdown.spawn(monitor::custom::run(
+            id,
+            cfg,
+            report_tx.clone(),
+            pulse,
+            shutdown.token().child_token(),
+        ));
+    }
+    for (cfg, id) in options.external.into_iter().zip(external_ids) {
         let pulse = liveness.register(
             format!("external-monitor {}", cfg.source),
             cfg.timeout * 2 + FAN_IN_BEAT,
@@ -127,6 +211,7 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
     }
     Ok(Detector {
         http_addr,
+        metrics_addr,
         conditions: conditions_rx,
         published: published_tx,
         liveness,
@@ -137,6 +222,7 @@ const FAN_IN_BEAT: Duration = Duration::from_secs(30);
 
 async fn fan_in(
     mut manager: ConditionManager,
+    mut metrics: Metrics,
     mut rx: mpsc::Receiver<Report>,
     published: broadcast::Sender<Published>,
     conditions: watch::Sender<Arc<Vec<NodeCondition>>>,
@@ -155,6 +241,7 @@ async fn fan_in(
             Update::Status(status) => {
                 let applied = manager.apply(report.monitor, &status, SystemTime::now());
                 for p in applied.published {
+                    metrics.observe(&p);
                     // No subscriber is fine: exporters may be disabled.
                     let _ = published.send(p);
                 }

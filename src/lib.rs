@@ -12,6 +12,7 @@ pub mod config;
 pub mod detector;
 pub mod exporter;
 pub mod gpu;
+pub mod kmsg;
 pub mod liveness;
 pub mod logging;
 pub mod monitor;

@@ -50,6 +50,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             external: vec![monitor],
             http: Some(listen(args.port)?),
             log_exporter: false,
+            ..DetectorOptions::default()
         },
         &shutdown,
     )?;

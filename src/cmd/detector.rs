@@ -2,41 +2,127 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
 use crate::cli::{DetectorArgs, Toggle};
-use crate::config::{self, Level};
+use crate::config::custom::CustomPluginConfig;
+use crate::config::syslog::{LogPlugin, SyslogMonitorConfig};
+use crate::config::{self, Checked, Level};
 use crate::detector::{self, DetectorOptions};
 use crate::shutdown::Shutdown;
 
-pub async fn run(args: DetectorArgs) -> anyhow::Result<()> {
-    let mut configs = Vec::new();
+/// Every monitor config the flags name, checked; all problems at once.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub syslog: Vec<SyslogMonitorConfig>,
+    pub custom: Vec<CustomPluginConfig>,
+    pub external: Vec<config::ExternalMonitorConfig>,
+    pub stats: usize,
+}
+
+fn load<T>(
+    path: &Path,
+    check: fn(&Path, &str) -> Checked<T>,
+    errors: &mut Vec<String>,
+    out: &mut Vec<T>,
+) {
+    let checked = match std::fs::read_to_string(path) {
+        Ok(text) => check(path, &text),
+        Err(e) => {
+            errors.push(format!("{}: cannot read file: {e}", path.display()));
+            return;
+        }
+    };
+    for d in &checked.diagnostics {
+        match d.level {
+            Level::Error if !d.unknown_key => errors.push(d.to_string()),
+            // Unknown keys do not stop the detector, but are never silent.
+            _ => tracing::warn!("{d}"),
+        }
+    }
+    out.extend(checked.config);
+}
+
+/// Loads the configs the flags name (NPD: a path listed twice, even under
+/// two monitor kinds, is loaded once).
+pub fn load_all(args: &DetectorArgs) -> anyhow::Result<Loaded> {
+    let mut loaded = Loaded::default();
     let mut errors = Vec::new();
     let mut seen = HashSet::new();
-    for path in &args.external_monitors {
-        if !seen.insert(path.clone()) {
+    let mut first = |path: &PathBuf| {
+        let fresh = seen.insert(path.clone());
+        if !fresh {
             tracing::warn!(config = %path.display(), "config listed twice; loading it once");
-            continue;
         }
-        let checked = config::check_external_file(path);
-        for d in &checked.diagnostics {
-            match d.level {
-                Level::Error if !d.unknown_key => errors.push(d.to_string()),
-                // Unknown keys do not stop the detector, but are never silent.
-                _ => tracing::warn!("{d}"),
+        fresh
+    };
+    let syslog = args
+        .system_log_monitors
+        .iter()
+        .chain(&args.deprecated_system_log_monitors);
+    for path in syslog {
+        if first(path) {
+            load(path, config::syslog::check, &mut errors, &mut loaded.syslog);
+        }
+    }
+    let custom = args
+        .custom_plugin_monitors
+        .iter()
+        .chain(&args.deprecated_custom_plugin_monitors);
+    for path in custom {
+        if first(path) {
+            load(path, config::custom::check, &mut errors, &mut loaded.custom);
+        }
+    }
+    for path in &args.system_stats_monitors {
+        if first(path) {
+            let mut ok = Vec::new();
+            load(path, config::stats::check, &mut errors, &mut ok);
+            if !ok.is_empty() {
+                tracing::warn!(config = %path.display(), "system stats monitor config is valid, but this build does not collect system stats metrics");
             }
+            loaded.stats += ok.len();
         }
-        configs.extend(checked.config);
+    }
+    for path in &args.external_monitors {
+        if first(path) {
+            load(
+                path,
+                config::external::check,
+                &mut errors,
+                &mut loaded.external,
+            );
+        }
     }
     if !errors.is_empty() {
         bail!("invalid monitor config:\n  {}", errors.join("\n  "));
     }
-    if configs.is_empty() {
+    if let Some(kmsg) = &args.kmsg_path {
+        for c in &mut loaded.syslog {
+            if c.plugin == LogPlugin::Kmsg {
+                c.log_path = Some(kmsg.display().to_string());
+            }
+        }
+    }
+    for c in &loaded.custom {
+        for r in &c.rules {
+            if !crate::monitor::custom::runnable(&r.path) {
+                tracing::warn!(config = %c.file.display(), plugin = %r.path.display(), "plugin is not an executable file here; its runs will report Unknown");
+            }
+        }
+    }
+    if loaded.syslog.is_empty() && loaded.custom.is_empty() && loaded.external.is_empty() {
         bail!(
-            "no monitor configured: give --config.external-monitor FILE (see `npd-ext validate-config`)"
+            "no monitor configured: give --config.system-log-monitor, --config.custom-plugin-monitor or --config.external-monitor FILE (see `npd-ext validate-config`)"
         );
     }
+    Ok(loaded)
+}
+
+pub async fn run(args: DetectorArgs) -> anyhow::Result<()> {
+    let loaded = load_all(&args)?;
 
     let node = node_name(args.hostname_override.as_deref());
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
@@ -63,14 +149,26 @@ pub async fn run(args: DetectorArgs) -> anyhow::Result<()> {
         )
     };
 
+    let metrics = if args.prometheus_port == 0 {
+        None
+    } else {
+        let addr = SocketAddr::new(args.prometheus_address, args.prometheus_port);
+        Some(std::net::TcpListener::bind(addr).with_context(|| {
+            format!("cannot listen on {addr} (--prometheus-address/--prometheus-port)")
+        })?)
+    };
+
     let shutdown = Shutdown::new();
     shutdown
         .listen_for_signals()
         .context("cannot install signal handlers")?;
     let _detector = detector::start(
         DetectorOptions {
-            external: configs,
+            external: loaded.external,
+            syslog: loaded.syslog,
+            custom: loaded.custom,
             http,
+            metrics,
             log_exporter: true,
         },
         &shutdown,

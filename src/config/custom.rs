@@ -117,7 +117,7 @@ fn read(sink: &mut Sink, file: &Path, doc: &json::Node) -> Option<CustomPluginCo
         pc.finish(sink);
     }
     if let Some(f) = top.get(sink, &["conditions"]) {
-        cfg.conditions = read_conditions(sink, &f);
+        cfg.conditions = read_conditions(sink, &f, false);
     }
     if let Some(f) = top.get(sink, &["rules"]) {
         cfg.rules = read_rules(sink, &f, &cfg);

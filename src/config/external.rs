@@ -73,6 +73,9 @@ pub struct ConditionDecl {
     pub type_: String,
     pub reason: String,
     pub message: String,
+    /// Extension for system log monitors: a permanent condition clears
+    /// itself this long after its rule last matched (NPD's are sticky).
+    pub resolve_after: Option<Duration>,
 }
 
 impl ExternalMonitorConfig {
@@ -114,6 +117,7 @@ impl ExternalMonitorConfig {
                 type_: (*t).to_owned(),
                 reason: String::new(),
                 message: String::new(),
+                resolve_after: None,
             })
             .collect();
         self
@@ -184,7 +188,7 @@ fn read(sink: &mut Sink, file: &Path, doc: &json::Node) -> Option<ExternalMonito
         );
     }
     if let Some(f) = top.get(sink, &["conditions"]) {
-        cfg.conditions = read_conditions(sink, &f);
+        cfg.conditions = read_conditions(sink, &f, false);
     }
     let mut socket_pos = top.pos;
     let mut spots = Spots::default();
@@ -381,7 +385,13 @@ fn read_count(sink: &mut Sink, f: &Found<'_>) -> Option<u32> {
     }
 }
 
-pub(crate) fn read_conditions(sink: &mut Sink, f: &Found<'_>) -> Vec<ConditionDecl> {
+/// Reads `conditions`; `resolveAfter` is a key only where it means something
+/// (system log monitors), an unknown key elsewhere.
+pub(crate) fn read_conditions(
+    sink: &mut Sink,
+    f: &Found<'_>,
+    resolve_after_allowed: bool,
+) -> Vec<ConditionDecl> {
     let Value::Array(items) = &f.node.value else {
         sink.error(
             f.node.pos,
@@ -406,6 +416,22 @@ pub(crate) fn read_conditions(sink: &mut Sink, f: &Found<'_>) -> Vec<ConditionDe
                 None => sink.error(item.pos, &join(&path, name), "missing"),
             }
         }
+        let resolve_after = if resolve_after_allowed {
+            obj.get(sink, &["resolveAfter"]).and_then(|f| {
+                let d = walk::duration(sink, &f)?;
+                if d.is_zero() {
+                    sink.error(
+                        f.node.pos,
+                        &f.key,
+                        "must be greater than 0 (leave it out to keep the condition until a restart, as NPD does)",
+                    );
+                    return None;
+                }
+                Some(d)
+            })
+        } else {
+            None
+        };
         obj.finish(sink);
         let [type_, reason, message] = fields;
         if type_.is_empty() {
@@ -432,6 +458,7 @@ pub(crate) fn read_conditions(sink: &mut Sink, f: &Found<'_>) -> Vec<ConditionDe
             type_,
             reason,
             message,
+            resolve_after,
         });
     }
     out

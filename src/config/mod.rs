@@ -7,6 +7,7 @@
 pub mod custom;
 pub mod duration;
 pub mod external;
+pub mod golayout;
 pub mod goregex;
 pub mod json;
 pub mod stats;

@@ -182,7 +182,7 @@ fn read(sink: &mut Sink, file: &Path, doc: &json::Node) -> Option<SyslogMonitorC
         cfg.metrics_reporting = walk::boolean(sink, &f).unwrap_or(true);
     }
     if let Some(f) = top.get(sink, &["conditions"]) {
-        cfg.conditions = read_conditions(sink, &f);
+        cfg.conditions = read_conditions(sink, &f, true);
     }
     if let Some(f) = top.get(sink, &["rules"]) {
         cfg.rules = read_rules(sink, &f, &cfg.conditions);

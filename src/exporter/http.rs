@@ -22,6 +22,20 @@ pub struct State {
 }
 
 pub async fn serve(listener: TcpListener, state: State, token: CancellationToken) {
+    serve_with(
+        listener,
+        move |method: &Method, path: &str| route(method, path, &state),
+        token,
+    )
+    .await;
+}
+
+/// Serves GET requests with `route` until `token` is cancelled (HTTP/1.1,
+/// a header deadline so an idle client cannot hold a connection).
+pub(crate) async fn serve_with<F>(listener: TcpListener, route: F, token: CancellationToken)
+where
+    F: Fn(&Method, &str) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
+{
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -33,12 +47,12 @@ pub async fn serve(listener: TcpListener, state: State, token: CancellationToken
             },
             () = token.cancelled() => return,
         };
-        let state = state.clone();
+        let route = route.clone();
         let token = token.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(req.method(), req.uri().path(), &state)) }
+                let route = route.clone();
+                async move { Ok::<_, Infallible>(route(req.method(), req.uri().path())) }
             });
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -85,7 +99,7 @@ fn route(method: &Method, path: &str, state: &State) -> Response<Full<Bytes>> {
     }
 }
 
-fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+pub(crate) fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from(body)));
     *r.status_mut() = status;
     r.headers_mut().insert(

@@ -8,47 +8,20 @@
 //! format, one per line (tests and replays).
 
 use std::fmt;
-use std::fs::File;
-use std::io::{BufRead, BufReader, ErrorKind, Read};
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Observation;
+use crate::kmsg;
 
 // ---------------------------------------------------------------------------
 // Records and lines
 // ---------------------------------------------------------------------------
 
-/// One kernel log record.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
-    pub priority: u8,
-    pub seq: u64,
-    /// Microseconds since boot.
-    pub usec: u64,
-    pub text: String,
-}
-
-/// Parses `prio,seq,usec,flag[,more];text`. Dictionary lines (starting with
-/// a space) and malformed lines give `None`.
-pub fn parse_record(line: &str) -> Option<Record> {
-    let (head, text) = line.split_once(';')?;
-    let mut fields = head.split(',');
-    let prio: u32 = fields.next()?.trim().parse().ok()?;
-    let seq = fields.next()?.parse().ok()?;
-    let usec = fields.next()?.parse().ok()?;
-    Some(Record {
-        // The facility sits above the low three bits.
-        priority: (prio & 7) as u8,
-        seq,
-        usec,
-        text: text.trim_end_matches(['\n', '\r']).to_owned(),
-    })
-}
+pub use crate::kmsg::{Record, parse_record};
 
 /// A PCI address without the function: the kernel log usually omits it,
 /// NVML writes an 8-digit domain.
@@ -243,12 +216,7 @@ pub async fn run(options: KmsgOptions, tx: mpsc::Sender<Observation>, token: Can
     let path = options.path.clone();
     let spawned = std::thread::Builder::new()
         .name("kmsg".into())
-        .spawn(move || match File::open(&path) {
-            Ok(file) => read_records(&path, file, &rec_tx),
-            Err(e) => {
-                let _ = rec_tx.blocking_send(Err(e.to_string()));
-            }
-        });
+        .spawn(move || read_records(&path, &rec_tx));
     if let Err(e) = spawned {
         tracing::error!("cannot start the kernel log reader: {e}");
         return;
@@ -343,59 +311,42 @@ fn save(options: &KmsgOptions, position: &Position, unsaved: &mut u32) {
     }
 }
 
-/// The blocking read loop: one record per read on `/dev/kmsg`, one per line
-/// elsewhere (a regular file is followed like `tail -f`).
-fn read_records(path: &Path, file: File, tx: &mpsc::Sender<Result<Record, String>>) {
-    let is_kmsg = file
-        .metadata()
-        .is_ok_and(|m| m.file_type().is_char_device());
-    if is_kmsg {
-        let mut file = file;
-        let mut buf = vec![0u8; 8192];
-        loop {
-            match file.read(&mut buf) {
-                Ok(0) => return,
-                Ok(n) => {
-                    let text = String::from_utf8_lossy(&buf[..n]);
-                    // The first line is the record; " KEY=value" lines follow.
-                    if let Some(r) = text.lines().next().and_then(parse_record)
-                        && tx.blocking_send(Ok(r)).is_err()
-                    {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::BrokenPipe => {
-                    tracing::warn!("kernel log records were overwritten before we read them");
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => {
-                    tracing::error!(path = %path.display(), "kernel log read failed: {e}");
-                    return;
-                }
-            }
+/// The blocking read loop: whole records go on; gaps are logged (the XIDs
+/// in them are lost, and the log says how many records were).
+fn read_records(path: &Path, tx: &mpsc::Sender<Result<Record, String>>) {
+    let mut reader = match kmsg::Reader::open(path, kmsg::Start::Oldest) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.blocking_send(Err(e.to_string()));
+            return;
         }
-    }
-    let mut reader = BufReader::new(file);
-    let mut line = String::new();
+    };
+    let mut items = Vec::new();
     loop {
-        line.clear();
-        match reader.read_line(&mut line) {
-            Ok(0) => {
-                if tx.is_closed() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Ok(_) => {
-                if let Some(r) = parse_record(&line)
-                    && tx.blocking_send(Ok(r)).is_err()
-                {
-                    return;
-                }
-            }
+        items.clear();
+        match reader.read_into(&mut items, 256) {
+            Ok(true) => {}
+            Ok(false) => return,
             Err(e) => {
                 tracing::error!(path = %path.display(), "kernel log read failed: {e}");
                 return;
+            }
+        }
+        if items.is_empty() && tx.is_closed() {
+            return;
+        }
+        for item in items.drain(..) {
+            match item {
+                kmsg::Item::Record(r) => {
+                    if tx.blocking_send(Ok(r)).is_err() {
+                        return;
+                    }
+                }
+                kmsg::Item::Gap { lost, next_seq } => tracing::warn!(
+                    lost,
+                    next_seq,
+                    "kernel log records were overwritten before they were read; XIDs among them are missed"
+                ),
             }
         }
     }
@@ -403,6 +354,8 @@ fn read_records(path: &Path, file: File, tx: &mpsc::Sender<Result<Record, String
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn pci(s: &str) -> PciAddr {
@@ -415,22 +368,6 @@ mod tests {
         assert_eq!(pci("0000:3b:00.0"), pci("3B:00.1"));
         assert_eq!(pci("0000:61:00").to_string(), "0000:61:00");
         assert!(PciAddr::parse("garbage").is_none());
-    }
-
-    #[test]
-    fn records_in_kmsg_format() {
-        let r = parse_record("4,356,1241530,c;NVRM: something").expect("record");
-        assert_eq!(
-            (r.priority, r.seq, r.usec, r.text.as_str()),
-            (4, 356, 1_241_530, "NVRM: something")
-        );
-        let r = parse_record("30,12,5,-,caller=T1;text; with; semicolons\n").expect("record");
-        assert_eq!(
-            (r.priority, r.seq, r.text.as_str()),
-            (6, 12, "text; with; semicolons")
-        );
-        assert!(parse_record(" SUBSYSTEM=pci").is_none());
-        assert!(parse_record("no header").is_none());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Problem daemons: each watches one source and emits [`Report`]s on a channel
 //! to the detector's fan-in. A monitor never touches another's state.
 
+pub mod custom;
 pub mod external;
-pub mod rules;
+pub mod syslog;
 
 use crate::conditions::MonitorId;
 use crate::problem::Status;

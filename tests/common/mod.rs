@@ -69,6 +69,7 @@ pub fn start_detector(configs: Vec<ExternalMonitorConfig>) -> (Shutdown, Detecto
             external: configs,
             http: Some(http),
             log_exporter: true,
+            ..DetectorOptions::default()
         },
         &shutdown,
     )

@@ -1,0 +1,312 @@
+//! The `filelog` watcher: follows `logPath` from its first line like
+//! `tail -F` (a rotated file is finished, then the new one read from its
+//! start; a truncated file is read again from its start), drops lines with a
+//! `skipList` substring, and reads each line's time and message with the
+//! config's `timestamp`/`message` regexes (the last submatch, as NPD) and
+//! Go layout `timestampFormat`.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Seek, SeekFrom};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use regex::{CaptureLocations, Regex};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{BATCH, Feed, LogLine, RESTART_EVERY, pause};
+use crate::config::golayout::Layout;
+use crate::config::goregex;
+use crate::config::syslog::SyslogMonitorConfig;
+
+/// How long the watcher sleeps at end of file (NPD polls every 500 ms).
+pub const POLL: Duration = Duration::from_millis(250);
+
+/// Reads a line's time and message the way NPD's filelog translator does.
+#[derive(Debug)]
+pub struct Translator {
+    timestamp: Regex,
+    timestamp_locs: CaptureLocations,
+    message: Regex,
+    message_locs: CaptureLocations,
+    layout: Layout,
+    /// The last timestamp text and its value: syslog lines share seconds.
+    cached: Option<(String, SystemTime)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TranslateError {
+    #[error("no timestamp found")]
+    NoTimestamp,
+    #[error("no message found")]
+    NoMessage,
+    #[error("bad timestamp: {0}")]
+    BadTimestamp(String),
+}
+
+impl Translator {
+    pub fn new(cfg: &SyslogMonitorConfig) -> Result<Self, String> {
+        let get = |k: &str| {
+            cfg.plugin_config
+                .get(k)
+                .ok_or_else(|| format!("pluginConfig.{k} is missing"))
+        };
+        let timestamp = goregex::compile(get("timestamp")?).map_err(|e| e.to_string())?;
+        let message = goregex::compile(get("message")?).map_err(|e| e.to_string())?;
+        let layout = Layout::new(get("timestampFormat")?).map_err(|e| e.to_string())?;
+        Ok(Self {
+            timestamp_locs: timestamp.capture_locations(),
+            message_locs: message.capture_locations(),
+            timestamp,
+            message,
+            layout,
+            cached: None,
+        })
+    }
+
+    /// The time and message of one line.
+    pub fn translate(&mut self, line: &str, now: SystemTime) -> Result<LogLine, TranslateError> {
+        let ts = last_submatch(&self.timestamp, &mut self.timestamp_locs, line)
+            .ok_or(TranslateError::NoTimestamp)?;
+        let at = match &self.cached {
+            Some((text, at)) if text == ts => *at,
+            _ => {
+                let at = self
+                    .layout
+                    .parse(ts, now)
+                    .map_err(|e| TranslateError::BadTimestamp(e.to_string()))?;
+                self.cached = Some((ts.to_owned(), at));
+                at
+            }
+        };
+        let text = last_submatch(&self.message, &mut self.message_locs, line)
+            .ok_or(TranslateError::NoMessage)?;
+        Ok(LogLine {
+            at,
+            text: text.to_owned(),
+        })
+    }
+}
+
+/// Go's `FindStringSubmatch(line)[last]`: the last group ("" when it did not
+/// take part), or the whole match for a pattern without groups.
+fn last_submatch<'a>(re: &Regex, locs: &mut CaptureLocations, line: &'a str) -> Option<&'a str> {
+    if locs.len() == 1 {
+        return re.find(line).map(|m| m.as_str());
+    }
+    re.captures_read(locs, line)?;
+    Some(locs.get(locs.len() - 1).map_or("", |(s, e)| &line[s..e]))
+}
+
+pub fn spawn(
+    cfg: &SyslogMonitorConfig,
+    tx: mpsc::Sender<Feed>,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    let translator = Translator::new(cfg).map_err(std::io::Error::other)?;
+    let path = PathBuf::from(cfg.log_path.clone().unwrap_or_default());
+    let skip = cfg.skip_list.clone();
+    std::thread::Builder::new()
+        .name("filelog-monitor".into())
+        .spawn(move || Follower::new(path, skip, translator).run(&tx, &stop))
+        .map(drop)
+}
+
+/// Follows one file across rotation and truncation.
+#[derive(Debug)]
+pub struct Follower {
+    path: PathBuf,
+    skip: Vec<String>,
+    translator: Translator,
+    failures: u64,
+}
+
+struct Open {
+    reader: BufReader<File>,
+    id: (u64, u64),
+    pos: u64,
+}
+
+impl Follower {
+    pub fn new(path: PathBuf, skip: Vec<String>, translator: Translator) -> Self {
+        Self {
+            path,
+            skip,
+            translator,
+            failures: 0,
+        }
+    }
+
+    fn open(path: &Path) -> std::io::Result<Open> {
+        let file = File::open(path)?;
+        let m = file.metadata()?;
+        Ok(Open {
+            reader: BufReader::with_capacity(64 * 1024, file),
+            id: (m.dev(), m.ino()),
+            pos: 0,
+        })
+    }
+
+    pub fn run(mut self, tx: &mpsc::Sender<Feed>, stop: &CancellationToken) {
+        let mut file = loop {
+            match Self::open(&self.path) {
+                Ok(f) => break f,
+                Err(e) => {
+                    let why = format!("cannot open {}: {e}", self.path.display());
+                    if tx.blocking_send(Feed::Down(why)).is_err() || !pause(RESTART_EVERY, stop) {
+                        return;
+                    }
+                }
+            }
+        };
+        if tx.blocking_send(Feed::Up).is_err() {
+            return;
+        }
+        let mut line = Vec::new();
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut down = false;
+        let mut rotated: Option<Open> = None;
+        loop {
+            let n = match file.reader.read_until(b'\n', &mut line) {
+                Ok(n) => n,
+                Err(e) => {
+                    let _ = tx.blocking_send(Feed::Down(format!(
+                        "cannot read {}: {e}",
+                        self.path.display()
+                    )));
+                    return;
+                }
+            };
+            file.pos += n as u64;
+            if line.last() == Some(&b'\n') {
+                self.take(&line, &mut batch);
+                line.clear();
+                if batch.len() >= BATCH
+                    && tx
+                        .blocking_send(Feed::Lines(std::mem::take(&mut batch)))
+                        .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
+            // End of file (a partial line stays in `line` until its end comes).
+            if !batch.is_empty()
+                && tx
+                    .blocking_send(Feed::Lines(std::mem::take(&mut batch)))
+                    .is_err()
+            {
+                return;
+            }
+            if let Some(next) = rotated.take() {
+                // The old file is read to its end: on to the new one.
+                if !line.is_empty() {
+                    self.take(&line, &mut batch);
+                    line.clear();
+                }
+                file = next;
+                continue;
+            }
+            if !pause(POLL, stop) {
+                return;
+            }
+            match std::fs::metadata(&self.path) {
+                Ok(m) if (m.dev(), m.ino()) != file.id => {
+                    // Rotated: what was written to the old file before the
+                    // move is read first, then the new file from its start.
+                    if let Ok(f) = Self::open(&self.path) {
+                        tracing::info!(path = %self.path.display(), "log file rotated; reading the new file from its start");
+                        rotated = Some(f);
+                    }
+                }
+                Ok(m) if m.len() < file.pos => {
+                    tracing::info!(path = %self.path.display(), "log file truncated; reading it again from its start");
+                    line.clear();
+                    if file.reader.seek(SeekFrom::Start(0)).is_ok() {
+                        file.pos = 0;
+                    }
+                }
+                Ok(_) => {
+                    if down {
+                        down = false;
+                        if tx.blocking_send(Feed::Up).is_err() {
+                            return;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Gone between rotation steps, usually; keep the old one.
+                    if !down {
+                        down = true;
+                        let why = format!("{} is gone: {e}", self.path.display());
+                        if tx.blocking_send(Feed::Down(why)).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn take(&mut self, raw: &[u8], batch: &mut Vec<LogLine>) {
+        let text = String::from_utf8_lossy(raw);
+        let text = text.trim_end_matches(['\n', '\r']);
+        if self.skip.iter().any(|s| text.contains(s.as_str())) {
+            return;
+        }
+        match self.translator.translate(text, SystemTime::now()) {
+            Ok(l) => batch.push(l),
+            Err(e) => {
+                self.failures += 1;
+                // The first few say what is wrong; then one in 10 000.
+                if self.failures <= 3 || self.failures.is_multiple_of(10_000) {
+                    tracing::warn!(path = %self.path.display(), failures = self.failures, "cannot parse log line {text:?}: {e}");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::syslog;
+
+    fn translator() -> Translator {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../shared/npd-configs/kernel-monitor-filelog.json");
+        let text = std::fs::read_to_string(&path).expect("shared config");
+        let cfg = syslog::check(&path, &text).config.expect("loads");
+        Translator::new(&cfg).expect("translator")
+    }
+
+    #[test]
+    fn stock_filelog_translation() {
+        let mut t = translator();
+        let l = t
+            .translate(
+                "Nov 27 01:02:03 node-1 kernel: [ 1234.567890] Killed process 77 (x) total-vm:1kB",
+                SystemTime::now(),
+            )
+            .expect("parses");
+        assert_eq!(l.text, "Killed process 77 (x) total-vm:1kB");
+        assert!(matches!(
+            t.translate(
+                "Nov 27 01:02:03 node-1 systemd[1]: Started.",
+                SystemTime::now()
+            ),
+            Err(TranslateError::NoMessage)
+        ));
+        assert!(matches!(
+            t.translate("garbage", SystemTime::now()),
+            Err(TranslateError::NoTimestamp)
+        ));
+        assert!(matches!(
+            t.translate("Foo 27 01:02:03 node-1 kernel: [ 1.0] x", SystemTime::now()),
+            Err(TranslateError::BadTimestamp(_))
+        ));
+    }
+}
