@@ -86,6 +86,7 @@ async fn fault_to_conditions(
             external: vec![cfg],
             http: Some(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
             log_exporter: false,
+            ..DetectorOptions::default()
         },
         &shutdown,
     )
