@@ -608,3 +608,187 @@ fn windows_configs_are_named_as_such() {
     assert_eq!(code, 1);
     assert!(out.contains("a Windows-only plugin"), "{out}");
 }
+
+/// Starts the detector on one config and waits for `needle` on stderr.
+fn detector_with(
+    flag: &str,
+    cfg: &Path,
+    extra: &[&str],
+    env: &[(&str, &Path)],
+    needle: &str,
+) -> (Child, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "detector",
+        "--enable-k8s-exporter=false",
+        "--port",
+        "0",
+        "--prometheus-port",
+        "0",
+    ])
+    .arg(format!("--config.{flag}"))
+    .arg(cfg)
+    .args(extra)
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("detector starts");
+    let mut stderr = child.stderr.take().expect("stderr");
+    let seen = read_until(&mut stderr, needle);
+    // Keep draining so the detector never blocks on a full pipe.
+    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
+    (child, seen)
+}
+
+#[test]
+fn every_upstream_linux_config_loads_in_the_detector() {
+    let dir = shared("npd-configs");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kmsg = tmp.path().join("kmsg");
+    std::fs::write(&kmsg, "").expect("kmsg file");
+    let mut started = 0;
+    for entry in std::fs::read_dir(&dir).expect("npd-configs") {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        if !name.ends_with(".json") || name.starts_with("windows-") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).expect("read");
+        let (flag, needle) = match npd_ext::config::kind_of(&text) {
+            npd_ext::config::Kind::SystemLog => {
+                ("system-log-monitor", "system log monitor started")
+            }
+            npd_ext::config::Kind::Custom => {
+                ("custom-plugin-monitor", "custom plugin monitor started")
+            }
+            npd_ext::config::Kind::SystemStats => (
+                "system-stats-monitor",
+                "system stats monitor config is valid",
+            ),
+            other => panic!("{name}: unexpected kind {other:?}"),
+        };
+        let kmsg_flag = ["--kmsg-path", kmsg.to_str().expect("utf8")];
+        let (mut child, _) = detector_with(flag, &path, &kmsg_flag, &[], needle);
+        sigterm(&child);
+        let status = wait_exit(&mut child, Duration::from_secs(15));
+        assert!(status.success(), "{name}: {status}");
+        started += 1;
+    }
+    assert!(started >= 19, "only {started} configs");
+}
+
+#[test]
+fn deprecated_flags_work_and_may_not_be_mixed_with_the_new_ones() {
+    let cfg = shared("npd-configs/kernel-monitor.json");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let kmsg = tmp.path().join("kmsg");
+    std::fs::write(&kmsg, "").expect("kmsg file");
+    let c = cfg.to_str().expect("utf8");
+    let (code, _, err) = npd(&[
+        "detector",
+        "--config.system-log-monitor",
+        c,
+        "--system-log-monitors",
+        c,
+    ]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("cannot be used with"), "{err}");
+    let mut child = Command::new(BIN)
+        .args([
+            "detector",
+            "--enable-k8s-exporter=false",
+            "--port",
+            "0",
+            "--prometheus-port",
+            "0",
+            "--system-log-monitors",
+        ])
+        .arg(&cfg)
+        .arg("--kmsg-path")
+        .arg(&kmsg)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let mut stderr = child.stderr.take().expect("stderr");
+    read_until(&mut stderr, "system log monitor started");
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+}
+
+#[test]
+fn journald_monitor_reads_a_journalctl_child() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let journal = tmp.path().join("journal");
+    std::fs::create_dir(&journal).expect("journal dir");
+    // Upstream's docker monitor, pointed at a journal directory of ours.
+    let mut cfg: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(shared("npd-configs/docker-monitor.json")).expect("read"),
+    )
+    .expect("json");
+    cfg["logPath"] = serde_json::Value::String(journal.display().to_string());
+    let cfg_path = tmp.path().join("docker-monitor.json");
+    std::fs::write(&cfg_path, cfg.to_string()).expect("write config");
+    // A journalctl that checks what it was asked, prints two entries and
+    // follows (sleeps) like the real one.
+    let args_file = tmp.path().join("args");
+    let now_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_micros();
+    let fake = tmp.path().join("journalctl");
+    std::fs::write(
+        &fake,
+        format!(
+            "#!/bin/sh\necho \"$@\" > {args}\n\
+             echo '{{\"__CURSOR\":\"c1\",\"__REALTIME_TIMESTAMP\":\"{now_us}\",\"SYSLOG_IDENTIFIER\":\"dockerd\",\"MESSAGE\":\"level=info msg=started\"}}'\n\
+             echo '{{\"__CURSOR\":\"c2\",\"__REALTIME_TIMESTAMP\":\"{now_us}\",\"SYSLOG_IDENTIFIER\":\"dockerd\",\"MESSAGE\":\"returned error: readlink /var/lib/docker/overlay2/l/ABC: invalid argument\"}}'\n\
+             exec sleep 600\n",
+            args = args_file.display()
+        ),
+    )
+    .expect("fake journalctl");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let (mut child, _) = detector_with(
+        "system-log-monitor",
+        &cfg_path,
+        &[],
+        &[("NPD_EXT_JOURNALCTL", &fake)],
+        "Node condition CorruptDockerOverlay2 is now: True",
+    );
+    let args = std::fs::read_to_string(&args_file).expect("journalctl ran");
+    assert!(
+        args.contains("--output=json") && args.contains("--follow"),
+        "{args}"
+    );
+    assert!(
+        args.contains(&format!("--directory={}", journal.display())),
+        "{args}"
+    );
+    assert!(args.contains("SYSLOG_IDENTIFIER=dockerd"), "{args}");
+    assert!(args.contains("--since=@"), "{args}");
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+
+    // Without a journal the error names where it looked.
+    cfg["logPath"] = serde_json::Value::String("/nonexistent/journal".into());
+    std::fs::write(&cfg_path, cfg.to_string()).expect("write config");
+    let (mut child, seen) = detector_with(
+        "system-log-monitor",
+        &cfg_path,
+        &[],
+        &[("NPD_EXT_JOURNALCTL", &fake)],
+        "is not a directory",
+    );
+    assert!(seen.contains("/nonexistent/journal"), "{seen}");
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+}

@@ -113,7 +113,11 @@ pub fn load_all(args: &DetectorArgs) -> anyhow::Result<Loaded> {
             }
         }
     }
-    if loaded.syslog.is_empty() && loaded.custom.is_empty() && loaded.external.is_empty() {
+    if loaded.syslog.is_empty()
+        && loaded.custom.is_empty()
+        && loaded.external.is_empty()
+        && loaded.stats == 0
+    {
         bail!(
             "no monitor configured: give --config.system-log-monitor, --config.custom-plugin-monitor or --config.external-monitor FILE (see `npd-ext validate-config`)"
         );

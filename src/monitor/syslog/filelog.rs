@@ -126,6 +126,36 @@ struct Open {
     reader: BufReader<File>,
     id: (u64, u64),
     pos: u64,
+    /// The last bytes read before `pos`, to notice a file truncated and
+    /// written past `pos` again between two looks (copytruncate).
+    tail: Vec<u8>,
+    modified: Option<SystemTime>,
+}
+
+const TAIL: usize = 64;
+
+impl Open {
+    fn consumed(&mut self, bytes: &[u8]) {
+        self.pos += bytes.len() as u64;
+        let keep = bytes.len().min(TAIL);
+        let drop = (self.tail.len() + keep).saturating_sub(TAIL);
+        self.tail.drain(..drop);
+        self.tail.extend_from_slice(&bytes[bytes.len() - keep..]);
+    }
+
+    /// Whether the bytes before `pos` are still those we read.
+    fn rewritten(&self) -> bool {
+        use std::os::unix::fs::FileExt;
+        if self.tail.is_empty() {
+            return false;
+        }
+        let mut now = vec![0; self.tail.len()];
+        let at = self.pos - self.tail.len() as u64;
+        match self.reader.get_ref().read_exact_at(&mut now, at) {
+            Ok(()) => now != self.tail,
+            Err(_) => true,
+        }
+    }
 }
 
 impl Follower {
@@ -145,6 +175,8 @@ impl Follower {
             reader: BufReader::with_capacity(64 * 1024, file),
             id: (m.dev(), m.ino()),
             pos: 0,
+            tail: Vec::with_capacity(TAIL),
+            modified: m.modified().ok(),
         })
     }
 
@@ -178,7 +210,8 @@ impl Follower {
                     return;
                 }
             };
-            file.pos += n as u64;
+            let start = line.len() - n;
+            file.consumed(&line[start..]);
             if line.last() == Some(&b'\n') {
                 self.take(&line, &mut batch);
                 line.clear();
@@ -220,14 +253,20 @@ impl Follower {
                         rotated = Some(f);
                     }
                 }
-                Ok(m) if m.len() < file.pos => {
+                Ok(m)
+                    if m.len() < file.pos
+                        || (m.modified().ok() != file.modified && file.rewritten()) =>
+                {
                     tracing::info!(path = %self.path.display(), "log file truncated; reading it again from its start");
                     line.clear();
                     if file.reader.seek(SeekFrom::Start(0)).is_ok() {
                         file.pos = 0;
+                        file.tail.clear();
                     }
+                    file.modified = m.modified().ok();
                 }
-                Ok(_) => {
+                Ok(m) => {
+                    file.modified = m.modified().ok();
                     if down {
                         down = false;
                         if tx.blocking_send(Feed::Up).is_err() {
