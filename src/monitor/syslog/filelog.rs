@@ -12,10 +12,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use regex::{CaptureLocations, Regex};
+use regex_automata::meta;
+use regex_syntax::hir::{Dot, Hir, HirKind, Repetition};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{BATCH, Feed, LogLine, RESTART_EVERY, pause};
+use super::{BATCH, Batch, Feed, RESTART_EVERY, pause};
 use crate::config::golayout::Layout;
 use crate::config::goregex;
 use crate::config::syslog::SyslogMonitorConfig;
@@ -23,13 +25,84 @@ use crate::config::syslog::SyslogMonitorConfig;
 /// How long the watcher sleeps at end of file (NPD polls every 500 ms).
 pub const POLL: Duration = Duration::from_millis(250);
 
+/// How a value (the timestamp or the message) is taken from a line:
+/// Go's `FindStringSubmatch(line)[last]`, the last group ("" when it did
+/// not take part), or the whole match for a pattern without groups.
+#[derive(Debug)]
+enum Extract {
+    /// No group: the whole match.
+    Whole(Regex),
+    /// `PREFIX(.*)` with nothing after the group and no other group: the
+    /// rest of the line after PREFIX's leftmost-first match. `.*` matches
+    /// whatever follows on a line, so this is what the full pattern gives,
+    /// for one forward scan instead of a capturing search.
+    Rest(meta::Regex),
+    /// Anything else: a capturing search.
+    Group(Regex, CaptureLocations),
+}
+
+impl Extract {
+    fn new(pattern: &str) -> Result<Self, String> {
+        let re = goregex::compile(pattern).map_err(|e| e.to_string())?;
+        if re.captures_len() == 1 {
+            return Ok(Self::Whole(re));
+        }
+        if let Some(prefix) = rest_of_line_prefix(&goregex::go_compatible(pattern)) {
+            let m = meta::Regex::builder()
+                .build_from_hir(&prefix)
+                .map_err(|e| e.to_string())?;
+            return Ok(Self::Rest(m));
+        }
+        let locs = re.capture_locations();
+        Ok(Self::Group(re, locs))
+    }
+
+    fn get<'a>(&mut self, line: &'a str) -> Option<&'a str> {
+        match self {
+            Self::Whole(re) => re.find(line).map(|m| m.as_str()),
+            Self::Rest(prefix) => {
+                let end = prefix
+                    .search_half(&regex_automata::Input::new(line))?
+                    .offset();
+                Some(&line[end..])
+            }
+            Self::Group(re, locs) => {
+                re.captures_read(locs, line)?;
+                Some(locs.get(locs.len() - 1).map_or("", |(s, e)| &line[s..e]))
+            }
+        }
+    }
+}
+
+/// The part before a final greedy `(.*)` group, when the pattern is a plain
+/// concatenation ending in one and has no other group.
+fn rest_of_line_prefix(pattern: &str) -> Option<Hir> {
+    let hir = regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(pattern)
+        .ok()?;
+    let HirKind::Concat(parts) = hir.kind() else {
+        return None;
+    };
+    let (last, prefix) = parts.split_last()?;
+    let HirKind::Capture(cap) = last.kind() else {
+        return None;
+    };
+    let rest = Hir::repetition(Repetition {
+        min: 0,
+        max: None,
+        greedy: true,
+        sub: Box::new(Hir::dot(Dot::AnyCharExceptLF)),
+    });
+    let prefix = Hir::concat(prefix.to_vec());
+    (*cap.sub == rest && prefix.properties().explicit_captures_len() == 0).then_some(prefix)
+}
+
 /// Reads a line's time and message the way NPD's filelog translator does.
 #[derive(Debug)]
 pub struct Translator {
-    timestamp: Regex,
-    timestamp_locs: CaptureLocations,
-    message: Regex,
-    message_locs: CaptureLocations,
+    timestamp: Extract,
+    message: Extract,
     layout: Layout,
     /// The last timestamp text and its value: syslog lines share seconds.
     cached: Option<(String, SystemTime)>,
@@ -52,22 +125,23 @@ impl Translator {
                 .get(k)
                 .ok_or_else(|| format!("pluginConfig.{k} is missing"))
         };
-        let timestamp = goregex::compile(get("timestamp")?).map_err(|e| e.to_string())?;
-        let message = goregex::compile(get("message")?).map_err(|e| e.to_string())?;
-        let layout = Layout::new(get("timestampFormat")?).map_err(|e| e.to_string())?;
         Ok(Self {
-            timestamp_locs: timestamp.capture_locations(),
-            message_locs: message.capture_locations(),
-            timestamp,
-            message,
-            layout,
+            timestamp: Extract::new(get("timestamp")?)?,
+            message: Extract::new(get("message")?)?,
+            layout: Layout::new(get("timestampFormat")?).map_err(|e| e.to_string())?,
             cached: None,
         })
     }
 
     /// The time and message of one line.
-    pub fn translate(&mut self, line: &str, now: SystemTime) -> Result<LogLine, TranslateError> {
-        let ts = last_submatch(&self.timestamp, &mut self.timestamp_locs, line)
+    pub fn translate<'a>(
+        &mut self,
+        line: &'a str,
+        now: SystemTime,
+    ) -> Result<(SystemTime, &'a str), TranslateError> {
+        let ts = self
+            .timestamp
+            .get(line)
             .ok_or(TranslateError::NoTimestamp)?;
         let at = match &self.cached {
             Some((text, at)) if text == ts => *at,
@@ -80,23 +154,9 @@ impl Translator {
                 at
             }
         };
-        let text = last_submatch(&self.message, &mut self.message_locs, line)
-            .ok_or(TranslateError::NoMessage)?;
-        Ok(LogLine {
-            at,
-            text: text.to_owned(),
-        })
+        let text = self.message.get(line).ok_or(TranslateError::NoMessage)?;
+        Ok((at, text))
     }
-}
-
-/// Go's `FindStringSubmatch(line)[last]`: the last group ("" when it did not
-/// take part), or the whole match for a pattern without groups.
-fn last_submatch<'a>(re: &Regex, locs: &mut CaptureLocations, line: &'a str) -> Option<&'a str> {
-    if locs.len() == 1 {
-        return re.find(line).map(|m| m.as_str());
-    }
-    re.captures_read(locs, line)?;
-    Some(locs.get(locs.len() - 1).map_or("", |(s, e)| &line[s..e]))
 }
 
 pub fn spawn(
@@ -196,7 +256,8 @@ impl Follower {
             return;
         }
         let mut line = Vec::new();
-        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch = Batch::with_capacity(BATCH);
+        let mut now = SystemTime::now();
         let mut down = false;
         let mut rotated: Option<Open> = None;
         loop {
@@ -213,14 +274,14 @@ impl Follower {
             let start = line.len() - n;
             file.consumed(&line[start..]);
             if line.last() == Some(&b'\n') {
-                self.take(&line, &mut batch);
+                self.take(&line, now, &mut batch);
                 line.clear();
-                if batch.len() >= BATCH
-                    && tx
-                        .blocking_send(Feed::Lines(std::mem::take(&mut batch)))
-                        .is_err()
-                {
-                    return;
+                if batch.len() >= BATCH {
+                    let full = std::mem::replace(&mut batch, Batch::with_capacity(BATCH));
+                    if tx.blocking_send(Feed::Lines(full)).is_err() {
+                        return;
+                    }
+                    now = SystemTime::now();
                 }
                 continue;
             }
@@ -232,10 +293,11 @@ impl Follower {
             {
                 return;
             }
+            now = SystemTime::now();
             if let Some(next) = rotated.take() {
                 // The old file is read to its end: on to the new one.
                 if !line.is_empty() {
-                    self.take(&line, &mut batch);
+                    self.take(&line, now, &mut batch);
                     line.clear();
                 }
                 file = next;
@@ -288,14 +350,21 @@ impl Follower {
         }
     }
 
-    fn take(&mut self, raw: &[u8], batch: &mut Vec<LogLine>) {
-        let text = String::from_utf8_lossy(raw);
+    fn take(&mut self, raw: &[u8], now: SystemTime, batch: &mut Batch) {
+        let lossy;
+        let text = match std::str::from_utf8(raw) {
+            Ok(t) => t,
+            Err(_) => {
+                lossy = String::from_utf8_lossy(raw);
+                &lossy
+            }
+        };
         let text = text.trim_end_matches(['\n', '\r']);
         if self.skip.iter().any(|s| text.contains(s.as_str())) {
             return;
         }
-        match self.translator.translate(text, SystemTime::now()) {
-            Ok(l) => batch.push(l),
+        match self.translator.translate(text, now) {
+            Ok((at, message)) => batch.push(at, message),
             Err(e) => {
                 self.failures += 1;
                 // The first few say what is wrong; then one in 10 000.
@@ -323,15 +392,54 @@ mod tests {
     }
 
     #[test]
+    fn the_rest_of_line_shortcut_agrees_with_a_capturing_search() {
+        let patterns = [
+            "kernel: \\[.*\\] (.*)",
+            "(?i)KERNEL: (.*)",
+            "a|b(.*)",
+            "x(.*)y",
+            "(a)(.*)",
+            "k(?s:(.*))",
+            "^\\w+ (.*)",
+        ];
+        let lines = [
+            "Nov 27 01:02:03 n kernel: [ 1.0] msg ] with ] brackets",
+            "kernel: [] ",
+            "no match here",
+            "b then the rest",
+            "xay",
+            "aaa",
+            "word rest of it",
+            "KERNEL: upper é",
+        ];
+        for p in patterns {
+            let mut fast = Extract::new(p).expect("compiles");
+            let re = goregex::compile(p).expect("compiles");
+            for l in lines {
+                let want = re
+                    .captures(l)
+                    .map(|c| c.get(c.len() - 1).map_or("", |m| m.as_str()));
+                assert_eq!(fast.get(l), want, "{p} on {l:?}");
+            }
+        }
+        assert!(matches!(
+            Extract::new("kernel: \\[.*\\] (.*)"),
+            Ok(Extract::Rest(_))
+        ));
+        assert!(matches!(Extract::new("a|b(.*)"), Ok(Extract::Group(..))));
+        assert!(matches!(Extract::new("^.{15}"), Ok(Extract::Whole(_))));
+    }
+
+    #[test]
     fn stock_filelog_translation() {
         let mut t = translator();
-        let l = t
+        let (_, text) = t
             .translate(
                 "Nov 27 01:02:03 node-1 kernel: [ 1234.567890] Killed process 77 (x) total-vm:1kB",
                 SystemTime::now(),
             )
             .expect("parses");
-        assert_eq!(l.text, "Killed process 77 (x) total-vm:1kB");
+        assert_eq!(text, "Killed process 77 (x) total-vm:1kB");
         assert!(matches!(
             t.translate(
                 "Nov 27 01:02:03 node-1 systemd[1]: Started.",

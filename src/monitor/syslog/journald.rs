@@ -18,7 +18,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{BATCH, Feed, LogLine, RESTART_EVERY, pause};
+use super::{BATCH, Batch, Feed, LogLine, RESTART_EVERY, pause};
 use crate::config::syslog::SyslogMonitorConfig;
 
 /// Where journald keeps the journal: volatile first, then persistent.
@@ -159,7 +159,7 @@ pub fn spawn(
                     kill(pid.load(Ordering::Acquire));
                     return;
                 }
-                let mut batch = Vec::new();
+                let mut batch = Batch::with_capacity(16);
                 if let Some(stdout) = child.stdout.take() {
                     let mut reader = BufReader::new(stdout);
                     let mut line = String::new();
@@ -174,7 +174,7 @@ pub fn spawn(
                                 cursor = c;
                             }
                             if !l.text.is_empty() {
-                                batch.push(l);
+                                batch.push(l.at, &l.text);
                             }
                         }
                         // Hand lines on as soon as nothing more is waiting.

@@ -10,7 +10,7 @@ use std::time::{Instant, SystemTime};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{BATCH, Feed, LogLine, RESTART_EVERY, pause};
+use super::{BATCH, Batch, Feed, RESTART_EVERY, pause};
 use crate::config::syslog::SyslogMonitorConfig;
 use crate::kmsg::{Item, Reader, Start};
 
@@ -71,7 +71,7 @@ fn watch(
             if stop.is_cancelled() {
                 return;
             }
-            let mut lines = Vec::with_capacity(items.len());
+            let mut lines = Batch::with_capacity(items.len());
             for item in items.drain(..) {
                 match item {
                     Item::Record(r) => {
@@ -79,14 +79,7 @@ fn watch(
                         // NPD drops empty messages and trims the rest.
                         let text = r.text.trim();
                         if !text.is_empty() {
-                            lines.push(LogLine {
-                                at: r.wall_time(boot),
-                                text: if text.len() == r.text.len() {
-                                    r.text
-                                } else {
-                                    text.to_owned()
-                                },
-                            });
+                            lines.push(r.wall_time(boot), text);
                         }
                     }
                     Item::Gap { lost, .. } => {

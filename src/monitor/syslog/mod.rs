@@ -34,10 +34,45 @@ pub struct LogLine {
     pub text: String,
 }
 
+/// Lines handed from a watcher to the monitor in one go: one text buffer
+/// and their spans, so no line costs an allocation of its own.
+#[derive(Debug, Default)]
+pub struct Batch {
+    text: String,
+    lines: Vec<(SystemTime, usize, usize)>,
+}
+
+impl Batch {
+    pub fn with_capacity(lines: usize) -> Self {
+        Self {
+            text: String::with_capacity(lines * 96),
+            lines: Vec::with_capacity(lines),
+        }
+    }
+
+    pub fn push(&mut self, at: SystemTime, line: &str) {
+        let start = self.text.len();
+        self.text.push_str(line);
+        self.lines.push((at, start, self.text.len()));
+    }
+
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (SystemTime, &str)> {
+        self.lines.iter().map(|&(at, s, e)| (at, &self.text[s..e]))
+    }
+}
+
 /// What a watcher thread sends the monitor task.
 #[derive(Debug)]
 pub enum Feed {
-    Lines(Vec<LogLine>),
+    Lines(Batch),
     /// Lines were lost (kmsg records overwritten before they were read).
     Gap(u64),
     /// The source is readable (again).
@@ -106,11 +141,11 @@ impl LogState {
 
     /// Runs one line through the rules: one status per matching rule, as NPD
     /// sends them.
-    pub fn push(&mut self, line: &LogLine, now: SystemTime) -> Vec<Status> {
-        let matches = self.engine.push(&line.text);
+    pub fn push(&mut self, at: SystemTime, text: &str, now: SystemTime) -> Vec<Status> {
+        let matches = self.engine.push(text);
         matches
             .into_iter()
-            .map(|m| self.apply(m, line.at, now))
+            .map(|m| self.apply(m, at, now))
             .collect()
     }
 
@@ -240,7 +275,7 @@ pub async fn run(
     if reports.send(report(state.initial())).await.is_err() {
         return;
     }
-    let (tx, mut rx) = mpsc::channel::<Feed>(64);
+    let (tx, mut rx) = mpsc::channel::<Feed>(8);
     let stop = token.child_token();
     let spawned = match plugin {
         LogPlugin::Kmsg => kmsg::spawn(&cfg, boot, tx, stop.clone()),
@@ -278,11 +313,11 @@ pub async fn run(
         match feed {
             Feed::Lines(lines) => {
                 let now = SystemTime::now();
-                for line in &lines {
-                    if line.at < start {
+                for (at, text) in lines.iter() {
+                    if at < start {
                         continue;
                     }
-                    for s in state.push(line, now) {
+                    for s in state.push(at, text, now) {
                         if reports.send(report(s)).await.is_err() {
                             return;
                         }
@@ -343,13 +378,6 @@ mod tests {
         c.config.unwrap_or_else(|| panic!("{:?}", c.diagnostics))
     }
 
-    fn line(at: SystemTime, text: &str) -> LogLine {
-        LogLine {
-            at,
-            text: text.into(),
-        }
-    }
-
     const CFG: &str = r#"{"plugin": "kmsg", "source": "kernel-monitor",
       "conditions": [{"type": "KernelDeadlock", "reason": "KernelHasNoDeadlock", "message": "kernel has no deadlock"},
                      {"type": "XfsShutdown", "reason": "XfsHasNoShutdown", "message": "ok", "resolveAfter": "10m"}],
@@ -371,7 +399,7 @@ mod tests {
         assert_eq!(init.conditions[0].reason, "KernelHasNoDeadlock");
 
         let t1 = t0 + Duration::from_secs(1);
-        let st = s.push(&line(t1, "INFO: task docker:12 blocked"), t1);
+        let st = s.push(t1, "INFO: task docker:12 blocked", t1);
         assert_eq!(st.len(), 1);
         let c = &st[0].conditions[0];
         assert_eq!(
@@ -384,20 +412,20 @@ mod tests {
         );
         // Same reason again: no event, transition and message kept.
         let t2 = t1 + Duration::from_secs(1);
-        let st = s.push(&line(t2, "INFO: task docker:99 blocked"), t2);
+        let st = s.push(t2, "INFO: task docker:99 blocked", t2);
         assert!(st[0].events.is_empty());
         assert_eq!(st[0].conditions[0].transition, Some(t1));
         assert_eq!(st[0].conditions[0].message, "INFO: task docker:12 blocked");
         // Another reason for the same type: an event, a new transition.
-        let st = s.push(&line(t2, "aufs umount hung"), t2);
+        let st = s.push(t2, "aufs umount hung", t2);
         assert_eq!(st[0].events.len(), 1);
         assert_eq!(st[0].conditions[0].reason, "AufsUmountHung");
         // Temporary: an event only.
-        let st = s.push(&line(t2, "Killed process 12 (java)"), t2);
+        let st = s.push(t2, "Killed process 12 (java)", t2);
         assert_eq!(st[0].events[0].severity, Severity::Warn);
         assert_eq!(st[0].events[0].reason, "OOMKilling");
         // Nothing matches: nothing sent.
-        assert!(s.push(&line(t2, "eth0: link up"), t2).is_empty());
+        assert!(s.push(t2, "eth0: link up", t2).is_empty());
         // Without resolveAfter the condition is sticky.
         assert!(s.next_resolve().is_none());
     }
@@ -407,9 +435,9 @@ mod tests {
         let t0 = SystemTime::now();
         let mut s = LogState::new(config(CFG), t0).expect("compiles");
         let text = "XFS (sdb1): Corruption detected. Shutting down filesystem";
-        s.push(&line(t0, text), t0);
+        s.push(t0, text, t0);
         let t5 = t0 + Duration::from_secs(300);
-        s.push(&line(t5, text), t5);
+        s.push(t5, text, t5);
         assert_eq!(s.next_resolve(), Some(t5 + Duration::from_secs(600)));
         assert!(s.resolve(t5 + Duration::from_secs(599)).is_none());
         let st = s.resolve(t5 + Duration::from_secs(600)).expect("resolved");
@@ -423,7 +451,7 @@ mod tests {
         // A match already older than resolveAfter (a lookback replay) is an
         // event, and the condition stays clear.
         let now = t5 + Duration::from_secs(3600);
-        let st = s.push(&line(t5, text), now);
+        let st = s.push(t5, text, now);
         assert_eq!(st[0].conditions[1].status, ConditionStatus::False);
         assert_eq!(st[0].events.len(), 1);
     }

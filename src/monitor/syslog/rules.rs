@@ -9,7 +9,9 @@
 
 use std::collections::VecDeque;
 
+use aho_corasick::AhoCorasick;
 use regex::{Regex, RegexSet};
+use regex_syntax::hir::{Hir, HirKind, Literal};
 
 use crate::config::goregex::go_compatible;
 use crate::config::syslog::LogRule;
@@ -31,6 +33,10 @@ pub struct RuleEngine {
     suffixes: Vec<Option<String>>,
     /// Patterns that cannot span lines, tested together on the newest line.
     single: RegexSet,
+    /// Substrings of which a line must hold one for any single-line pattern
+    /// to match (one literal each pattern must contain), found in one SIMD
+    /// scan; `None` when some pattern has no such literal.
+    prefilter: Option<Prefilter>,
     single_rules: Vec<usize>,
     /// Patterns that may span lines, tested on the joined buffer.
     multi: Vec<(usize, Regex)>,
@@ -49,6 +55,7 @@ pub struct CompileError {
 impl RuleEngine {
     pub fn new(rules: &[LogRule], buffer_size: usize) -> Result<Self, CompileError> {
         let mut single_patterns = Vec::new();
+        let mut literals = Some(Vec::new());
         let mut single_rules = Vec::new();
         let mut multi = Vec::new();
         for (index, rule) in rules.iter().enumerate() {
@@ -59,6 +66,10 @@ impl RuleEngine {
                 source,
             })?;
             if single_line(&rule.pattern) {
+                match (required_literal(&rule.pattern), &mut literals) {
+                    (Some(l), Some(all)) => all.push(l),
+                    _ => literals = None,
+                }
                 single_patterns.push(pattern);
                 single_rules.push(index);
             } else {
@@ -71,7 +82,11 @@ impl RuleEngine {
             source,
         })?;
         let size = buffer_size.max(1);
+        let prefilter = literals
+            .filter(|l| !l.is_empty())
+            .and_then(|l| Prefilter::new(&l));
         Ok(Self {
+            prefilter,
             suffixes: rules.iter().map(|r| r.message_suffix.clone()).collect(),
             single,
             single_rules,
@@ -82,18 +97,28 @@ impl RuleEngine {
 
     /// Pushes a line and returns every rule that matches now, in config order.
     pub fn push(&mut self, line: &str) -> Vec<Match> {
-        self.buffer.pop_front();
-        self.buffer.push_back(line.to_owned());
-        let mut out: Vec<Match> = self
-            .single
-            .matches(line)
-            .into_iter()
-            .map(|i| Match {
-                rule: self.single_rules[i],
-                message: line.to_owned(),
-                lines_back: 0,
-            })
-            .collect();
+        // The slot that falls out of the ring takes the new line: no
+        // allocation per line once the lines are as long as before.
+        let mut slot = self.buffer.pop_front().unwrap_or_default();
+        slot.clear();
+        slot.push_str(line);
+        self.buffer.push_back(slot);
+        // Almost no line matches: one yes/no scan first (it stops early
+        // where it can), the per-pattern answer only when something does.
+        let candidate = self.prefilter.as_ref().is_none_or(|p| p.is_match(line));
+        let mut out: Vec<Match> = if candidate && self.single.is_match(line) {
+            self.single
+                .matches(line)
+                .into_iter()
+                .map(|i| Match {
+                    rule: self.single_rules[i],
+                    message: line.to_owned(),
+                    lines_back: 0,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         if !self.multi.is_empty() {
             let joined = self
                 .buffer
@@ -122,6 +147,53 @@ impl RuleEngine {
         }
         out
     }
+}
+
+/// Finds whether a line holds any of the required literals: Teddy (SIMD)
+/// where the CPU has it, else an Aho-Corasick automaton.
+#[derive(Debug)]
+enum Prefilter {
+    Packed(aho_corasick::packed::Searcher),
+    Automaton(AhoCorasick),
+}
+
+impl Prefilter {
+    fn new(literals: &[Vec<u8>]) -> Option<Self> {
+        let packed = aho_corasick::packed::Config::new()
+            .builder()
+            .extend(literals)
+            .build();
+        match packed {
+            Some(s) => Some(Self::Packed(s)),
+            None => AhoCorasick::new(literals).ok().map(Self::Automaton),
+        }
+    }
+
+    fn is_match(&self, line: &str) -> bool {
+        match self {
+            Self::Packed(s) => s.find(line).is_some(),
+            Self::Automaton(a) => a.is_match(line),
+        }
+    }
+}
+
+/// The longest literal a match of `pattern` must contain: a literal piece
+/// of its top-level concatenation (`None` for alternations, case-folded
+/// text and the like, which the prefilter then cannot speak for).
+fn required_literal(pattern: &str) -> Option<Vec<u8>> {
+    let hir = regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(&go_compatible(pattern))
+        .ok()?;
+    let literal = |h: &Hir| match h.kind() {
+        HirKind::Literal(Literal(bytes)) => Some(bytes.to_vec()),
+        _ => None,
+    };
+    match hir.kind() {
+        HirKind::Concat(parts) => parts.iter().filter_map(literal).max_by_key(Vec::len),
+        _ => literal(&hir),
+    }
+    .filter(|l| !l.is_empty())
 }
 
 /// Whether a pattern provably stays within one line: no newline escape, no
@@ -224,6 +296,31 @@ mod tests {
         for (line, want) in cases {
             assert_eq!(reasons(&mut e, &rules, line), *want, "{line}");
         }
+    }
+
+    #[test]
+    fn the_prefilter_knows_each_stock_rule_and_changes_no_answer() {
+        let (rules, size) = kernel_monitor();
+        let with = RuleEngine::new(&rules, size).expect("compiles");
+        assert!(with.prefilter.is_some(), "every stock rule has a literal");
+        assert_eq!(
+            required_literal("task [\\S ]+:\\w+ blocked for more than \\w+ seconds\\.").as_deref(),
+            Some(&b" blocked for more than "[..])
+        );
+        assert_eq!(required_literal("(?i)oops"), None);
+        assert_eq!(required_literal("a|b"), None);
+        // A literal that is only part of the pattern still finds the line.
+        let mut changed = rules.clone();
+        changed[0].pattern = "[Kk]illed [Pp]rocess \\d+".into();
+        let mut e = RuleEngine::new(&changed, size).expect("compiles");
+        assert!(e.prefilter.is_some());
+        assert_eq!(e.push("killed Process 12").len(), 1);
+        // A rule without any literal switches the prefilter off instead of
+        // hiding its matches.
+        changed[0].pattern = "[a-z]+[0-9]+".into();
+        let mut e = RuleEngine::new(&changed, size).expect("compiles");
+        assert!(e.prefilter.is_none());
+        assert_eq!(e.push("abc123").len(), 1);
     }
 
     #[test]

@@ -1,0 +1,220 @@
+//! Filelog monitor throughput and peak memory (numbers go to docs/performance.md).
+//!
+//! Upstream's kernel-monitor rules plus an NVRM Xid rule, read by the
+//! filelog plugin from 1 M syslog-format kernel lines of which 0.1 % match.
+//! The real `npd-ext detector` binary is started on them; the clock runs
+//! from its start until every expected `problem_counter` shows on
+//! `/metrics`. Reported: CPU seconds of the detector (user + system), lines
+//! per CPU-second, and its peak RSS (`VmHWM`).
+//!
+//! Run: `cargo bench --bench filelog` (add `-- --quick` for 100 k lines).
+
+use std::collections::BTreeMap;
+use std::io::{BufWriter, Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_npd-ext");
+
+/// Benign kernel lines (none matches a rule).
+const BENIGN: [&str; 8] = [
+    "eth0: renamed from veth{n}",
+    "IPv6: ADDRCONF(NETDEV_CHANGE): cali{n}: link becomes ready",
+    "audit: type=1400 audit({n}.123:456): apparmor=\"STATUS\" operation=\"profile_load\" name=\"cri-containerd.apparmor.d\" pid={n}",
+    "EXT4-fs (nvme0n1p{n}): mounted filesystem with ordered data mode. Opts: (null)",
+    "cni0: port 3(veth{n}) entered forwarding state",
+    "nvidia-nvswitch0: open (major=510)",
+    "NVRM: loading NVIDIA UNIX Open Kernel Module for x86_64  580.159.04",
+    "xfs filesystem being mounted at /var/lib/kubelet/pods/{n}/volumes supports timestamps until 2038",
+];
+
+/// Matching lines and the reason each one counts under.
+const PROBLEMS: [(&str, &str); 6] = [
+    (
+        "OOMKilling",
+        "Killed process {n} (python3) total-vm:9876543kB, anon-rss:8765432kB, file-rss:0kB, shmem-rss:0kB",
+    ),
+    (
+        "TaskHung",
+        "INFO: task kworker/2:{n}:123 blocked for more than 120 seconds.",
+    ),
+    (
+        "Ext4Error",
+        "EXT4-fs error (device sda1): ext4_find_entry:1455: inode #{n}: comm ls: reading directory lblock 0",
+    ),
+    (
+        "IOError",
+        "Buffer I/O error on dev nvme0n1, logical block {n}, async page read",
+    ),
+    (
+        "NvidiaXid",
+        "NVRM: Xid (PCI:0000:61:00): 79, pid={n}, GPU has fallen off the bus.",
+    ),
+    (
+        "CperHardwareErrorCorrected",
+        "{1}[Hardware Error]: event severity: corrected",
+    ),
+];
+
+fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let lines: usize = if quick { 100_000 } else { 1_000_000 };
+    let dir = std::env::temp_dir().join(format!("npd-ext-filelog-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tempdir");
+    let log = dir.join("kern.log");
+    let expected = write_log(&log, lines);
+    let cfg = dir.join("kernel-monitor-filelog.json");
+    write_config(&cfg, &log);
+    let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+
+    let port = free_port();
+    let started = Instant::now();
+    let mut child = Command::new(BIN)
+        .args(["detector", "--enable-k8s-exporter=false", "--port", "0"])
+        .arg("--prometheus-port")
+        .arg(port.to_string())
+        .arg("--config.system-log-monitor")
+        .arg(&cfg)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("detector starts");
+    let pid = child.id();
+    loop {
+        if let Some(counts) = scrape(port)
+            && expected.iter().all(|(r, n)| counts.get(r) == Some(n))
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(300),
+            "counters not reached in 300 s: want {expected:?}, have {:?}",
+            scrape(port)
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let wall = started.elapsed();
+    let cpu = cpu_seconds(pid);
+    let hwm = peak_rss_kib(pid);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    println!(
+        "filelog: {lines} lines ({:.0} MiB), {} problems; wall {:.2} s; CPU {:.2} s; {:.2} M lines per CPU-second; peak RSS {:.1} MiB",
+        size as f64 / 1048576.0,
+        expected.values().sum::<u64>(),
+        wall.as_secs_f64(),
+        cpu,
+        lines as f64 / cpu / 1e6,
+        hwm as f64 / 1024.0
+    );
+}
+
+fn write_log(path: &Path, lines: usize) -> BTreeMap<String, u64> {
+    let mut out = BufWriter::new(std::fs::File::create(path).expect("log"));
+    let stamp = jiff::ZonedDateTime::now()
+        .strftime("%b %e %H:%M:%S")
+        .to_string();
+    let mut expected: BTreeMap<String, u64> =
+        PROBLEMS.iter().map(|(r, _)| ((*r).to_owned(), 0)).collect();
+    let mut rng = fastrand::Rng::with_seed(7);
+    for i in 0..lines {
+        let (text, reason) = if i % 1000 == 999 {
+            let (reason, t) = PROBLEMS[rng.usize(..PROBLEMS.len())];
+            (t, Some(reason))
+        } else {
+            (BENIGN[rng.usize(..BENIGN.len())], None)
+        };
+        let text = text.replace("{n}", &rng.u32(1..100_000).to_string());
+        writeln!(
+            out,
+            "{stamp} gpu-node-17 kernel: [{:>6}.{:06}] {text}",
+            100_000 + i / 1000,
+            i % 1_000_000
+        )
+        .expect("write");
+        if let Some(r) = reason {
+            *expected.entry(r.to_owned()).or_default() += 1;
+        }
+    }
+    out.flush().expect("flush");
+    expected
+}
+
+fn write_config(cfg: &Path, log: &Path) {
+    let stock =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/npd-configs/kernel-monitor.json");
+    let mut c: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(stock).expect("kernel-monitor.json"))
+            .expect("json");
+    let filelog: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../shared/npd-configs/kernel-monitor-filelog.json"),
+        )
+        .expect("kernel-monitor-filelog.json"),
+    )
+    .expect("json");
+    c["plugin"] = "filelog".into();
+    c["pluginConfig"] = filelog["pluginConfig"].clone();
+    c["logPath"] = log.display().to_string().into();
+    let rules = c["rules"].as_array_mut().expect("rules");
+    rules.push(serde_json::json!({
+        "type": "temporary",
+        "reason": "NvidiaXid",
+        "pattern": "NVRM: Xid \\(PCI:[0-9a-fA-F:.]+\\): \\d+, .*"
+    }));
+    std::fs::write(cfg, c.to_string()).expect("config");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn scrape(port: u16) -> Option<BTreeMap<String, u64>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(
+        body.lines()
+            .filter_map(|l| l.strip_prefix("problem_counter{reason=\""))
+            .filter_map(|l| {
+                let (reason, rest) = l.split_once("\"}")?;
+                Some((reason.to_owned(), rest.trim().parse().ok()?))
+            })
+            .collect(),
+    )
+}
+
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // Fields 14 and 15 (utime, stime), counted after the command name.
+    let ticks: f64 =
+        fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
