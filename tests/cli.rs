@@ -792,3 +792,43 @@ fn journald_monitor_reads_a_journalctl_child() {
     sigterm(&child);
     assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
 }
+
+#[test]
+fn validate_config_reads_configmap_manifests_and_finds_shared_condition_types() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let manifest = tmp.path().join("npd-config.yaml");
+    std::fs::write(
+        &manifest,
+        "# monitor configs\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: npd-ext-config\ndata:\n  kernel-monitor.json: |\n    {\n      \"plugin\": \"kmsg\",\n      \"source\": \"kernel-monitor\",\n      \"conditions\": [{\"type\": \"KernelDeadlock\", \"reason\": \"KernelHasNoDeadlock\", \"message\": \"ok\"}],\n      \"rules\": [{\"type\": \"temporary\", \"reason\": \"X\", \"pattern\": \"task (blocked\"}]\n    }\n  check.sh: |\n    #!/bin/sh\n    exit 0\n",
+    )
+    .expect("manifest");
+    let m = manifest.to_str().expect("utf8");
+    let (code, out, _) = npd(&["validate-config", m]);
+    assert_eq!(code, 1, "{out}");
+    // The pattern is on line 12 of the manifest, column 65.
+    assert!(
+        out.contains(&format!(
+            "{m}:kernel-monitor.json:12:65: error: rules[0].pattern: invalid regex"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{m}:check.sh: not a JSON config; skipped")),
+        "{out}"
+    );
+
+    // Two upstream configs that both declare KernelDeadlock cannot run together.
+    let a = shared("npd-configs/kernel-monitor.json");
+    let b = shared("npd-configs/kernel-monitor-filelog.json");
+    let (code, out, _) = npd(&[
+        "validate-config",
+        a.to_str().expect("utf8"),
+        b.to_str().expect("utf8"),
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("conditions: KernelDeadlock is also declared by")
+            && out.contains("kernel-monitor.json"),
+        "{out}"
+    );
+}

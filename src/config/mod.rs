@@ -4,6 +4,7 @@
 //! Owns turning bytes into typed configs and explaining what is wrong. It must
 //! not start anything.
 
+pub mod configmap;
 pub mod custom;
 pub mod duration;
 pub mod external;
