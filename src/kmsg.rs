@@ -186,6 +186,17 @@ impl Reader {
     /// [`FILE_POLL`] at end of file so the caller can look around.
     /// `Ok(false)`: the source ended (a device closed, a FIFO's writer gone).
     pub fn read_into(&mut self, out: &mut Vec<Item>, max: usize) -> std::io::Result<bool> {
+        let before = out.len();
+        let more = self.poll_into(out, max)?;
+        if more && out.len() == before && matches!(self.source, Source::Lines(_)) {
+            std::thread::sleep(FILE_POLL);
+        }
+        Ok(more)
+    }
+
+    /// Like [`read_into`](Self::read_into), but a file at its end returns
+    /// at once instead of waiting for more.
+    pub fn poll_into(&mut self, out: &mut Vec<Item>, max: usize) -> std::io::Result<bool> {
         match &mut self.source {
             Source::Device(file) => loop {
                 match file.read(&mut self.buf) {
@@ -218,9 +229,6 @@ impl Reader {
                         }
                         if fifo {
                             return Ok(out.len() > start);
-                        }
-                        if out.len() == start {
-                            std::thread::sleep(FILE_POLL);
                         }
                         return Ok(true);
                     }

@@ -832,3 +832,21 @@ fn validate_config_reads_configmap_manifests_and_finds_shared_condition_types() 
         "{out}"
     );
 }
+
+#[test]
+fn kernel_monitor_reads_the_real_dev_kmsg_where_it_may() {
+    if std::fs::File::open("/dev/kmsg").is_err() {
+        eprintln!("/dev/kmsg cannot be opened here (no CAP_SYSLOG?): nothing to check");
+        return;
+    }
+    let cfg = shared("npd-configs/kernel-monitor.json");
+    let (mut child, _) = detector_with(
+        "system-log-monitor",
+        &cfg,
+        &[],
+        &[],
+        "log source is readable",
+    );
+    sigterm(&child);
+    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+}

@@ -78,12 +78,10 @@ pub fn entries(text: &str) -> Result<Vec<Entry>, (Pos, String)> {
                 name = None;
                 stack.clear();
             }
-            Event::DocumentEnd => {
-                if kind.as_deref() == Some("ConfigMap") {
-                    for mut e in doc.drain(..) {
-                        e.configmap.clone_from(&name);
-                        out.push(e);
-                    }
+            Event::DocumentEnd if kind.as_deref() == Some("ConfigMap") => {
+                for mut e in doc.drain(..) {
+                    e.configmap.clone_from(&name);
+                    out.push(e);
                 }
             }
             Event::MappingStart(..) | Event::SequenceStart(..) => {

@@ -8,6 +8,24 @@ pub fn compile(pattern: &str) -> Result<Regex, regex::Error> {
     Regex::new(&go_compatible(pattern))
 }
 
+/// Why `pattern` does not compile, with where: the parser's own account of
+/// the spot (a character position in the pattern as written) where there is
+/// one, else the compiler's message on one line.
+pub fn describe(pattern: &str, e: &regex::Error) -> String {
+    match regex_syntax::ast::parse::Parser::new().parse(pattern) {
+        Err(ast) => {
+            let at = ast.span().start;
+            format!(
+                "{} at character {} of the pattern: {:?} <- here",
+                ast.kind(),
+                at.column,
+                &pattern[..at.offset.min(pattern.len())]
+            )
+        }
+        Ok(_) => super::syslog::one_line(e),
+    }
+}
+
 /// Rewrites Go's ASCII-only Perl classes for the regex crate, whose `\d \w
 /// \s` are Unicode-aware. Outside brackets they become ASCII sets; inside
 /// brackets, their ASCII ranges.

@@ -85,7 +85,7 @@ fn read(sink: &mut Sink, doc: &json::Node) {
                     sink.error(
                         f.node.pos,
                         &f.key,
-                        format!("invalid regex: {}", super::syslog::one_line(&e)),
+                        format!("invalid regex: {}", super::goregex::describe(&re, &e)),
                     );
                 }
             }

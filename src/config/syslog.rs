@@ -226,7 +226,7 @@ fn read(sink: &mut Sink, file: &Path, doc: &json::Node) -> Option<SyslogMonitorC
                     sink.error(
                         top_pos,
                         &join("pluginConfig", key),
-                        format!("invalid regex: {}", one_line(&e)),
+                        format!("invalid regex: {}", super::goregex::describe(p, &e)),
                     );
                 }
             }
@@ -324,7 +324,7 @@ fn read_rules(sink: &mut Sink, f: &walk::Found<'_>, conditions: &[ConditionDecl]
                     sink.error(
                         f.node.pos,
                         &f.key,
-                        format!("invalid regex: {}", one_line(&e)),
+                        format!("invalid regex: {}", super::goregex::describe(&p, &e)),
                     );
                 }
                 p
@@ -385,7 +385,10 @@ mod tests {
             all.contains("rules[0].condition: \"Undeclared\" is not declared"),
             "{all}"
         );
-        assert!(all.contains("rules[0].pattern: invalid regex"), "{all}");
+        assert!(
+            all.contains("rules[0].pattern: invalid regex: unclosed group at character 6 of the pattern: \"task \" <- here"),
+            "{all}"
+        );
         assert!(all.contains("rules[1].type: \"sometimes\""), "{all}");
     }
 
