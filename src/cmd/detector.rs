@@ -127,6 +127,12 @@ pub fn load_all(args: &DetectorArgs) -> anyhow::Result<Loaded> {
 
 pub async fn run(args: DetectorArgs) -> anyhow::Result<()> {
     let loaded = load_all(&args)?;
+    let counts = (
+        loaded.syslog.len(),
+        loaded.custom.len(),
+        loaded.external.len(),
+        loaded.stats,
+    );
 
     let node = node_name(args.hostname_override.as_deref());
     let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
@@ -178,6 +184,13 @@ pub async fn run(args: DetectorArgs) -> anyhow::Result<()> {
         &shutdown,
     )
     .context("cannot start the detector")?;
+    tracing::info!(
+        system_log = counts.0,
+        custom_plugin = counts.1,
+        external = counts.2,
+        system_stats = counts.3,
+        "detector running"
+    );
     shutdown.token().cancelled().await;
     shutdown.drain(args.shutdown_grace).await;
     Ok(())

@@ -622,7 +622,7 @@ mod tests {
             })
             .collect();
         let cfg = config(&format!(
-            r#"{{"plugin": "custom", "pluginConfig": {{"concurrency": 1, "invoke_interval": "1h", "skip_initial_status": true}},
+            r#"{{"plugin": "custom", "pluginConfig": {{"concurrency": 1, "invoke_interval": "1h", "timeout": "60s", "skip_initial_status": true}},
                  "source": "s", "rules": [{}]}}"#,
             rules.join(",")
         ));
