@@ -315,7 +315,16 @@ pub async fn run(
         monitor: id,
         update: Update::Status(status),
     };
+    // NPD sends every condition False before the first run, so a restart
+    // flips a True condition to False and back. Here the first status waits
+    // for the first result of every rule (at most the longest timeout), and
+    // carries what they found and the events they made on the way.
+    let n = cfg.rules.len();
+    let mut first_pending = if cfg.skip_initial_status { 0 } else { n };
+    let mut reported = vec![false; n];
+    let mut first_events = Vec::new();
     if !cfg.skip_initial_status
+        && n == 0
         && reports
             .send(report(state.status(Vec::new())))
             .await
@@ -323,7 +332,6 @@ pub async fn run(
     {
         return;
     }
-    let n = cfg.rules.len();
     let limit = Arc::new(Semaphore::new(cfg.concurrency.max(1)));
     let (done_tx, mut done_rx) = mpsc::channel::<(usize, Outcome)>(n.max(1));
     let mut running = vec![false; n];
@@ -379,7 +387,21 @@ pub async fn run(
                 if outcome.status != ConditionStatus::False {
                     tracing::debug!(rule = i, plugin = %cfg.rules[i].path.display(), status = %outcome.status, "{}", outcome.message);
                 }
-                if let Some(s) = state.apply(i, &outcome, SystemTime::now())
+                let applied = state.apply(i, &outcome, SystemTime::now());
+                if first_pending > 0 {
+                    if !std::mem::replace(&mut reported[i], true) {
+                        first_pending -= 1;
+                    }
+                    first_events.extend(applied.into_iter().flat_map(|s| s.events));
+                    if first_pending == 0 {
+                        let first = state.status(std::mem::take(&mut first_events));
+                        if reports.send(report(first)).await.is_err() {
+                            break;
+                        }
+                    }
+                    continue;
+                }
+                if let Some(s) = applied
                     && reports.send(report(s)).await.is_err()
                 {
                     break;
@@ -602,6 +624,61 @@ mod tests {
             .apply(1, &o(ConditionStatus::Unknown, "?"), now)
             .expect("event");
         assert_eq!(st.events[0].reason, "Blip");
+    }
+
+    #[tokio::test]
+    async fn the_first_status_waits_for_every_rule_so_a_restart_does_not_flap() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bad = script(dir.path(), "bad.sh", "echo disk full; exit 1");
+        let slow = script(dir.path(), "slow.sh", "sleep 0.3; echo fine; exit 0");
+        let cfg = config(&format!(
+            r#"{{"plugin": "custom", "pluginConfig": {{"invoke_interval": "1h", "timeout": "60s"}}, "source": "s",
+                 "conditions": [{{"type": "Disk", "reason": "DiskOK", "message": "ok"}},
+                                {{"type": "Other", "reason": "OtherOK", "message": "ok"}},
+                                {{"type": "Unused", "reason": "UnusedOK", "message": "ok"}}],
+                 "rules": [{{"type": "permanent", "condition": "Disk", "reason": "DiskFull", "path": "{}"}},
+                           {{"type": "temporary", "reason": "Blip", "path": "{}"}},
+                           {{"type": "permanent", "condition": "Other", "reason": "OtherBad", "path": "{}"}}]}}"#,
+            bad.display(),
+            bad.display(),
+            slow.display()
+        ));
+        let (tx, mut rx) = mpsc::channel(16);
+        let token = CancellationToken::new();
+        let live = crate::liveness::Liveness::new();
+        let task = tokio::spawn(run(
+            0,
+            cfg,
+            tx,
+            live.register("c", Duration::from_secs(60)),
+            token.clone(),
+        ));
+        let r = tokio::time::timeout(Duration::from_secs(20), rx.recv())
+            .await
+            .expect("a report within 20 s")
+            .expect("monitor running");
+        let Update::Status(s) = r.update else {
+            panic!("{r:?}")
+        };
+        let status: Vec<_> = s
+            .conditions
+            .iter()
+            .map(|c| (c.type_.as_str(), c.status))
+            .collect();
+        assert_eq!(
+            status,
+            [
+                ("Disk", ConditionStatus::True),
+                ("Other", ConditionStatus::False),
+                ("Unused", ConditionStatus::False)
+            ],
+            "the first status is what the plugins found, not a blanket False"
+        );
+        let mut reasons: Vec<_> = s.events.iter().map(|e| e.reason.as_str()).collect();
+        reasons.sort_unstable();
+        assert_eq!(reasons, ["Blip", "DiskFull"]);
+        token.cancel();
+        task.await.expect("monitor ends");
     }
 
     #[tokio::test]
