@@ -127,7 +127,7 @@ pub async fn execute(rule: &CustomRule, timeout: Duration, max_output: usize) ->
     }
     if exited {
         if let Some(pgid) = pgid {
-            reap_group(pgid);
+            reap_group(pgid).await;
         }
     } else if tokio::time::timeout(KILL_GRACE, child.wait())
         .await
@@ -138,11 +138,11 @@ pub async fn execute(rule: &CustomRule, timeout: Duration, max_output: usize) ->
         tokio::spawn(async move {
             let _ = child.wait().await;
             if let Some(pgid) = pgid {
-                reap_group(pgid);
+                reap_group(pgid).await;
             }
         });
     } else if let Some(pgid) = pgid {
-        reap_group(pgid);
+        reap_group(pgid).await;
     }
     // The group is dead, so the pipes close; unless a process stuck in D
     // state holds them, which must not hold us.
@@ -197,18 +197,44 @@ async fn read_capped<R: AsyncRead + Unpin>(r: Option<R>) -> Vec<u8> {
     }
 }
 
-/// Reaps whatever of a killed group was handed to us (we are a subreaper).
-fn reap_group(pgid: rustix::process::Pid) {
+/// Reaps what of a killed group was handed to us (as a subreaper): for
+/// [`KILL_GRACE`] here, then in the background (a member stuck in D state
+/// dies late) for up to ten minutes. Only that group is waited for, so no
+/// other child's exit is taken from its owner.
+async fn reap_group(pgid: rustix::process::Pid) {
+    let until = Instant::now() + KILL_GRACE;
+    if reap_until(pgid, until, Duration::from_millis(5)).await {
+        return;
+    }
+    tokio::spawn(async move {
+        reap_until(
+            pgid,
+            Instant::now() + Duration::from_secs(600),
+            Duration::from_secs(1),
+        )
+        .await;
+    });
+}
+
+/// Whether the group has no child of ours left by `until`.
+async fn reap_until(pgid: rustix::process::Pid, until: Instant, every: Duration) -> bool {
     use rustix::process::{WaitId, WaitIdOptions, waitid};
-    for _ in 0..64 {
+    loop {
         match waitid(
             WaitId::Pgid(Some(pgid)),
             WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
         ) {
-            Ok(Some(_)) => {}
-            // Nothing more has exited, or nothing of the group is ours.
-            Ok(None) | Err(_) => return,
+            // One reaped: there may be more.
+            Ok(Some(_)) => continue,
+            // Some are still running (dying).
+            Ok(None) => {}
+            // ECHILD: none of the group is ours (any more).
+            Err(_) => return true,
         }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -558,7 +584,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn leftovers_of_a_finished_plugin_are_killed() {
+    async fn leftovers_of_a_finished_plugin_are_killed_and_reaped() {
+        // As the monitor does: orphans of plugins come to this process.
+        rustix::process::set_child_subreaper(Some(rustix::process::getpid())).expect("subreaper");
         let dir = tempfile::tempdir().expect("tempdir");
         let p = script(dir.path(), "daemonish.sh", "sleep 300 &\necho $!\nexit 0");
         let started = std::time::Instant::now();
@@ -566,6 +594,13 @@ mod tests {
         assert_eq!(o.status, ConditionStatus::False);
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(dead(&o.message), "background child {} survived", o.message);
+        // Reaped, not left as a zombie: its /proc entry is gone.
+        let proc = format!("/proc/{}", o.message.trim());
+        assert!(
+            !Path::new(&proc).exists(),
+            "{proc} is still there: {:?}",
+            std::fs::read_to_string(format!("{proc}/stat"))
+        );
     }
 
     fn config(text: &str) -> CustomPluginConfig {
