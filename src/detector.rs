@@ -91,27 +91,26 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
     if !problems.is_empty() {
         return Err(StartError::Ownership(problems));
     }
-    for c in &options.syslog {
-        metrics.declare(
-            &c.source,
-            c.metrics_reporting,
-            c.rules.iter().map(|r| r.reason.clone()),
-            c.rules
-                .iter()
-                .filter(|r| r.kind == RuleKind::Permanent)
-                .filter_map(|r| Some((r.condition.clone()?, r.reason.clone()))),
-        );
-    }
-    for c in &options.custom {
-        metrics.declare(
-            &c.source,
-            c.metrics_reporting,
-            c.rules.iter().map(|r| r.reason.clone()),
-            c.rules
-                .iter()
-                .filter(|r| r.kind == RuleKind::Permanent)
-                .filter_map(|r| Some((r.condition.clone()?, r.reason.clone()))),
-        );
+    for (source, reporting, rules) in options
+        .syslog
+        .iter()
+        .map(|c| {
+            (
+                &c.source,
+                c.metrics_reporting,
+                rule_heads(c.rules.iter().map(|r| (r.kind, &r.condition, &r.reason))),
+            )
+        })
+        .chain(options.custom.iter().map(|c| {
+            (
+                &c.source,
+                c.metrics_reporting,
+                rule_heads(c.rules.iter().map(|r| (r.kind, &r.condition, &r.reason))),
+            )
+        }))
+    {
+        let (reasons, permanent) = rules;
+        metrics.declare(source, reporting, reasons, permanent);
     }
 
     let liveness = Liveness::new();
@@ -170,44 +169,33 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
         fan_in_pulse,
         shutdown.token().child_token(),
     ));
-    for (cfg, id) in options.syslog.into_iter().zip(syslog_ids) {
-        let pulse = liveness.register(
-            format!("system-log-monitor {}", cfg.source),
-            Duration::from_secs(60),
-        );
-        shutdown.spawn(monitor::syslog::run(
-            id,
-            cfg,
+    let monitor_task = |name: String, first: Duration| {
+        (
+            liveness.register(name, first),
             report_tx.clone(),
-            pulse,
             shutdown.token().child_token(),
-        ));
+        )
+    };
+    for (cfg, id) in options.syslog.into_iter().zip(syslog_ids) {
+        let (pulse, tx, token) = monitor_task(
+            format!("system-log-monitor {}", cfg.source),
+            FAN_IN_BEAT * 2,
+        );
+        shutdown.spawn(monitor::syslog::run(id, cfg, tx, pulse, token));
     }
     for (cfg, id) in options.custom.into_iter().zip(custom_ids) {
-        let pulse = liveness.register(
+        let (pulse, tx, token) = monitor_task(
             format!("custom-plugin-monitor {}", cfg.source),
-            Duration::from_secs(60),
+            FAN_IN_BEAT * 2,
         );
-        shutdown.spawn(monitor::custom::run(
-            id,
-            cfg,
-            report_tx.clone(),
-            pulse,
-            shutdown.token().child_token(),
-        ));
+        shutdown.spawn(monitor::custom::run(id, cfg, tx, pulse, token));
     }
     for (cfg, id) in options.external.into_iter().zip(external_ids) {
-        let pulse = liveness.register(
+        let (pulse, tx, token) = monitor_task(
             format!("external-monitor {}", cfg.source),
             cfg.timeout * 2 + FAN_IN_BEAT,
         );
-        shutdown.spawn(monitor::external::run(
-            id,
-            cfg,
-            report_tx.clone(),
-            pulse,
-            shutdown.token().child_token(),
-        ));
+        shutdown.spawn(monitor::external::run(id, cfg, tx, pulse, token));
     }
     Ok(Detector {
         http_addr,
@@ -219,6 +207,22 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
 }
 
 const FAN_IN_BEAT: Duration = Duration::from_secs(30);
+
+/// The reasons of a monitor's rules, and the `(type, reason)` of its
+/// permanent ones: the series its metrics start with.
+fn rule_heads<'a>(
+    rules: impl Iterator<Item = (RuleKind, &'a Option<String>, &'a String)>,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let mut reasons = Vec::new();
+    let mut permanent = Vec::new();
+    for (kind, condition, reason) in rules {
+        reasons.push(reason.clone());
+        if let (RuleKind::Permanent, Some(c)) = (kind, condition) {
+            permanent.push((c.clone(), reason.clone()));
+        }
+    }
+    (reasons, permanent)
+}
 
 async fn fan_in(
     mut manager: ConditionManager,

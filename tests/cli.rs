@@ -69,6 +69,13 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// SIGTERM, and a clean exit within 15 s.
+fn stop(child: &mut Child) {
+    sigterm(child);
+    let status = wait_exit(child, Duration::from_secs(15));
+    assert!(status.success(), "{status}");
+}
+
 fn sigterm(child: &Child) {
     let ok = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -317,8 +324,7 @@ fn probe_reports_health_metadata_and_status_or_what_failed() {
         out.contains("health      SERVING") && out.contains("GPULost"),
         "{out}"
     );
-    sigterm(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    stop(&mut child);
 }
 
 #[test]
@@ -421,8 +427,7 @@ fn probe_says_deadline_for_a_hung_plugin_and_permission_denied_for_others() {
     assert_eq!(code, 1);
     assert!(err.contains("deadline"), "{err}");
 
-    sigterm(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    stop(&mut child);
 }
 
 #[test]
@@ -507,8 +512,7 @@ fn nvml_backend_without_a_driver_reports_driver_not_ready_and_keeps_serving() {
         assert_eq!(c["status"], "Unknown", "{t} must not be guessed: {c}");
     }
     assert_eq!(status["metadata"]["capabilities"]["backend"], "nvml");
-    sigterm(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    stop(&mut child);
 }
 
 #[test]
@@ -568,8 +572,7 @@ fn kernel_log_xids_reach_the_plugin_status_by_pci_address() {
         "an XID on an address no backend enumerates is still reported: {}",
         message("GPUResetRequired")
     );
-    sigterm(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(10)).success());
+    stop(&mut child);
     let position =
         std::fs::read_to_string(dir.path().join("state/kmsg-position")).expect("position kept");
     assert!(position.trim().ends_with(" 3"), "{position}");
@@ -577,8 +580,18 @@ fn kernel_log_xids_reach_the_plugin_status_by_pci_address() {
 
 #[test]
 fn every_upstream_linux_config_validates() {
+    let configs = upstream_linux_configs();
+    for (name, path) in &configs {
+        let (code, out, _) = npd(&["validate-config", path.to_str().expect("utf8")]);
+        assert_eq!(code, 0, "{name} must load unchanged:\n{out}");
+        assert!(out.contains(&format!("{name}: ok")), "{out}");
+    }
+}
+
+/// Upstream NPD's shipped Linux configs (file name, path): at least 19.
+fn upstream_linux_configs() -> Vec<(String, PathBuf)> {
     let dir = shared("npd-configs");
-    let mut checked = 0;
+    let mut out = Vec::new();
     for entry in std::fs::read_dir(&dir).expect("npd-configs") {
         let path = entry.expect("entry").path();
         let name = path
@@ -586,19 +599,17 @@ fn every_upstream_linux_config_validates() {
             .and_then(|n| n.to_str())
             .unwrap_or_default()
             .to_owned();
-        if !name.ends_with(".json") || name.starts_with("windows-") {
-            continue;
+        if name.ends_with(".json") && !name.starts_with("windows-") {
+            out.push((name, path));
         }
-        let (code, out, _) = npd(&["validate-config", path.to_str().expect("utf8")]);
-        assert_eq!(code, 0, "{name} must load unchanged:\n{out}");
-        assert!(out.contains(&format!("{name}: ok")), "{out}");
-        checked += 1;
     }
     assert!(
-        checked >= 19,
-        "only {checked} configs found in {}",
+        out.len() >= 19,
+        "only {} configs found in {}",
+        out.len(),
         dir.display()
     );
+    out
 }
 
 #[test]
@@ -644,21 +655,10 @@ fn detector_with(
 
 #[test]
 fn every_upstream_linux_config_loads_in_the_detector() {
-    let dir = shared("npd-configs");
     let tmp = tempfile::tempdir().expect("tempdir");
     let kmsg = tmp.path().join("kmsg");
     std::fs::write(&kmsg, "").expect("kmsg file");
-    let mut started = 0;
-    for entry in std::fs::read_dir(&dir).expect("npd-configs") {
-        let path = entry.expect("entry").path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        if !name.ends_with(".json") || name.starts_with("windows-") {
-            continue;
-        }
+    for (name, path) in upstream_linux_configs() {
         let text = std::fs::read_to_string(&path).expect("read");
         let (flag, needle) = match npd_ext::config::kind_of(&text) {
             npd_ext::config::Kind::SystemLog => {
@@ -679,9 +679,7 @@ fn every_upstream_linux_config_loads_in_the_detector() {
         sigterm(&child);
         let status = wait_exit(&mut child, Duration::from_secs(15));
         assert!(status.success(), "{name}: {status}");
-        started += 1;
     }
-    assert!(started >= 19, "only {started} configs");
 }
 
 #[test]
@@ -718,8 +716,7 @@ fn deprecated_flags_work_and_may_not_be_mixed_with_the_new_ones() {
         .expect("starts");
     let mut stderr = child.stderr.take().expect("stderr");
     read_until(&mut stderr, "system log monitor started");
-    sigterm(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+    stop(&mut child);
 }
 
 #[test]
@@ -776,8 +773,7 @@ fn journald_monitor_reads_a_journalctl_child() {
     );
     assert!(args.contains("SYSLOG_IDENTIFIER=dockerd"), "{args}");
     assert!(args.contains("--since=@"), "{args}");
-    sigterm(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+    stop(&mut child);
 
     // Without a journal the error names where it looked.
     cfg["logPath"] = serde_json::Value::String("/nonexistent/journal".into());
@@ -790,8 +786,7 @@ fn journald_monitor_reads_a_journalctl_child() {
         "is not a directory",
     );
     assert!(seen.contains("/nonexistent/journal"), "{seen}");
-    sigterm(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+    stop(&mut child);
 }
 
 #[test]
@@ -848,6 +843,5 @@ fn kernel_monitor_reads_the_real_dev_kmsg_where_it_may() {
         &[],
         "log source is readable",
     );
-    sigterm(&child);
-    assert!(wait_exit(&mut child, Duration::from_secs(15)).success());
+    stop(&mut child);
 }

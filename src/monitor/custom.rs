@@ -247,15 +247,7 @@ pub struct PluginState {
 
 impl PluginState {
     pub fn new(cfg: CustomPluginConfig, now: SystemTime) -> Self {
-        let conditions = cfg
-            .conditions
-            .iter()
-            .map(|d| {
-                let mut c = Condition::new(&d.type_, ConditionStatus::False, &d.reason, &d.message);
-                c.transition = Some(now);
-                c
-            })
-            .collect();
+        let conditions = super::default_conditions(&cfg.conditions, now);
         Self { cfg, conditions }
     }
 
@@ -315,10 +307,7 @@ impl PluginState {
             },
             timestamp: now,
             reason: c.reason.clone(),
-            message: format!(
-                "Node condition {} is now: {}, reason: {}, message: {:?}",
-                c.type_, c.status, c.reason, c.message
-            ),
+            message: super::change_message(c),
         };
         Some(self.status(vec![event]))
     }
@@ -603,6 +592,46 @@ mod tests {
         );
     }
 
+    /// A monitor running on a task, and the statuses it reports.
+    struct Running {
+        rx: mpsc::Receiver<Report>,
+        token: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+        _live: crate::liveness::Liveness,
+    }
+
+    impl Running {
+        fn start(cfg: CustomPluginConfig) -> Self {
+            let (tx, rx) = mpsc::channel(16);
+            let token = CancellationToken::new();
+            let live = crate::liveness::Liveness::new();
+            let pulse = live.register("c", Duration::from_secs(60));
+            let task = tokio::spawn(run(0, cfg, tx, pulse, token.clone()));
+            Self {
+                rx,
+                token,
+                task,
+                _live: live,
+            }
+        }
+
+        async fn next(&mut self) -> Status {
+            let r = tokio::time::timeout(Duration::from_secs(20), self.rx.recv())
+                .await
+                .expect("a report within 20 s")
+                .expect("monitor running");
+            let Update::Status(s) = r.update else {
+                panic!("{r:?}")
+            };
+            s
+        }
+
+        async fn stop(self) {
+            self.token.cancel();
+            self.task.await.expect("monitor ends");
+        }
+    }
+
     fn config(text: &str) -> CustomPluginConfig {
         let c = custom::check(Path::new("c.json"), text);
         c.config.unwrap_or_else(|| panic!("{:?}", c.diagnostics))
@@ -678,23 +707,8 @@ mod tests {
             bad.display(),
             slow.display()
         ));
-        let (tx, mut rx) = mpsc::channel(16);
-        let token = CancellationToken::new();
-        let live = crate::liveness::Liveness::new();
-        let task = tokio::spawn(run(
-            0,
-            cfg,
-            tx,
-            live.register("c", Duration::from_secs(60)),
-            token.clone(),
-        ));
-        let r = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-            .await
-            .expect("a report within 20 s")
-            .expect("monitor running");
-        let Update::Status(s) = r.update else {
-            panic!("{r:?}")
-        };
+        let mut m = Running::start(cfg);
+        let s = m.next().await;
         let status: Vec<_> = s
             .conditions
             .iter()
@@ -712,8 +726,7 @@ mod tests {
         let mut reasons: Vec<_> = s.events.iter().map(|e| e.reason.as_str()).collect();
         reasons.sort_unstable();
         assert_eq!(reasons, ["Blip", "DiskFull"]);
-        token.cancel();
-        task.await.expect("monitor ends");
+        m.stop().await;
     }
 
     #[tokio::test]
@@ -738,25 +751,10 @@ mod tests {
                  "source": "s", "rules": [{}]}}"#,
             rules.join(",")
         ));
-        let (tx, mut rx) = mpsc::channel(16);
-        let token = CancellationToken::new();
-        let live = crate::liveness::Liveness::new();
-        let task = tokio::spawn(run(
-            0,
-            cfg,
-            tx,
-            live.register("c", Duration::from_secs(60)),
-            token.clone(),
-        ));
+        let mut m = Running::start(cfg);
         let mut reasons = Vec::new();
         while reasons.len() < 3 {
-            let r = tokio::time::timeout(Duration::from_secs(20), rx.recv())
-                .await
-                .expect("a report within 20 s")
-                .expect("monitor running");
-            let Update::Status(s) = r.update else {
-                panic!("{r:?}")
-            };
+            let s = m.next().await;
             assert_eq!(s.events.len(), 1, "no initial status was asked for: {s:?}");
             reasons.push(s.events[0].reason.clone());
         }
@@ -768,7 +766,6 @@ mod tests {
             ["start", "end", "start", "end", "start", "end"],
             "runs overlapped with concurrency 1"
         );
-        token.cancel();
-        task.await.expect("monitor ends");
+        m.stop().await;
     }
 }

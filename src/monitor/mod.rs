@@ -5,8 +5,11 @@ pub mod custom;
 pub mod external;
 pub mod syslog;
 
+use std::time::SystemTime;
+
 use crate::conditions::MonitorId;
-use crate::problem::Status;
+use crate::config::ConditionDecl;
+use crate::problem::{Condition, ConditionStatus, Status};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Update {
@@ -24,4 +27,25 @@ pub enum Update {
 pub struct Report {
     pub monitor: MonitorId,
     pub update: Update,
+}
+
+/// Every declared condition as NPD starts it: `False`, with the configured
+/// reason and message.
+pub fn default_conditions(decls: &[ConditionDecl], now: SystemTime) -> Vec<Condition> {
+    decls
+        .iter()
+        .map(|d| {
+            let mut c = Condition::new(&d.type_, ConditionStatus::False, &d.reason, &d.message);
+            c.transition = Some(now);
+            c
+        })
+        .collect()
+}
+
+/// NPD's condition-change event text (`GenerateConditionChangeEvent`).
+pub fn change_message(c: &Condition) -> String {
+    format!(
+        "Node condition {} is now: {}, reason: {}, message: {:?}",
+        c.type_, c.status, c.reason, c.message
+    )
 }

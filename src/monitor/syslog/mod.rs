@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::conditions::MonitorId;
 use crate::config::syslog::{LogPlugin, RuleKind, SyslogMonitorConfig};
 use crate::liveness::Pulse;
-use crate::monitor::{Report, Update};
+use crate::monitor::{Report, Update, change_message};
 use crate::problem::{Condition, ConditionStatus, Event, Severity, Status};
 use rules::{Match, RuleEngine};
 
@@ -109,15 +109,7 @@ pub struct LogState {
 impl LogState {
     pub fn new(cfg: SyslogMonitorConfig, now: SystemTime) -> Result<Self, rules::CompileError> {
         let engine = RuleEngine::new(&cfg.rules, cfg.buffer_size)?;
-        let conditions = cfg
-            .conditions
-            .iter()
-            .map(|d| {
-                let mut c = Condition::new(&d.type_, ConditionStatus::False, &d.reason, &d.message);
-                c.transition = Some(now);
-                c
-            })
-            .collect();
+        let conditions = super::default_conditions(&cfg.conditions, now);
         Ok(Self {
             last_match: vec![None; cfg.conditions.len()],
             cfg,
@@ -233,14 +225,6 @@ impl LogState {
         }
         (!events.is_empty()).then(|| self.status(events))
     }
-}
-
-/// NPD's condition-change event text (`GenerateConditionChangeEvent`).
-fn change_message(c: &Condition) -> String {
-    format!(
-        "Node condition {} is now: {}, reason: {}, message: {:?}",
-        c.type_, c.status, c.reason, c.message
-    )
 }
 
 /// How often a monitor with a healthy source promises to beat.
