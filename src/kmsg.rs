@@ -246,6 +246,16 @@ impl Reader {
                     }
                     let text = String::from_utf8_lossy(&self.line);
                     self.pending = parse_record(text.trim_end_matches(['\n', '\r']));
+                    // Dictionary lines come with their record; with nothing
+                    // more to read now, the record goes on at once rather
+                    // than wait for the next one.
+                    if reader.buffer().is_empty() {
+                        if let Some(r) = self.pending.take() {
+                            push(&mut self.last_seq, out, r);
+                        }
+                        // Hand on what there is before blocking for more.
+                        return Ok(true);
+                    }
                 }
                 Ok(true)
             }

@@ -81,10 +81,8 @@ pub async fn execute(rule: &CustomRule, timeout: Duration, max_output: usize) ->
         .and_then(|p| rustix::process::Pid::from_raw(i32::try_from(p).ok()?));
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    let (out_tx, mut out_rx) = tokio::sync::oneshot::channel();
-    let (err_tx, err_rx) = tokio::sync::oneshot::channel();
-    let out_task = tokio::spawn(async move { out_tx.send(read_capped(stdout).await) });
-    let err_task = tokio::spawn(async move { err_tx.send(read_capped(stderr).await) });
+    let mut stdout = Capture::start(stdout);
+    let stderr = Capture::start(stderr);
 
     let waited = tokio::time::timeout(timeout, child.wait()).await;
     let (status, prefix) = match &waited {
@@ -115,12 +113,8 @@ pub async fn execute(rule: &CustomRule, timeout: Duration, max_output: usize) ->
     let exited = matches!(waited, Ok(Ok(_)));
     // After a plain exit the pipes close at once, unless something the
     // plugin left running holds them: it gets a moment, then the group goes.
-    let mut stdout = None;
     if exited {
-        stdout = tokio::time::timeout(LINGER, &mut out_rx)
-            .await
-            .ok()
-            .and_then(Result::ok);
+        stdout.wait_eof(LINGER).await;
     }
     if let Some(pgid) = pgid {
         let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
@@ -146,21 +140,8 @@ pub async fn execute(rule: &CustomRule, timeout: Duration, max_output: usize) ->
     }
     // The group is dead, so the pipes close; unless a process stuck in D
     // state holds them, which must not hold us.
-    let stdout = match stdout {
-        Some(s) => s,
-        None => tokio::time::timeout(KILL_GRACE, out_rx)
-            .await
-            .ok()
-            .and_then(Result::ok)
-            .unwrap_or_default(),
-    };
-    let stderr = tokio::time::timeout(LINGER, err_rx)
-        .await
-        .ok()
-        .and_then(Result::ok)
-        .unwrap_or_default();
-    out_task.abort();
-    err_task.abort();
+    let stdout = stdout.finish(KILL_GRACE).await;
+    let stderr = stderr.finish(LINGER).await;
     let stderr = String::from_utf8_lossy(&stderr);
     if !stderr.trim().is_empty() {
         tracing::debug!(plugin = %rule.path.display(), "plugin stderr: {}", stderr.trim());
@@ -178,22 +159,60 @@ pub async fn execute(rule: &CustomRule, timeout: Duration, max_output: usize) ->
     }
 }
 
-/// Reads up to [`OUTPUT_LIMIT`] bytes and drains the rest, so a chatty
-/// plugin never blocks on a full pipe.
-async fn read_capped<R: AsyncRead + Unpin>(r: Option<R>) -> Vec<u8> {
-    let Some(mut r) = r else {
-        return Vec::new();
-    };
-    let mut kept = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        match r.read(&mut buf).await {
-            Ok(0) | Err(_) => return kept,
-            Ok(n) => {
-                let room = OUTPUT_LIMIT.saturating_sub(kept.len());
-                kept.extend_from_slice(&buf[..n.min(room)]);
+/// One output stream of a plugin, read on a task of its own: up to
+/// [`OUTPUT_LIMIT`] bytes are kept and the rest drained, so a chatty plugin
+/// never blocks on a full pipe, and what was read is there even when the
+/// pipe never closes (a process out of reach holds it).
+struct Capture {
+    kept: Arc<std::sync::Mutex<Vec<u8>>>,
+    eof: tokio::sync::oneshot::Receiver<()>,
+    ended: bool,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Capture {
+    fn start<R: AsyncRead + Unpin + Send + 'static>(r: Option<R>) -> Self {
+        let kept = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, eof) = tokio::sync::oneshot::channel();
+        let into = kept.clone();
+        let task = tokio::spawn(async move {
+            if let Some(mut r) = r {
+                let mut buf = [0u8; 4096];
+                while let Ok(n @ 1..) = r.read(&mut buf).await {
+                    let mut kept = into
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let room = OUTPUT_LIMIT.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buf[..n.min(room)]);
+                }
             }
+            let _ = tx.send(());
+        });
+        Self {
+            kept,
+            eof,
+            ended: false,
+            task,
         }
+    }
+
+    /// Waits up to `d` for the end of the stream.
+    async fn wait_eof(&mut self, d: Duration) {
+        if !self.ended {
+            self.ended = tokio::time::timeout(d, &mut self.eof).await.is_ok();
+        }
+    }
+
+    /// What was read, after waiting up to `d` for the end of the stream.
+    async fn finish(mut self, d: Duration) -> Vec<u8> {
+        self.wait_eof(d).await;
+        self.task.abort();
+        std::mem::take(
+            &mut *self
+                .kept
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }
 
@@ -570,6 +589,87 @@ mod tests {
         assert!(took < Duration::from_secs(4), "{took:?}");
         let pid = std::fs::read_to_string(&pidfile).expect("pid written");
         assert!(dead(&pid), "the child that ignored SIGTERM survived");
+    }
+
+    #[tokio::test]
+    async fn a_process_holding_the_pipes_out_of_reach_does_not_hold_the_monitor() {
+        // `setsid` puts the sleeper in a group of its own, where the kill
+        // cannot reach; with the pipe it holds open it stands in for a child
+        // stuck in D state.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let pidfile = dir.path().join("escaped.pid");
+        let escape = format!(
+            "setsid sh -c 'echo $$ > {}; exec sleep 60' &",
+            pidfile.display()
+        );
+        for (body, timeout, want) in [
+            (
+                format!("{escape}\necho done\nexit 1"),
+                Duration::from_secs(10),
+                ConditionStatus::True,
+            ),
+            (
+                format!("{escape}\nsleep 60"),
+                Duration::from_millis(300),
+                ConditionStatus::Unknown,
+            ),
+        ] {
+            let p = script(dir.path(), "escape.sh", &body);
+            let started = std::time::Instant::now();
+            let o = execute(&rule(p), timeout, 80).await;
+            assert_eq!(o.status, want, "{o:?}");
+            if want == ConditionStatus::True {
+                assert_eq!(o.message, "done", "what was written before exit is kept");
+            }
+            let took = started.elapsed();
+            assert!(took < timeout + KILL_GRACE * 3, "{took:?} for {o:?}");
+            if let Ok(pid) = std::fs::read_to_string(&pidfile)
+                && let Some(pid) = pid
+                    .trim()
+                    .parse()
+                    .ok()
+                    .and_then(rustix::process::Pid::from_raw)
+            {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn each_rule_runs_on_its_own_interval() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (fast_log, slow_log) = (dir.path().join("fast"), dir.path().join("slow"));
+        let fast = script(
+            dir.path(),
+            "fast.sh",
+            &format!("echo run >> {}", fast_log.display()),
+        );
+        let slow = script(
+            dir.path(),
+            "slow.sh",
+            &format!("echo run >> {}", slow_log.display()),
+        );
+        let cfg = config(&format!(
+            r#"{{"plugin": "custom", "pluginConfig": {{"invoke_interval": "1h", "timeout": "60s"}}, "source": "s",
+                 "conditions": [{{"type": "F", "reason": "FOK", "message": "ok"}}],
+                 "rules": [{{"type": "permanent", "condition": "F", "reason": "FBad", "path": "{}", "invoke_interval": "50ms"}},
+                           {{"type": "temporary", "reason": "S", "path": "{}"}}]}}"#,
+            fast.display(),
+            slow.display()
+        ));
+        let m = Running::start(cfg);
+        let runs = |p: &Path| std::fs::read_to_string(p).map_or(0, |s| s.lines().count());
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while runs(&fast_log) < 4 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the 50ms rule ran {} times",
+                runs(&fast_log)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(runs(&slow_log), 1, "the 1h rule runs once, at start");
+        m.stop().await;
     }
 
     #[tokio::test]
