@@ -131,6 +131,44 @@ pub struct DetectorArgs {
     #[arg(long, value_enum, default_value_t = Toggle::Auto, num_args = 0..=1, default_missing_value = "true")]
     pub enable_k8s_exporter: Toggle,
 
+    /// API server to use instead of the inferred one, as NPD writes it:
+    /// `https://host:port?inClusterConfig=false&auth=/path/kubeconfig&insecure=true`.
+    #[arg(long, value_name = "URI")]
+    pub apiserver_override: Option<String>,
+
+    /// How long to keep retrying the first read of the Node at start
+    /// (afterwards the exporter keeps retrying, less often).
+    #[arg(long, value_parser = go_duration, default_value = "5m")]
+    pub apiserver_wait_timeout: Duration,
+
+    /// Retry period of that first read.
+    #[arg(long, value_parser = go_duration, default_value = "5s")]
+    pub apiserver_wait_interval: Duration,
+
+    /// Rewrite the conditions this often when nothing changes (±10 % jitter).
+    #[arg(long, value_parser = go_duration, default_value = "5m")]
+    pub k8s_exporter_heartbeat_period: Duration,
+
+    /// Write Kubernetes Events.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_name = "BOOL")]
+    pub k8s_exporter_write_events: bool,
+
+    /// Write node conditions.
+    #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = ArgAction::Set, value_name = "BOOL")]
+    pub k8s_exporter_update_node_conditions: bool,
+
+    /// Client-side limit of the exporter's API requests per second.
+    #[arg(long, default_value_t = 500.0)]
+    pub kube_api_qps: f64,
+
+    /// Burst of that limit.
+    #[arg(long, default_value_t = 500)]
+    pub kube_api_burst: u32,
+
+    /// Namespace of the Events (NPD's default, empty, means `default`).
+    #[arg(long, default_value = "")]
+    pub event_namespace: String,
+
     /// Node name (default: $NODE_NAME, then the hostname).
     #[arg(long)]
     pub hostname_override: Option<String>,

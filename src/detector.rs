@@ -29,6 +29,8 @@ pub struct DetectorOptions {
     pub http: Option<std::net::TcpListener>,
     /// Print every transition and event as one log line.
     pub log_exporter: bool,
+    /// Write conditions and events to the Kubernetes API.
+    pub k8s: Option<exporter::k8s::K8sExporter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +154,21 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
         }
         None => None,
     };
+    if let Some(exporter::k8s::K8sExporter {
+        client,
+        options: k8s,
+    }) = options.k8s
+    {
+        let k8s_metrics = exporter::k8s::K8sMetrics::register(&metrics.registry());
+        shutdown.spawn(exporter::k8s::run(
+            client,
+            k8s,
+            conditions_rx.clone(),
+            published_tx.subscribe(),
+            k8s_metrics,
+            shutdown.token().child_token(),
+        ));
+    }
     if options.log_exporter {
         shutdown.spawn(exporter::log::run(
             published_tx.subscribe(),

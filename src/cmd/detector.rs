@@ -135,18 +135,47 @@ pub async fn run(args: DetectorArgs) -> anyhow::Result<()> {
     );
 
     let node = node_name(args.hostname_override.as_deref());
-    let in_cluster = std::env::var_os("KUBERNETES_SERVICE_HOST").is_some();
-    match args.enable_k8s_exporter {
-        Toggle::True => bail!(
-            "--enable-k8s-exporter=true: this build has no Kubernetes exporter yet; run with --enable-k8s-exporter=false (standalone)"
-        ),
-        Toggle::Auto if in_cluster => tracing::warn!(
-            %node, "running in a cluster, but this build has no Kubernetes exporter yet: standalone mode, nothing is written to the API server"
-        ),
-        _ => tracing::info!(
+    let k8s = match args.enable_k8s_exporter {
+        Toggle::False => None,
+        toggle => {
+            let config =
+                crate::exporter::k8s::client_config(args.apiserver_override.as_deref()).await?;
+            match (config, toggle) {
+                (Some(config), _) => {
+                    let url = config.cluster_url.clone();
+                    let client = crate::exporter::k8s::client(config)?;
+                    tracing::info!(%node, %url, "reporting to the Kubernetes API");
+                    Some(crate::exporter::k8s::K8sExporter {
+                        client,
+                        options: crate::exporter::k8s::K8sOptions {
+                            node: node.clone(),
+                            update_conditions: args.k8s_exporter_update_node_conditions,
+                            write_events: args.k8s_exporter_write_events,
+                            heartbeat: args.k8s_exporter_heartbeat_period,
+                            wait_timeout: args.apiserver_wait_timeout,
+                            wait_interval: args.apiserver_wait_interval,
+                            qps: args.kube_api_qps,
+                            burst: args.kube_api_burst,
+                            event_namespace: if args.event_namespace.is_empty() {
+                                "default".into()
+                            } else {
+                                args.event_namespace.clone()
+                            },
+                        },
+                    })
+                }
+                (None, Toggle::True) => bail!(
+                    "--enable-k8s-exporter=true, but no cluster configuration was found (not in a cluster, no KUBECONFIG or ~/.kube/config; or give --apiserver-override)"
+                ),
+                (None, _) => None,
+            }
+        }
+    };
+    if k8s.is_none() {
+        tracing::info!(
             %node, "standalone mode: conditions go to the log and http://{}:{}/conditions, not to a Kubernetes API server",
             args.address, args.port
-        ),
+        );
     }
 
     let http = if args.port == 0 {
@@ -180,6 +209,7 @@ pub async fn run(args: DetectorArgs) -> anyhow::Result<()> {
             http,
             metrics,
             log_exporter: true,
+            k8s,
         },
         &shutdown,
     )

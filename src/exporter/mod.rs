@@ -2,5 +2,6 @@
 //! detector publishes and never talks back to a monitor.
 
 pub mod http;
+pub mod k8s;
 pub mod log;
 pub mod prometheus;

@@ -18,6 +18,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+pub mod fake_api;
+
 pub const GPUS: u32 = 8;
 
 /// A gpu-monitor with the sim backend, served in-process.

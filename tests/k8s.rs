@@ -1,0 +1,420 @@
+//! The Kubernetes exporter against the in-process fake API server
+//! (tests/common/fake_api.rs), with the tokio clock paused where hours pass.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use common::fake_api::{FakeApi, Fault};
+use hyper::Method;
+use npd_ext::conditions::{NodeCondition, Published};
+use npd_ext::exporter::k8s::{self, K8sMetrics, K8sOptions};
+use npd_ext::problem::{ConditionStatus, Event, Severity, format_time};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+const NODE: &str = "gpu-node-17";
+
+fn options() -> K8sOptions {
+    K8sOptions {
+        node: NODE.into(),
+        update_conditions: true,
+        write_events: true,
+        heartbeat: Duration::from_secs(300),
+        wait_timeout: Duration::from_secs(300),
+        wait_interval: Duration::from_secs(5),
+        qps: 500.0,
+        burst: 500,
+        event_namespace: "default".into(),
+    }
+}
+
+fn cond(t: &str, status: ConditionStatus, transition: SystemTime) -> NodeCondition {
+    NodeCondition {
+        type_: t.into(),
+        status,
+        transition,
+        last_update: transition,
+        reason: format!("{t}{status}"),
+        message: format!("{t} is {status}"),
+        source: "test".into(),
+    }
+}
+
+/// An exporter on its own, fed through the channels the detector uses.
+struct Exporter {
+    conditions: watch::Sender<Arc<Vec<NodeCondition>>>,
+    events: broadcast::Sender<Published>,
+    registry: prometheus::Registry,
+    token: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Exporter {
+    fn start(api: &FakeApi, initial: Vec<NodeCondition>) -> Self {
+        let config = kube::Config::new(api.url().parse().expect("url"));
+        let client = k8s::client(config).expect("client");
+        let (conditions, rx) = watch::channel(Arc::new(initial));
+        let (events, erx) = broadcast::channel(16_384);
+        let registry = prometheus::Registry::new();
+        let metrics = K8sMetrics::register(&registry);
+        let token = CancellationToken::new();
+        let task = tokio::spawn(k8s::run(client, options(), rx, erx, metrics, token.clone()));
+        Self {
+            conditions,
+            events,
+            registry,
+            token,
+            task,
+        }
+    }
+
+    fn set(&self, c: Vec<NodeCondition>) {
+        self.conditions.send_replace(Arc::new(c));
+    }
+
+    async fn stop(self) {
+        self.token.cancel();
+        self.task.await.expect("exporter ends");
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        self.registry
+            .gather()
+            .iter()
+            .filter(|f| f.name() == name)
+            .flat_map(|f| f.get_metric().iter())
+            .filter(|m| {
+                labels.iter().all(|(k, v)| {
+                    m.get_label()
+                        .iter()
+                        .any(|l| l.name() == *k && l.value() == *v)
+                })
+            })
+            .map(|m| m.get_counter().get_value() as u64)
+            .sum()
+    }
+}
+
+/// Lets the (paused) clock run in steps until `cond` holds, for at most `limit`.
+async fn run_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let start = tokio::time::Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < limit, "no {what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn status_of(api: &FakeApi, t: &str) -> Option<String> {
+    api.conditions(NODE)
+        .get(t)
+        .and_then(|c| c["status"].as_str().map(str::to_owned))
+}
+
+#[tokio::test]
+async fn kubelet_conditions_survive_ours_are_upserted_and_a_restart_keeps_transitions() {
+    let api = FakeApi::start().await;
+    api.add_node(NODE);
+    let ready_before = api.conditions(NODE)["Ready"].clone();
+    let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+    let ex = Exporter::start(
+        &api,
+        vec![
+            cond("GPULost", ConditionStatus::False, t0),
+            cond("KernelDeadlock", ConditionStatus::True, t0),
+        ],
+    );
+    run_until(Duration::from_secs(20), "our conditions", || {
+        status_of(&api, "GPULost").is_some()
+    })
+    .await;
+    let c = api.conditions(NODE);
+    assert_eq!(
+        c["Ready"], ready_before,
+        "the kubelet's condition is untouched"
+    );
+    assert_eq!(c["KernelDeadlock"]["status"], "True");
+    assert_eq!(c["GPULost"]["lastTransitionTime"], format_time(t0));
+    // Every write was a strategic merge patch of the status subresource.
+    assert!(
+        api.log()
+            .iter()
+            .filter(|l| l.method == Method::PATCH)
+            .all(|l| {
+                l.path == format!("/api/v1/nodes/{NODE}/status")
+                    && l.content_type.as_deref() == Some(common::fake_api::STRATEGIC)
+            })
+    );
+
+    // GPULost goes True: upserted by type, nothing duplicated.
+    let t1 = t0 + Duration::from_secs(60);
+    ex.set(vec![
+        cond("GPULost", ConditionStatus::True, t1),
+        cond("KernelDeadlock", ConditionStatus::True, t0),
+    ]);
+    run_until(Duration::from_secs(20), "GPULost True", || {
+        status_of(&api, "GPULost").as_deref() == Some("True")
+    })
+    .await;
+    let node = api.node(NODE).expect("node");
+    assert_eq!(
+        node["status"]["conditions"].as_array().map(Vec::len),
+        Some(3)
+    );
+    ex.stop().await;
+
+    // A restarted detector knows only its own start as transition time;
+    // the Node's is kept where the status did not change.
+    let restart = t1 + Duration::from_secs(3600);
+    let ex = Exporter::start(
+        &api,
+        vec![
+            cond("GPULost", ConditionStatus::True, restart),
+            cond("KernelDeadlock", ConditionStatus::False, restart),
+        ],
+    );
+    run_until(Duration::from_secs(20), "KernelDeadlock False", || {
+        status_of(&api, "KernelDeadlock").as_deref() == Some("False")
+    })
+    .await;
+    let c = api.conditions(NODE);
+    assert_eq!(
+        c["GPULost"]["lastTransitionTime"],
+        format_time(t1),
+        "unchanged status keeps its time"
+    );
+    assert_eq!(
+        c["KernelDeadlock"]["lastTransitionTime"],
+        format_time(restart),
+        "a changed one does not"
+    );
+    assert_eq!(c["Ready"], ready_before);
+    ex.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_change_is_one_patch_within_a_second_then_only_heartbeats() {
+    let api = FakeApi::start().await;
+    api.add_node(NODE);
+    let t0 = SystemTime::now();
+    let ex = Exporter::start(&api, vec![cond("GPULost", ConditionStatus::False, t0)]);
+    run_until(Duration::from_secs(1), "the first write", || {
+        api.count(&Method::PATCH, "/status") == 1
+    })
+    .await;
+    api.clear_log();
+    ex.set(vec![cond("GPULost", ConditionStatus::True, t0)]);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        api.count(&Method::PATCH, "/status"),
+        1,
+        "one PATCH within 1 s of the change"
+    );
+    api.clear_log();
+    // An hour with nothing changing: heartbeats every 5 min ± 10 %.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    let beats = api.count(&Method::PATCH, "/status");
+    assert!((10..=14).contains(&beats), "{beats} heartbeats in an hour");
+    assert_eq!(
+        api.count(&Method::GET, "/nodes/"),
+        0,
+        "the Node is read once, at start"
+    );
+    ex.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flapping_condition_is_written_at_a_bounded_rate() {
+    let api = FakeApi::start().await;
+    api.add_node(NODE);
+    let t0 = SystemTime::now();
+    let ex = Exporter::start(&api, vec![cond("GPULost", ConditionStatus::False, t0)]);
+    run_until(Duration::from_secs(1), "the first write", || {
+        api.count(&Method::PATCH, "/status") == 1
+    })
+    .await;
+    api.clear_log();
+    // Flapping every second for ten minutes.
+    for i in 0..600u32 {
+        let s = if i % 2 == 0 {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        };
+        ex.set(vec![cond(
+            "GPULost",
+            s,
+            t0 + Duration::from_secs(u64::from(i)),
+        )]);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let writes = api.count(&Method::PATCH, "/status");
+    // 5 at once, then one per 10 s: 65 in 600 s.
+    assert!(writes <= 66, "{writes} writes for 600 flaps");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(
+        status_of(&api, "GPULost").as_deref(),
+        Some("False"),
+        "the last state is written in the end"
+    );
+    ex.stop().await;
+}
+
+fn storm_event() -> Published {
+    Published::Event {
+        source: "gpu-monitor".into(),
+        event: Event {
+            severity: Severity::Warn,
+            timestamp: SystemTime::now(),
+            reason: "XID79".into(),
+            message: "gpu=3 uuid=GPU-abc pci=0000:61:00.0: XID 79 (fallen off the bus)".into(),
+        },
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_event_storm_is_a_few_writes_with_a_count_and_does_not_starve_others() {
+    let api = FakeApi::start().await;
+    api.add_node(NODE);
+    let ex = Exporter::start(
+        &api,
+        vec![cond("GPULost", ConditionStatus::True, SystemTime::now())],
+    );
+    run_until(Duration::from_secs(5), "the Node read", || {
+        api.count(&Method::GET, "/nodes/") == 1
+    })
+    .await;
+    for _ in 0..10_000 {
+        ex.events.send(storm_event()).expect("subscriber");
+    }
+    // Another reason in the middle of the storm is written at once.
+    ex.events
+        .send(Published::Event {
+            source: "kernel-monitor".into(),
+            event: Event {
+                severity: Severity::Warn,
+                timestamp: SystemTime::now(),
+                reason: "OOMKilling".into(),
+                message: "Killed process 12 (python3)".into(),
+            },
+        })
+        .expect("subscriber");
+    tokio::time::sleep(Duration::from_secs(300)).await;
+    let writes = api.count(&Method::POST, "/events") + api.count(&Method::PATCH, "/events");
+    assert!(writes <= 10, "{writes} event writes for 10 001 events");
+    let events = api.events();
+    let xid = events
+        .iter()
+        .find(|e| e["reason"] == "XID79")
+        .expect("the storm's Event");
+    assert_eq!(xid["series"]["count"], 10_000, "{xid}");
+    assert_eq!(xid["type"], "Warning");
+    assert_eq!(xid["regarding"]["kind"], "Node");
+    assert_eq!(xid["regarding"]["uid"], format!("uid-{NODE}"));
+    assert_eq!(xid["reportingController"], "npd-ext");
+    assert_eq!(xid["reportingInstance"], NODE);
+    assert!(events.iter().any(|e| e["reason"] == "OOMKilling"));
+    assert!(api.log().iter().all(|l| {
+        !l.path.contains("/events")
+            || l.path
+                .starts_with("/apis/events.k8s.io/v1/namespaces/default/events")
+    }));
+    ex.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_outage_keeps_only_the_latest_state_and_recovers_at_once() {
+    let api = FakeApi::start().await;
+    api.add_node(NODE);
+    let t0 = SystemTime::now();
+    let ex = Exporter::start(&api, vec![cond("GPULost", ConditionStatus::False, t0)]);
+    run_until(Duration::from_secs(1), "the first write", || {
+        api.count(&Method::PATCH, "/status") == 1
+    })
+    .await;
+    api.fault(Some(Method::PATCH), "/status", Fault::Status(503), None);
+    api.clear_log();
+    // 30 minutes down, the condition flipping 100 times.
+    let mut last = ConditionStatus::False;
+    for i in 0..100u32 {
+        last = if i % 2 == 0 {
+            ConditionStatus::True
+        } else {
+            ConditionStatus::False
+        };
+        let mut c = cond("GPULost", last, t0 + Duration::from_secs(u64::from(i)));
+        c.message = format!("flip {i}");
+        ex.set(vec![c]);
+        tokio::time::sleep(Duration::from_secs(18)).await;
+    }
+    let attempts = api.count(&Method::PATCH, "/status");
+    assert!(
+        attempts <= 60,
+        "{attempts} attempts in 30 min: backoff, not a write per flip"
+    );
+    assert!(
+        ex.metric(
+            "npd_ext_k8s_requests_total",
+            &[("op", "patch_node_status"), ("result", "error")]
+        ) >= 1
+    );
+    api.clear_faults();
+    api.clear_log();
+    tokio::time::sleep(Duration::from_secs(65)).await;
+    let c = api.conditions(NODE);
+    assert_eq!(c["GPULost"]["status"], last.to_string());
+    assert_eq!(
+        c["GPULost"]["message"], "flip 99",
+        "exactly the final state"
+    );
+    assert_eq!(
+        api.count(&Method::PATCH, "/status"),
+        1,
+        "one write on recovery, no replay of the backlog"
+    );
+    ex.stop().await;
+}
+
+/// Log lines written while `f` runs.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("lock").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn forbidden_is_one_clear_log_line_naming_the_permission() {
+    let logs = Captured::default();
+    let sink = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || sink.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let api = FakeApi::start().await;
+    api.add_node(NODE);
+    api.fault(Some(Method::PATCH), "/status", Fault::Status(403), None);
+    let ex = Exporter::start(
+        &api,
+        vec![cond("GPULost", ConditionStatus::True, SystemTime::now())],
+    );
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    assert!(api.count(&Method::PATCH, "/status") >= 3, "it keeps trying");
+    let text = String::from_utf8_lossy(&logs.0.lock().expect("lock")).into_owned();
+    let lines: Vec<&str> = text.lines().filter(|l| l.contains("forbidden")).collect();
+    assert_eq!(lines.len(), 1, "{text}");
+    assert!(
+        lines[0].contains("`patch` on `nodes/status`"),
+        "{}",
+        lines[0]
+    );
+    ex.stop().await;
+}
