@@ -215,6 +215,7 @@ async fn a_change_is_one_patch_within_a_second_then_only_heartbeats() {
     // An hour with nothing changing: heartbeats every 5 min ± 10 %.
     tokio::time::sleep(Duration::from_secs(3600)).await;
     let beats = api.count(&Method::PATCH, "/status");
+    eprintln!("condition writes in a simulated hour without change: {beats}");
     assert!((10..=14).contains(&beats), "{beats} heartbeats in an hour");
     assert_eq!(
         api.count(&Method::GET, "/nodes/"),
@@ -250,6 +251,7 @@ async fn a_flapping_condition_is_written_at_a_bounded_rate() {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let writes = api.count(&Method::PATCH, "/status");
+    eprintln!("condition writes for 600 flaps in 600 s: {writes}");
     // 5 at once, then one per 10 s: 65 in 600 s.
     assert!(writes <= 66, "{writes} writes for 600 flaps");
     tokio::time::sleep(Duration::from_secs(20)).await;
@@ -302,6 +304,7 @@ async fn an_event_storm_is_a_few_writes_with_a_count_and_does_not_starve_others(
         .expect("subscriber");
     tokio::time::sleep(Duration::from_secs(300)).await;
     let writes = api.count(&Method::POST, "/events") + api.count(&Method::PATCH, "/events");
+    eprintln!("event writes for a storm of 10 000 and one other: {writes}");
     assert!(writes <= 10, "{writes} event writes for 10 001 events");
     let events = api.events();
     let xid = events
@@ -349,6 +352,7 @@ async fn an_outage_keeps_only_the_latest_state_and_recovers_at_once() {
         tokio::time::sleep(Duration::from_secs(18)).await;
     }
     let attempts = api.count(&Method::PATCH, "/status");
+    eprintln!("write attempts during a 30 min outage: {attempts}");
     assert!(
         attempts <= 60,
         "{attempts} attempts in 30 min: backoff, not a write per flip"
@@ -417,4 +421,132 @@ async fn forbidden_is_one_clear_log_line_naming_the_permission() {
         lines[0]
     );
     ex.stop().await;
+}
+
+#[test]
+fn rbac_grants_exactly_what_the_exporter_uses() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/rbac.yaml");
+    let docs =
+        common::yaml::documents(&std::fs::read_to_string(path).expect("manifests/rbac.yaml"));
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["ServiceAccount", "ClusterRole", "ClusterRoleBinding"]
+    );
+    assert_eq!(docs[0]["metadata"]["name"], "npd-ext");
+    assert_eq!(docs[0]["metadata"]["namespace"], "kube-system");
+    let mut grants: Vec<String> = Vec::new();
+    for rule in docs[1]["rules"].as_array().expect("rules") {
+        for group in rule["apiGroups"].as_array().expect("groups") {
+            for res in rule["resources"].as_array().expect("resources") {
+                for verb in rule["verbs"].as_array().expect("verbs") {
+                    grants.push(format!(
+                        "{}/{} {}",
+                        group.as_str().unwrap_or_default(),
+                        res.as_str().unwrap_or_default(),
+                        verb.as_str().unwrap_or_default()
+                    ));
+                }
+            }
+        }
+    }
+    grants.sort();
+    assert_eq!(
+        grants,
+        [
+            "/events create",
+            "/events patch",
+            "/nodes get",
+            "/nodes/status patch",
+            "events.k8s.io/events create",
+            "events.k8s.io/events patch",
+        ]
+    );
+    let binding = &docs[2];
+    assert_eq!(binding["roleRef"]["name"], "npd-ext");
+    assert_eq!(binding["subjects"][0]["name"], "npd-ext");
+    assert_eq!(binding["subjects"][0]["namespace"], "kube-system");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_detector_binary_reports_to_the_api_server() {
+    let api = FakeApi::start().await;
+    api.add_node(NODE);
+    let dir = common::tempdir();
+    let check = dir.path().join("check.sh");
+    std::fs::write(&check, "#!/bin/sh\necho 'disk is failing'\nexit 1\n").expect("script");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&check, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+    let cfg = dir.path().join("custom.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"{{"plugin": "custom", "pluginConfig": {{"invoke_interval": "1h"}}, "source": "disk-check",
+                 "conditions": [{{"type": "DiskProblem", "reason": "DiskIsFine", "message": "ok"}}],
+                 "rules": [{{"type": "permanent", "condition": "DiskProblem", "reason": "DiskIsFailing", "path": "{}"}}]}}"#,
+            check.display()
+        ),
+    )
+    .expect("config");
+    let bin = env!("CARGO_BIN_EXE_npd-ext");
+    let mut child = std::process::Command::new(bin)
+        .args([
+            "detector",
+            "--port",
+            "0",
+            "--prometheus-port",
+            "0",
+            "--hostname-override",
+            NODE,
+        ])
+        .arg(format!(
+            "--apiserver-override={}?inClusterConfig=false",
+            api.url()
+        ))
+        .arg("--config.custom-plugin-monitor")
+        .arg(&cfg)
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", dir.path())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("detector starts");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while status_of(&api, "DiskProblem").as_deref() != Some("True")
+        || !api.events().iter().any(|e| e["reason"] == "DiskIsFailing")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing reached the API server: {:#?}",
+            api.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let c = api.conditions(NODE);
+    assert_eq!(c["DiskProblem"]["message"], "disk is failing");
+    assert_eq!(c["Ready"]["status"], "True");
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    let status = child.wait().expect("exit");
+    assert!(status.success(), "{status}");
+
+    // Asked for the exporter with nowhere to send: a clear error.
+    let out = std::process::Command::new(bin)
+        .args([
+            "detector",
+            "--enable-k8s-exporter=true",
+            "--config.custom-plugin-monitor",
+        ])
+        .arg(&cfg)
+        .env_remove("KUBECONFIG")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("HOME", dir.path())
+        .output()
+        .expect("runs");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no cluster configuration was found"), "{err}");
 }

@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 pub mod fake_api;
+pub mod yaml;
 
 pub const GPUS: u32 = 8;
 
