@@ -122,6 +122,11 @@ pub struct DetectorArgs {
     #[arg(long = "config.external-monitor", value_delimiter = ',', action = ArgAction::Append, value_name = "FILE")]
     pub external_monitors: Vec<PathBuf>,
 
+    /// External exporter configs: plugins that receive every status over
+    /// gRPC (comma-separated, repeatable).
+    #[arg(long = "config.external-exporter", value_delimiter = ',', action = ArgAction::Append, value_name = "FILE")]
+    pub external_exporters: Vec<PathBuf>,
+
     /// Kernel log for every kmsg monitor, instead of its logPath or
     /// /dev/kmsg: a file or FIFO of records in /dev/kmsg's format (replays, tests).
     #[arg(long, value_name = "PATH")]

@@ -121,6 +121,11 @@ impl ConditionManager {
         errors
     }
 
+    /// The `source` of a registered monitor.
+    pub fn source(&self, id: MonitorId) -> &str {
+        self.sources.get(id).map_or("", String::as_str)
+    }
+
     pub fn owned_by(&self, id: MonitorId) -> Vec<String> {
         self.owners
             .iter()

@@ -31,6 +31,10 @@ pub struct DetectorOptions {
     pub log_exporter: bool,
     /// Write conditions and events to the Kubernetes API.
     pub k8s: Option<exporter::k8s::K8sExporter>,
+    /// Plugins that receive every status (`--config.external-exporter`).
+    pub exporters: Vec<crate::config::exporter::ExternalExporterConfig>,
+    /// The node's name, for exporters.
+    pub node: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +173,20 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
             shutdown.token().child_token(),
         ));
     }
+    let mut queues = Vec::new();
+    if !options.exporters.is_empty() {
+        let m = exporter::external::ExporterMetrics::register(&metrics.registry());
+        for cfg in options.exporters {
+            let q = exporter::external::Queue::new(&cfg.name, cfg.queue_size, m.clone());
+            shutdown.spawn(exporter::external::run(
+                cfg,
+                options.node.clone(),
+                q.clone(),
+                shutdown.token().child_token(),
+            ));
+            queues.push(q);
+        }
+    }
     if options.log_exporter {
         shutdown.spawn(exporter::log::run(
             published_tx.subscribe(),
@@ -180,6 +198,7 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
     shutdown.spawn(fan_in(
         manager,
         metrics,
+        queues,
         report_rx,
         published_tx.clone(),
         conditions_tx,
@@ -244,6 +263,7 @@ fn rule_heads<'a>(
 async fn fan_in(
     mut manager: ConditionManager,
     mut metrics: Metrics,
+    exporters: Vec<Arc<exporter::external::Queue>>,
     mut rx: mpsc::Receiver<Report>,
     published: broadcast::Sender<Published>,
     conditions: watch::Sender<Arc<Vec<NodeCondition>>>,
@@ -261,6 +281,9 @@ async fn fan_in(
         match report.update {
             Update::Status(status) => {
                 let applied = manager.apply(report.monitor, &status, SystemTime::now());
+                for q in &exporters {
+                    q.push(manager.source(report.monitor), &status);
+                }
                 for p in applied.published {
                     metrics.observe(&p);
                     // No subscriber is fine: exporters may be disabled.

@@ -20,6 +20,7 @@ pub struct Loaded {
     pub custom: Vec<CustomPluginConfig>,
     pub external: Vec<config::ExternalMonitorConfig>,
     pub stats: usize,
+    pub exporters: Vec<config::exporter::ExternalExporterConfig>,
 }
 
 fn load<T>(
@@ -93,6 +94,16 @@ pub fn load_all(args: &DetectorArgs) -> anyhow::Result<Loaded> {
                 config::external::check,
                 &mut errors,
                 &mut loaded.external,
+            );
+        }
+    }
+    for path in &args.external_exporters {
+        if first(path) {
+            load(
+                path,
+                config::exporter::check,
+                &mut errors,
+                &mut loaded.exporters,
             );
         }
     }
@@ -210,6 +221,8 @@ pub async fn run(args: DetectorArgs) -> anyhow::Result<()> {
             metrics,
             log_exporter: true,
             k8s,
+            exporters: loaded.exporters,
+            node: node.clone(),
         },
         &shutdown,
     )

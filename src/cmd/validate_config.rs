@@ -188,6 +188,7 @@ fn check_text(path: &Path, text: &str) -> (Vec<Diagnostic>, Vec<String>) {
             (c.diagnostics, t)
         }
         Kind::SystemStats => (config::stats::check(path, text).diagnostics, Vec::new()),
+        Kind::ExternalExporter => (config::exporter::check(path, text).diagnostics, Vec::new()),
         Kind::External | Kind::Unknown(_) => {
             let c = config::external::check(path, text);
             let t = c

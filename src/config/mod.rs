@@ -7,6 +7,7 @@
 pub mod configmap;
 pub mod custom;
 pub mod duration;
+pub mod exporter;
 pub mod external;
 pub mod golayout;
 pub mod goregex;
@@ -125,6 +126,8 @@ pub enum Kind {
     SystemLog,
     Custom,
     SystemStats,
+    /// `--config.external-exporter`: no `plugin`, a socket.
+    ExternalExporter,
     Unknown(String),
 }
 
@@ -147,6 +150,14 @@ pub fn kind_of(text: &str) -> Kind {
             "custom" => Kind::Custom,
             other => Kind::Unknown(other.to_owned()),
         },
+        None if members.iter().any(|m| {
+            ["socketPath", "socketAddress", "queueSize"]
+                .iter()
+                .any(|k| k.eq_ignore_ascii_case(&m.key))
+        }) =>
+        {
+            Kind::ExternalExporter
+        }
         _ if members.iter().any(|m| {
             [
                 "cpu",
