@@ -197,11 +197,13 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
     let fan_in_pulse = liveness.register("fan-in", FAN_IN_BEAT * 2);
     shutdown.spawn(fan_in(
         manager,
-        metrics,
-        queues,
         report_rx,
-        published_tx.clone(),
-        conditions_tx,
+        Outputs {
+            metrics,
+            exporters: queues,
+            published: published_tx.clone(),
+            conditions: conditions_tx,
+        },
         fan_in_pulse,
         shutdown.token().child_token(),
     ));
@@ -260,16 +262,30 @@ fn rule_heads<'a>(
     (reasons, permanent)
 }
 
-async fn fan_in(
-    mut manager: ConditionManager,
-    mut metrics: Metrics,
+/// Where the fan-in hands on what it learns, in this order: metrics and
+/// external exporters (synchronously, so nothing is lost to a lagging
+/// subscriber), then the broadcast of transitions and events, then the
+/// current conditions.
+struct Outputs {
+    metrics: Metrics,
     exporters: Vec<Arc<exporter::external::Queue>>,
-    mut rx: mpsc::Receiver<Report>,
     published: broadcast::Sender<Published>,
     conditions: watch::Sender<Arc<Vec<NodeCondition>>>,
+}
+
+async fn fan_in(
+    mut manager: ConditionManager,
+    mut rx: mpsc::Receiver<Report>,
+    out: Outputs,
     pulse: crate::liveness::Pulse,
     token: tokio_util::sync::CancellationToken,
 ) {
+    let Outputs {
+        mut metrics,
+        exporters,
+        published,
+        conditions,
+    } = out;
     let mut tick = tokio::time::interval(FAN_IN_BEAT);
     loop {
         pulse.beat(FAN_IN_BEAT * 2);

@@ -55,10 +55,10 @@ fn read(sink: &mut Sink, file: &Path, doc: &json::Node) -> Option<ExternalExport
         PathBuf::new(),
     );
     cfg.file = file.to_path_buf();
-    if let Some(f) = top.get(sink, &["name"]) {
-        if let Some(n) = walk::string(sink, &f).filter(|n| !n.is_empty()) {
-            cfg.name = n;
-        }
+    if let Some(f) = top.get(sink, &["name"])
+        && let Some(n) = walk::string(sink, &f).filter(|n| !n.is_empty())
+    {
+        cfg.name = n;
     }
     match top.get(sink, &["socketPath", "socketAddress"]) {
         Some(f) => match walk::string(sink, &f) {
