@@ -302,8 +302,34 @@ async fn an_event_storm_is_a_few_writes_with_a_count_and_does_not_starve_others(
             },
         })
         .expect("subscriber");
+    // Too long for the API: cut to its limits, not refused. The message
+    // is data: a `{}` or `%s` in it stays as it is.
+    ex.events
+        .send(Published::Event {
+            source: "kernel-monitor".into(),
+            event: Event {
+                severity: Severity::Info,
+                timestamp: SystemTime::now(),
+                reason: "R".repeat(300),
+                message: format!("{{}} %s {}", "é".repeat(3000)),
+            },
+        })
+        .expect("subscriber");
     tokio::time::sleep(Duration::from_secs(300)).await;
-    let writes = api.count(&Method::POST, "/events") + api.count(&Method::PATCH, "/events");
+    let long = api
+        .events()
+        .into_iter()
+        .find(|e| e["reason"].as_str().is_some_and(|r| r.starts_with("RRR")))
+        .expect("the long event, cut to fit");
+    assert_eq!(long["reason"].as_str().map(str::len), Some(128));
+    let note = long["note"].as_str().expect("note");
+    assert!(
+        note.len() <= 1024 && note.starts_with("{} %s é"),
+        "{}",
+        note.len()
+    );
+    assert_eq!(long["type"], "Normal");
+    let writes = api.count(&Method::POST, "/events") + api.count(&Method::PATCH, "/events") - 1;
     eprintln!("event writes for a storm of 10 000 and one other: {writes}");
     assert!(writes <= 10, "{writes} event writes for 10 001 events");
     let events = api.events();
@@ -549,4 +575,64 @@ async fn the_detector_binary_reports_to_the_api_server() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no cluster configuration was found"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_api_server_is_not_a_dead_detector() {
+    use npd_ext::detector::{self, DetectorOptions};
+    let api = FakeApi::start().await;
+    api.add_node(NODE);
+    api.fault(Some(Method::PATCH), "/status", Fault::Status(503), None);
+    let dir = common::tempdir();
+    let text = r#"{"plugin": "custom", "pluginConfig": {"invoke_interval": "1h"}, "source": "ok-check",
+        "conditions": [{"type": "AllGood", "reason": "Fine", "message": "fine"}],
+        "rules": [{"type": "permanent", "condition": "AllGood", "reason": "Bad", "path": "/bin/true"}]}"#;
+    let cfg = npd_ext::config::custom::check(&dir.path().join("c.json"), text)
+        .config
+        .expect("valid");
+    let config = kube::Config::new(api.url().parse().expect("url"));
+    let shutdown = npd_ext::shutdown::Shutdown::new();
+    let d = detector::start(
+        DetectorOptions {
+            custom: vec![cfg],
+            http: Some(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
+            metrics: Some(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
+            k8s: Some(k8s::K8sExporter {
+                client: k8s::client(config).expect("client"),
+                options: options(),
+            }),
+            node: NODE.into(),
+            ..DetectorOptions::default()
+        },
+        &shutdown,
+    )
+    .expect("detector starts");
+    let (http, metrics) = (d.http_addr.expect("http"), d.metrics_addr.expect("metrics"));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = common::http_get(metrics, "/metrics").await;
+        if body.contains(r#"npd_ext_k8s_requests_total{op="patch_node_status",result="error"}"#)
+            && body.contains("npd_ext_k8s_conditions_in_sync 0")
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failed sync on /metrics: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (code, body) = common::http_get(http, "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    // Back: the state arrives with the next retry.
+    api.clear_faults();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while status_of(&api, "AllGood").as_deref() != Some("False") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not written after recovery"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    shutdown.token().cancel();
 }

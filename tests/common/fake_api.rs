@@ -384,6 +384,27 @@ fn route(
                     status_body(422, "Invalid", "metadata.name: Required value"),
                 );
             };
+            // The API server's validation of events.k8s.io/v1 Events.
+            if body["reason"].as_str().is_some_and(|r| r.len() > 128) {
+                return (
+                    422,
+                    status_body(
+                        422,
+                        "Invalid",
+                        "reason: Too long: may not be longer than 128",
+                    ),
+                );
+            }
+            if body["note"].as_str().is_some_and(|n| n.len() > 1024) {
+                return (
+                    422,
+                    status_body(
+                        422,
+                        "Invalid",
+                        "note: Too long: may not be longer than 1024",
+                    ),
+                );
+            }
             let key = (path.to_owned(), name.clone());
             if st.events.contains_key(&key) {
                 return (
