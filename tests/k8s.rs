@@ -106,6 +106,21 @@ async fn run_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) 
     }
 }
 
+/// A Node, and an exporter that has written `GPULost` False to it once
+/// (the request log is then cleared).
+async fn written_once() -> (FakeApi, Exporter, SystemTime) {
+    let api = FakeApi::start().await;
+    api.add_node(NODE);
+    let t0 = SystemTime::now();
+    let ex = Exporter::start(&api, vec![cond("GPULost", ConditionStatus::False, t0)]);
+    run_until(Duration::from_secs(1), "the first write", || {
+        api.count(&Method::PATCH, "/status") == 1
+    })
+    .await;
+    api.clear_log();
+    (api, ex, t0)
+}
+
 fn status_of(api: &FakeApi, t: &str) -> Option<String> {
     api.conditions(NODE)
         .get(t)
@@ -195,15 +210,7 @@ async fn kubelet_conditions_survive_ours_are_upserted_and_a_restart_keeps_transi
 
 #[tokio::test(start_paused = true)]
 async fn a_change_is_one_patch_within_a_second_then_only_heartbeats() {
-    let api = FakeApi::start().await;
-    api.add_node(NODE);
-    let t0 = SystemTime::now();
-    let ex = Exporter::start(&api, vec![cond("GPULost", ConditionStatus::False, t0)]);
-    run_until(Duration::from_secs(1), "the first write", || {
-        api.count(&Method::PATCH, "/status") == 1
-    })
-    .await;
-    api.clear_log();
+    let (api, ex, t0) = written_once().await;
     ex.set(vec![cond("GPULost", ConditionStatus::True, t0)]);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
@@ -227,15 +234,7 @@ async fn a_change_is_one_patch_within_a_second_then_only_heartbeats() {
 
 #[tokio::test(start_paused = true)]
 async fn a_flapping_condition_is_written_at_a_bounded_rate() {
-    let api = FakeApi::start().await;
-    api.add_node(NODE);
-    let t0 = SystemTime::now();
-    let ex = Exporter::start(&api, vec![cond("GPULost", ConditionStatus::False, t0)]);
-    run_until(Duration::from_secs(1), "the first write", || {
-        api.count(&Method::PATCH, "/status") == 1
-    })
-    .await;
-    api.clear_log();
+    let (api, ex, t0) = written_once().await;
     // Flapping every second for ten minutes.
     for i in 0..600u32 {
         let s = if i % 2 == 0 {
@@ -354,14 +353,7 @@ async fn an_event_storm_is_a_few_writes_with_a_count_and_does_not_starve_others(
 
 #[tokio::test(start_paused = true)]
 async fn an_outage_keeps_only_the_latest_state_and_recovers_at_once() {
-    let api = FakeApi::start().await;
-    api.add_node(NODE);
-    let t0 = SystemTime::now();
-    let ex = Exporter::start(&api, vec![cond("GPULost", ConditionStatus::False, t0)]);
-    run_until(Duration::from_secs(1), "the first write", || {
-        api.count(&Method::PATCH, "/status") == 1
-    })
-    .await;
+    let (api, ex, t0) = written_once().await;
     api.fault(Some(Method::PATCH), "/status", Fault::Status(503), None);
     api.clear_log();
     // 30 minutes down, the condition flipping 100 times.
