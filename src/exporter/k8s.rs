@@ -17,6 +17,13 @@
 //! `series.count` at most every [`FLUSH_EVERY`]; each reason has its own
 //! token bucket, so a storm of one reason cannot starve the others. An event
 //! message is data: it goes into `note` as it is (cut to 1 KiB).
+//!
+//! Events are written with kube's typed `Api<events::v1::Event>` in the
+//! shape `kube::runtime::events::Recorder` gives them (reporting controller,
+//! instance, `regarding` with apiVersion and uid, `eventTime`), not through
+//! the Recorder itself: the Recorder adds one to `series.count` per write and
+//! keeps the first note, so 10 000 occurrences written as a few writes would
+//! show a count of 2, and two messages with one reason would share a note.
 
 use std::collections::HashMap;
 use std::sync::Arc;
