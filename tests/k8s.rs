@@ -53,6 +53,10 @@ struct Exporter {
 
 impl Exporter {
     fn start(api: &FakeApi, initial: Vec<NodeCondition>) -> Self {
+        Self::start_with(api, initial, options())
+    }
+
+    fn start_with(api: &FakeApi, initial: Vec<NodeCondition>, opts: K8sOptions) -> Self {
         let config = kube::Config::new(api.url().parse().expect("url"));
         let client = k8s::client(config).expect("client");
         let (conditions, rx) = watch::channel(Arc::new(initial));
@@ -60,7 +64,7 @@ impl Exporter {
         let registry = prometheus::Registry::new();
         let metrics = K8sMetrics::register(&registry);
         let token = CancellationToken::new();
-        let task = tokio::spawn(k8s::run(client, options(), rx, erx, metrics, token.clone()));
+        let task = tokio::spawn(k8s::run(client, opts, rx, erx, metrics, token.clone()));
         Self {
             conditions,
             events,
@@ -627,4 +631,74 @@ async fn a_dead_api_server_is_not_a_dead_detector() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     shutdown.token().cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn too_many_requests_waits_as_told_and_a_dropped_connection_is_retried() {
+    let api = FakeApi::start().await;
+    api.add_node(NODE);
+    api.fault(
+        Some(Method::PATCH),
+        "/status",
+        Fault::TooMany { retry_after: 20 },
+        Some(1),
+    );
+    let start = tokio::time::Instant::now();
+    let ex = Exporter::start(
+        &api,
+        vec![cond("GPULost", ConditionStatus::True, SystemTime::now())],
+    );
+    run_until(
+        Duration::from_secs(60),
+        "the write after Retry-After",
+        || status_of(&api, "GPULost").is_some(),
+    )
+    .await;
+    assert!(
+        start.elapsed() >= Duration::from_secs(20),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(
+        api.count(&Method::PATCH, "/status"),
+        2,
+        "one refused, one after the wait"
+    );
+    // A connection dropped mid-request is retried.
+    api.fault(Some(Method::PATCH), "/status", Fault::Drop, Some(1));
+    api.clear_log();
+    ex.set(vec![cond(
+        "GPULost",
+        ConditionStatus::False,
+        SystemTime::now(),
+    )]);
+    run_until(Duration::from_secs(60), "the write after the drop", || {
+        status_of(&api, "GPULost").as_deref() == Some("False")
+    })
+    .await;
+    assert!(api.log().iter().any(|l| l.status == 0), "the drop happened");
+    ex.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn conditions_and_events_can_each_be_switched_off() {
+    let api = FakeApi::start().await;
+    api.add_node(NODE);
+    let mut opts = options();
+    opts.update_conditions = false;
+    opts.write_events = false;
+    let ex = Exporter::start_with(
+        &api,
+        vec![cond("GPULost", ConditionStatus::True, SystemTime::now())],
+        opts,
+    );
+    run_until(Duration::from_secs(5), "the Node read", || {
+        api.count(&Method::GET, "/nodes/") == 1
+    })
+    .await;
+    ex.events.send(storm_event()).expect("subscriber");
+    tokio::time::sleep(Duration::from_secs(900)).await;
+    assert_eq!(api.count(&Method::PATCH, "/status"), 0);
+    assert!(api.events().is_empty());
+    ex.stop().await;
 }

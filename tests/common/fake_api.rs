@@ -296,7 +296,10 @@ async fn handle(
         }
         Some(Fault::TooMany { retry_after }) => {
             log(429);
-            let mut r = respond(429, &status_body(429, "TooManyRequests", "slow down"));
+            // The API server says it twice: a header and the Status details.
+            let mut body = status_body(429, "TooManyRequests", "slow down");
+            body["details"] = json!({ "retryAfterSeconds": retry_after });
+            let mut r = respond(429, &body);
             r.headers_mut()
                 .insert("retry-after", hyper::header::HeaderValue::from(retry_after));
             return r;
