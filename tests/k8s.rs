@@ -702,3 +702,28 @@ async fn conditions_and_events_can_each_be_switched_off() {
     assert!(api.events().is_empty());
     ex.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_wait_for_the_node_retries_until_it_is_there() {
+    let api = FakeApi::start().await;
+    // No Node yet (a node name that is wrong for a while, an API server
+    // that is still coming up).
+    let ex = Exporter::start(
+        &api,
+        vec![cond("GPULost", ConditionStatus::False, SystemTime::now())],
+    );
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let tries = api.count(&Method::GET, "/nodes/");
+    assert!(
+        (5..=8).contains(&tries),
+        "{tries} reads in 30 s at a 5 s interval"
+    );
+    api.add_node(NODE);
+    run_until(
+        Duration::from_secs(10),
+        "the write once the Node is there",
+        || status_of(&api, "GPULost").is_some(),
+    )
+    .await;
+    ex.stop().await;
+}
