@@ -53,6 +53,11 @@ pub enum Applet {
     /// Runs a simulated GPU node and the detector together, with a live view.
     #[command(version)]
     Demo(DemoArgs),
+    /// Creates a directory with an owner and mode (an init container making
+    /// a hostPath socket directory writable for the non-root GPU monitor;
+    /// the image has no shell).
+    #[command(version)]
+    PrepareDir(PrepareDirArgs),
 }
 
 impl Applet {
@@ -63,6 +68,7 @@ impl Applet {
             Self::ValidateConfig(a) => a.log.log_format,
             Self::Probe(a) => a.log.log_format,
             Self::Demo(a) => a.log.log_format,
+            Self::PrepareDir(a) => a.log.log_format,
         }
     }
 
@@ -71,7 +77,9 @@ impl Applet {
         match self {
             Self::Detector(a) if a.verbosity >= 4 => "debug",
             Self::Detector(_) | Self::GpuMonitor(_) => "info",
-            Self::Demo(_) | Self::ValidateConfig(_) | Self::Probe(_) => "warn",
+            Self::Demo(_) | Self::ValidateConfig(_) | Self::Probe(_) | Self::PrepareDir(_) => {
+                "warn"
+            }
         }
     }
 }
@@ -262,7 +270,8 @@ pub struct GpuMonitorArgs {
     pub memory_threshold: Option<f64>,
 
     /// Kernel log to read XIDs from: /dev/kmsg, or a file or FIFO of records
-    /// in its format (default: /dev/kmsg with the NVML backend, none with sim).
+    /// in its format, or `none` (default: /dev/kmsg with the NVML backend,
+    /// none with sim).
     #[arg(long, value_name = "PATH")]
     pub kmsg_path: Option<PathBuf>,
 
@@ -406,4 +415,22 @@ mod tests {
         let b = Invocation::try_parse_from(["probe", "/s.sock"]).expect("parses");
         assert!(matches!(b, Invocation::Applet(Applet::Probe(_))));
     }
+}
+
+#[derive(Debug, Args)]
+pub struct PrepareDirArgs {
+    /// The directory (created with its parents when missing).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+
+    /// Owner as UID:GID.
+    #[arg(long, default_value = "1000:1000", value_name = "UID:GID")]
+    pub owner: String,
+
+    /// Permission bits, in octal.
+    #[arg(long, default_value = "0750", value_name = "OCTAL")]
+    pub mode: String,
+
+    #[command(flatten)]
+    pub log: LogArgs,
 }

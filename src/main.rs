@@ -25,6 +25,13 @@ fn main() -> ExitCode {
         Applet::Detector(args) => run_async(|| report(cmd::detector::run(args))),
         Applet::GpuMonitor(args) => run_async(|| report(cmd::gpu_monitor::run(args))),
         Applet::Demo(args) => run_async(|| report(cmd::demo::run(args))),
+        Applet::PrepareDir(args) => match cmd::prepare_dir::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!("{e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

@@ -75,10 +75,16 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
             shutdown.spawn(nvml::run(options, plugin.observations(), token));
         }
     }
-    let kmsg_path = args.kmsg_path.clone().or_else(|| match args.backend {
-        BackendKind::Nvml => Some(PathBuf::from("/dev/kmsg")),
-        BackendKind::Sim => None,
-    });
+    let kmsg_path = match args.kmsg_path.clone() {
+        // Off: a container that may not read the kernel log (the detector's
+        // kernel monitor can carry an NVRM Xid rule instead).
+        Some(p) if p.as_os_str() == "none" => None,
+        Some(p) => Some(p),
+        None => match args.backend {
+            BackendKind::Nvml => Some(PathBuf::from("/dev/kmsg")),
+            BackendKind::Sim => None,
+        },
+    };
     if let Some(path) = kmsg_path {
         let options = KmsgOptions {
             path,

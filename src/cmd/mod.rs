@@ -13,5 +13,6 @@ macro_rules! say {
 pub mod demo;
 pub mod detector;
 pub mod gpu_monitor;
+pub mod prepare_dir;
 pub mod probe;
 pub mod validate_config;

@@ -1,0 +1,312 @@
+//! The deployable artefacts: manifests, the Dockerfile and the justfile say
+//! what the deployment guide promises, and agree with each other.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(root().join(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn docs(rel: &str) -> Vec<Value> {
+    common::yaml::documents(&read(rel))
+}
+
+/// The DaemonSets of a manifest, by name.
+fn daemonsets(rel: &str) -> Vec<Value> {
+    docs(rel)
+        .into_iter()
+        .filter(|d| d["kind"] == "DaemonSet")
+        .collect()
+}
+
+fn containers(ds: &Value) -> Vec<Value> {
+    ds["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn container(rel: &str, name: &str) -> (Value, Value) {
+    for ds in daemonsets(rel) {
+        if let Some(c) = containers(&ds).into_iter().find(|c| c["name"] == name) {
+            return (ds, c);
+        }
+    }
+    panic!("{rel}: no container {name}")
+}
+
+/// The justfile's default image references.
+fn default_images() -> (String, String) {
+    let just = read("justfile");
+    let registry = just
+        .lines()
+        .find_map(|l| l.strip_prefix("REGISTRY := env_var_or_default(\"REGISTRY\", \""))
+        .and_then(|l| l.split('"').next())
+        .expect("REGISTRY default in the justfile");
+    assert!(
+        just.contains(r#"TAG := env_var_or_default("TAG", "v" + "#),
+        "TAG is v + the crate version"
+    );
+    let tag = format!("v{}", env!("CARGO_PKG_VERSION"));
+    (
+        format!("{registry}/node-problem-detector:{tag}"),
+        format!("{registry}/gpu-monitor:{tag}"),
+    )
+}
+
+const MANIFESTS: [&str; 2] = [
+    "manifests/npd-ext-daemonset.yaml",
+    "manifests/npd-ext-separate.yaml",
+];
+
+#[test]
+fn the_gpu_container_is_unprivileged_and_takes_no_gpu() {
+    for rel in MANIFESTS {
+        let (_, gpu) = container(rel, "gpu-monitor");
+        let sc = &gpu["securityContext"];
+        assert_eq!(sc["runAsUser"], 1000, "{rel}");
+        assert_eq!(sc["runAsNonRoot"], true, "{rel}");
+        assert_eq!(sc["privileged"], false, "{rel}");
+        assert_eq!(sc["allowPrivilegeEscalation"], false, "{rel}");
+        assert_eq!(sc["readOnlyRootFilesystem"], true, "{rel}");
+        assert_eq!(sc["capabilities"]["drop"][0], "ALL", "{rel}");
+        for kind in ["requests", "limits"] {
+            let r = &gpu["resources"][kind];
+            assert!(
+                r.get("nvidia.com/gpu").is_none(),
+                "{rel}: {kind} takes a GPU"
+            );
+        }
+        assert_eq!(gpu["resources"]["requests"]["cpu"], "10m");
+        assert_eq!(gpu["resources"]["limits"]["cpu"], "50m");
+        assert_eq!(gpu["resources"]["requests"]["memory"], "20Mi");
+        assert_eq!(gpu["resources"]["limits"]["memory"], "50Mi");
+        let env: Vec<(String, String)> = gpu["env"]
+            .as_array()
+            .expect("env")
+            .iter()
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap_or_default().to_owned(),
+                    e["value"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        assert!(
+            env.contains(&("NVIDIA_VISIBLE_DEVICES".into(), "all".into())),
+            "{rel}"
+        );
+        assert!(
+            env.contains(&("NVIDIA_DRIVER_CAPABILITIES".into(), "utility".into())),
+            "{rel}"
+        );
+    }
+}
+
+#[test]
+fn the_detector_pod_is_what_the_guide_troubleshoots() {
+    for rel in MANIFESTS {
+        let (ds, npd) = container(rel, "node-problem-detector");
+        assert_eq!(ds["metadata"]["namespace"], "kube-system", "{rel}");
+        assert_eq!(
+            ds["spec"]["template"]["metadata"]["labels"]["app"], "npd-ext",
+            "{rel}"
+        );
+        let pod = &ds["spec"]["template"]["spec"];
+        assert_eq!(pod["hostNetwork"], true, "{rel}");
+        assert_eq!(pod["hostPID"], true, "{rel}");
+        assert_eq!(pod["tolerations"][0]["operator"], "Exists", "{rel}");
+        assert_eq!(pod["serviceAccountName"], "npd-ext", "{rel}");
+        let probe = &npd["livenessProbe"];
+        assert_eq!(probe["httpGet"]["path"], "/healthz");
+        assert_eq!(probe["httpGet"]["port"], 20256);
+        assert_eq!(probe["httpGet"]["host"], "127.0.0.1");
+        assert_eq!(probe["periodSeconds"], 60);
+        assert_eq!(probe["timeoutSeconds"], 3);
+        assert_eq!(npd["resources"]["requests"]["memory"], "80Mi");
+        assert_eq!(npd["resources"]["limits"]["cpu"], "10m");
+        assert_eq!(npd["securityContext"]["runAsUser"], 0);
+        assert_eq!(npd["env"][0]["name"], "NODE_NAME");
+        assert_eq!(
+            npd["env"][0]["valueFrom"]["fieldRef"]["fieldPath"],
+            "spec.nodeName"
+        );
+        let mounts: Vec<(&str, bool)> = npd["volumeMounts"]
+            .as_array()
+            .expect("mounts")
+            .iter()
+            .map(|m| {
+                (
+                    m["mountPath"].as_str().unwrap_or_default(),
+                    m["readOnly"] == true,
+                )
+            })
+            .collect();
+        for ro in ["/dev/kmsg", "/var/log", "/etc/localtime", "/config"] {
+            assert!(mounts.contains(&(ro, true)), "{rel}: {ro} read-only");
+        }
+    }
+    // Separate: the GPU monitor only on GPU nodes.
+    let gpu_ds = daemonsets("manifests/npd-ext-separate.yaml")
+        .into_iter()
+        .find(|d| containers(d).iter().any(|c| c["name"] == "gpu-monitor"))
+        .expect("the GPU DaemonSet");
+    assert_eq!(
+        gpu_ds["spec"]["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.present"],
+        "true"
+    );
+}
+
+#[test]
+fn the_socket_path_agrees_across_config_args_and_volumes() {
+    let cm = &docs("manifests/npd-ext-config.yaml")[0];
+    let ext: Value = serde_json::from_str(
+        cm["data"]["external-gpu-monitor.json"]
+            .as_str()
+            .expect("entry"),
+    )
+    .expect("json");
+    let socket = ext["pluginConfig"]["socketPath"]
+        .as_str()
+        .expect("socketPath")
+        .to_owned();
+    // The same file as the example the README uses.
+    let example: Value =
+        serde_json::from_str(&read("examples/external-gpu-monitor.json")).expect("json");
+    assert_eq!(
+        ext, example,
+        "the ConfigMap's GPU monitor config drifted from examples/"
+    );
+    let dir = Path::new(&socket)
+        .parent()
+        .expect("dir")
+        .to_str()
+        .expect("utf8")
+        .to_owned();
+    for rel in MANIFESTS {
+        let (ds, gpu) = container(rel, "gpu-monitor");
+        let args: Vec<&str> = gpu["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            args.contains(&format!("--socket={socket}").as_str()),
+            "{rel}: {args:?}"
+        );
+        let probe: Vec<&str> = gpu["livenessProbe"]["exec"]["command"]
+            .as_array()
+            .expect("probe")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert_eq!(probe.last(), Some(&socket.as_str()), "{rel}");
+        let (npd_ds, npd) = container(rel, "node-problem-detector");
+        let npd_args: Vec<&str> = npd["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        assert!(
+            npd_args.contains(&"--config.external-monitor=/config/external-gpu-monitor.json"),
+            "{rel}"
+        );
+        assert!(
+            npd_args.contains(&"--config.system-log-monitor=/config/kernel-monitor.json"),
+            "{rel}"
+        );
+        // Both mount the socket directory from a volume that is shared.
+        for (d, c) in [(&ds, &gpu), (&npd_ds, &npd)] {
+            let mount = c["volumeMounts"]
+                .as_array()
+                .expect("mounts")
+                .iter()
+                .find(|m| m["mountPath"] == dir)
+                .unwrap_or_else(|| panic!("{rel}: {} does not mount {dir}", c["name"]));
+            let vol = d["spec"]["template"]["spec"]["volumes"]
+                .as_array()
+                .expect("volumes")
+                .iter()
+                .find(|v| v["name"] == mount["name"])
+                .expect("the volume");
+            let shared = vol.get("emptyDir").is_some() && d == &npd_ds
+                || vol["hostPath"]["path"] == dir && vol["hostPath"]["type"] == "DirectoryOrCreate";
+            assert!(shared, "{rel}: {vol}");
+        }
+    }
+}
+
+#[test]
+fn images_match_the_justfile_and_config_edits_roll_the_pods() {
+    let (npd_image, gpu_image) = default_images();
+    for rel in MANIFESTS {
+        let (_, npd) = container(rel, "node-problem-detector");
+        let (_, gpu) = container(rel, "gpu-monitor");
+        assert_eq!(npd["image"], npd_image.as_str(), "{rel}");
+        assert_eq!(gpu["image"], gpu_image.as_str(), "{rel}");
+    }
+    let k = &docs("manifests/kustomization.yaml")[0];
+    let tag = format!("v{}", env!("CARGO_PKG_VERSION"));
+    for image in k["images"].as_array().expect("images") {
+        assert_eq!(image["newTag"], tag.as_str());
+    }
+    assert_eq!(k["labels"][0]["includeSelectors"], false);
+    // The checksum annotation follows the ConfigMap (`just config-hash`).
+    let digest = ring::digest::digest(
+        &ring::digest::SHA256,
+        read("manifests/npd-ext-config.yaml").as_bytes(),
+    );
+    let hash: String = digest
+        .as_ref()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    for rel in MANIFESTS {
+        let ds = &daemonsets(rel)[0];
+        assert_eq!(
+            ds["spec"]["template"]["metadata"]["annotations"]["npd-ext/config-hash"],
+            hash.as_str(),
+            "{rel}: stale; run `just config-hash`"
+        );
+    }
+}
+
+#[test]
+fn the_dockerfile_builds_one_glibc_image_that_runs_as_1000() {
+    let d = read("Dockerfile");
+    let stages: Vec<&str> = d.lines().filter(|l| l.starts_with("FROM ")).collect();
+    assert_eq!(stages.len(), 2, "multi-stage: {stages:?}");
+    let runtime = stages[1];
+    assert!(
+        runtime.contains("distroless/cc"),
+        "a glibc runtime without a shell: {runtime}"
+    );
+    assert!(
+        !runtime.contains("alpine") && !runtime.contains("scratch") && !runtime.contains("musl")
+    );
+    assert!(d.contains("cargo build --release --locked"));
+    let after_runtime = &d[d.find(runtime).expect("runtime stage")..];
+    assert!(after_runtime.lines().any(|l| l.trim() == "USER 1000:1000"));
+    assert!(after_runtime.contains(r#"ENTRYPOINT ["/usr/bin/npd-ext"]"#));
+    for label in [
+        "org.opencontainers.image.source",
+        "org.opencontainers.image.version",
+        "org.opencontainers.image.revision",
+    ] {
+        assert!(d.contains(label), "{label}");
+    }
+    for applet in npd_ext::cli::APPLETS {
+        assert!(d.contains(applet), "a symlink for {applet}");
+    }
+}
