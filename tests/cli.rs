@@ -845,3 +845,30 @@ fn kernel_monitor_reads_the_real_dev_kmsg_where_it_may() {
     );
     stop(&mut child);
 }
+
+#[test]
+fn prepare_dir_makes_a_socket_directory_for_its_writer() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("run/npd");
+    // This test's own uid and gid (the init container runs as root and gives
+    // the directory to 1000; giving it to ourselves works without root).
+    let meta = std::fs::metadata(tmp.path()).expect("stat");
+    let owner = format!("{}:{}", meta.uid(), meta.gid());
+    let (code, out, err) = npd(&[
+        "prepare-dir",
+        dir.to_str().expect("utf8"),
+        "--owner",
+        &owner,
+        "--mode",
+        "0750",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let m = std::fs::metadata(&dir).expect("created");
+    assert!(m.is_dir());
+    assert_eq!(m.permissions().mode() & 0o7777, 0o750);
+    assert_eq!(format!("{}:{}", m.uid(), m.gid()), owner);
+    let (code, _, err) = npd(&["prepare-dir", dir.to_str().expect("utf8"), "--owner", "npd"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("expected UID:GID"), "{err}");
+}
