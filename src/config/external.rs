@@ -29,6 +29,9 @@ pub const DEFAULT_ERROR_THRESHOLD: u32 = 3;
 // Types
 // ---------------------------------------------------------------------------
 
+/// The largest message a plugin may send, unless its config says otherwise.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct ExternalMonitorConfig {
     /// Where the config came from (for messages).
@@ -40,6 +43,8 @@ pub struct ExternalMonitorConfig {
     /// Deadline of each RPC.
     pub timeout: Duration,
     pub skip_initial_status: bool,
+    /// Largest message accepted from the plugin, in bytes.
+    pub max_message_size: usize,
     pub retry: RetryPolicy,
     pub health_check: HealthCheck,
     pub parameters: BTreeMap<String, String>,
@@ -88,6 +93,7 @@ impl ExternalMonitorConfig {
             invoke_interval: DEFAULT_INVOKE_INTERVAL,
             timeout: DEFAULT_TIMEOUT,
             skip_initial_status: false,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             retry: RetryPolicy {
                 max_attempts: DEFAULT_MAX_ATTEMPTS,
                 initial_backoff: DEFAULT_INITIAL_BACKOFF,
@@ -249,6 +255,17 @@ fn read_plugin_config(
             .note("timeout", &f, walk::duration(sink, &f))
             .unwrap_or(cfg.timeout);
         poc_ignored(sink, &f, "grpcTimeout", "as the deadline of every call");
+    }
+    if let Some(f) = pc.get(sink, &["maxMessageSize"]) {
+        match walk::unsigned(sink, &f) {
+            Some(n) if n < 1024 => sink.error(
+                f.node.pos,
+                &f.key,
+                format!("{n} bytes is too small for any status (at least 1024)"),
+            ),
+            Some(n) => cfg.max_message_size = usize::try_from(n).unwrap_or(usize::MAX),
+            None => {}
+        }
     }
     if let Some(f) = pc.get(sink, &["skip_initial_status", "skipInitialStatus"]) {
         cfg.skip_initial_status = walk::boolean(sink, &f).unwrap_or(false);
@@ -554,6 +571,32 @@ mod tests {
 
     fn check_str(text: &str) -> Checked<ExternalMonitorConfig> {
         check(Path::new("t.json"), text)
+    }
+
+    #[test]
+    fn max_message_size_is_configurable_within_reason() {
+        let ok = check(
+            Path::new("m.json"),
+            r#"{"plugin": "external", "source": "m", "pluginConfig": {"socketPath": "/s", "maxMessageSize": 4194304}}"#,
+        );
+        assert_eq!(ok.config.expect("valid").max_message_size, 4 << 20);
+        let d = check(
+            Path::new("m.json"),
+            r#"{"plugin": "external", "source": "m", "pluginConfig": {"socketPath": "/s"}}"#,
+        );
+        assert_eq!(
+            d.config.expect("valid").max_message_size,
+            DEFAULT_MAX_MESSAGE_SIZE
+        );
+        let bad = check(
+            Path::new("m.json"),
+            r#"{"plugin": "external", "source": "m", "pluginConfig": {"socketPath": "/s", "maxMessageSize": 10}}"#,
+        );
+        assert!(
+            bad.errors().any(|e| e.key == "pluginConfig.maxMessageSize"),
+            "{:?}",
+            bad.diagnostics
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use crate::problem::{Condition, ConditionStatus, Event, Severity, Status};
 use crate::rpc::client::{self, describe};
 use crate::rpc::pb::external_monitor_client::ExternalMonitorClient;
 use crate::rpc::pb::{HealthCheckRequest, MonitorMetadata};
-use crate::rpc::{API_VERSION, status_from_pb};
+use crate::rpc::{API_VERSION, LIMITS, status_from_plugin};
 
 pub const REASON_UNREACHABLE: &str = "MonitorUnreachable";
 pub const REASON_RECOVERED: &str = "MonitorRecovered";
@@ -45,7 +45,8 @@ pub async fn run(
     let mut runner = Runner {
         id,
         owned: config.conditions.iter().map(|c| c.type_.clone()).collect(),
-        client: ExternalMonitorClient::new(channel.clone()),
+        client: ExternalMonitorClient::new(channel.clone())
+            .max_decoding_message_size(config.max_message_size),
         channel,
         backoff: backoff(&config.retry),
         config,
@@ -57,6 +58,7 @@ pub async fn run(
         sequence: 0,
         metadata: None,
         polling: false,
+        trimmed: 0,
     };
     runner.run().await;
 }
@@ -96,6 +98,8 @@ struct Runner {
     metadata: Option<MonitorMetadata>,
     /// The plugin answered UNIMPLEMENTED to WatchHealth (said once in the log).
     polling: bool,
+    /// Statuses that had to be trimmed to the limits (logged at 1, 2, 4, …).
+    trimmed: u64,
 }
 
 impl Runner {
@@ -298,7 +302,17 @@ impl Runner {
             self.failures = 0;
             self.backoff = backoff(&self.config.retry);
         }
-        let mut status = status_from_pb(status, now);
+        let (mut status, trimmed) = status_from_plugin(status, now, &LIMITS);
+        if !trimmed.is_empty() {
+            self.trimmed += 1;
+            if self.trimmed.is_power_of_two() {
+                tracing::warn!(
+                    monitor = %self.config.source, statuses = self.trimmed,
+                    "plugin status over the limits ({} conditions, {} events, {} bytes a reason, {} a message): {trimmed}",
+                    LIMITS.conditions, LIMITS.events, LIMITS.reason, LIMITS.message
+                );
+            }
+        }
         status.source.clone_from(&self.config.source);
         if self.unreachable {
             self.unreachable = false;

@@ -114,6 +114,140 @@ impl From<&Status> for pb::Status {
     }
 }
 
+/// What a plugin may put in one status; the rest is dropped or cut.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    pub conditions: usize,
+    pub events: usize,
+    /// Bytes of a reason (and a condition type).
+    pub reason: usize,
+    /// Bytes of a message.
+    pub message: usize,
+}
+
+pub const LIMITS: Limits = Limits {
+    conditions: 64,
+    events: 256,
+    reason: 128,
+    message: 1024,
+};
+
+/// What [`status_from_plugin`] had to change, by kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Trimmed {
+    pub conditions_dropped: usize,
+    pub events_dropped: usize,
+    /// Reasons, types and messages cut to their limit.
+    pub strings_cut: usize,
+    /// Enum values this build does not know (read as Unknown / info).
+    pub unknown_enums: usize,
+    /// Times before 2000 or more than a day ahead (replaced).
+    pub bad_times: usize,
+}
+
+impl Trimmed {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+impl std::fmt::Display for Trimmed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let parts = [
+            (self.conditions_dropped, "conditions over the limit dropped"),
+            (self.events_dropped, "events over the limit dropped"),
+            (self.strings_cut, "reasons or messages cut"),
+            (
+                self.unknown_enums,
+                "unknown enum values read as Unknown/info",
+            ),
+            (self.bad_times, "implausible timestamps replaced"),
+        ];
+        let said: Vec<String> = parts
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
+        f.write_str(&said.join(", "))
+    }
+}
+
+/// 2000-01-01T00:00:00Z: no plugin reports anything older.
+const EARLIEST: Duration = Duration::from_secs(946_684_800);
+
+/// A plugin's time when it is plausible: after 2000, at most a day ahead.
+fn plausible(t: Option<SystemTime>, now: SystemTime, trimmed: &mut Trimmed) -> Option<SystemTime> {
+    let t = t?;
+    if t < UNIX_EPOCH + EARLIEST || t > now + Duration::from_secs(86_400) {
+        trimmed.bad_times += 1;
+        return None;
+    }
+    Some(t)
+}
+
+fn cut_counted(mut s: String, max: usize, trimmed: &mut Trimmed) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+        trimmed.strings_cut += 1;
+    }
+    s
+}
+
+/// Converts a status from a plugin, held to `limits`: conditions and events
+/// past their count are dropped, long strings cut on a character boundary,
+/// unknown enum values read as `Unknown` / info, implausible times replaced
+/// (`received` for events; none for transitions, so the detector's own
+/// time is used).
+pub fn status_from_plugin(
+    s: pb::Status,
+    received: SystemTime,
+    limits: &Limits,
+) -> (Status, Trimmed) {
+    let mut t = Trimmed::default();
+    t.conditions_dropped = s.conditions.len().saturating_sub(limits.conditions);
+    t.events_dropped = s.events.len().saturating_sub(limits.events);
+    let mut events = Vec::with_capacity(s.events.len().min(limits.events));
+    for e in s.events.into_iter().take(limits.events) {
+        if pb::Severity::try_from(e.severity).is_err() || e.severity == 0 {
+            t.unknown_enums += 1;
+        }
+        let timestamp =
+            plausible(time_from_pb(e.timestamp.as_ref()), received, &mut t).unwrap_or(received);
+        events.push(Event {
+            severity: severity_from_pb(e.severity),
+            timestamp,
+            reason: cut_counted(e.reason, limits.reason, &mut t),
+            message: cut_counted(e.message, limits.message, &mut t),
+        });
+    }
+    let mut conditions = Vec::with_capacity(s.conditions.len().min(limits.conditions));
+    for c in s.conditions.into_iter().take(limits.conditions) {
+        if pb::ConditionStatus::try_from(c.status).is_err() || c.status == 0 {
+            t.unknown_enums += 1;
+        }
+        let transition = plausible(time_from_pb(c.transition.as_ref()), received, &mut t);
+        conditions.push(Condition {
+            status: condition_status_from_pb(c.status),
+            transition,
+            type_: cut_counted(c.r#type, limits.reason, &mut t),
+            reason: cut_counted(c.reason, limits.reason, &mut t),
+            message: cut_counted(c.message, limits.message, &mut t),
+        });
+    }
+    (
+        Status {
+            source: cut_counted(s.source, limits.reason, &mut t),
+            events,
+            conditions,
+        },
+        t,
+    )
+}
+
 /// Converts a plugin's status. `received` stands in for a missing event
 /// timestamp, so an absent time never becomes 1970.
 pub fn status_from_pb(s: pb::Status, received: SystemTime) -> Status {

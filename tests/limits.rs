@@ -1,0 +1,198 @@
+//! What a plugin may send: statuses over the limits are trimmed, oversized
+//! messages refused, and nothing else is disturbed.
+
+mod common;
+
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{find, http_get, monitor_config, wait_for};
+use npd_ext::problem::ConditionStatus;
+use npd_ext::rpc::pb;
+use npd_ext::rpc::pb::external_monitor_server::{ExternalMonitor, ExternalMonitorServer};
+use npd_ext::rpc::server::BoundSocket;
+use prost::Message;
+use tokio_stream::wrappers::UnixListenerStream;
+use tokio_util::sync::CancellationToken;
+
+/// A plugin that answers CheckHealth with whatever status the test sets.
+#[derive(Clone)]
+struct Scripted(Arc<Mutex<pb::Status>>);
+
+#[tonic::async_trait]
+impl ExternalMonitor for Scripted {
+    async fn check_health(
+        &self,
+        _req: tonic::Request<pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<pb::Status>, tonic::Status> {
+        Ok(tonic::Response::new(self.0.lock().expect("lock").clone()))
+    }
+
+    async fn get_metadata(
+        &self,
+        _req: tonic::Request<()>,
+    ) -> Result<tonic::Response<pb::MonitorMetadata>, tonic::Status> {
+        Ok(tonic::Response::new(pb::MonitorMetadata {
+            name: "scripted".into(),
+            api_version: "v1".into(),
+            ..Default::default()
+        }))
+    }
+}
+
+fn serve(path: &Path, status: pb::Status, token: CancellationToken) -> Arc<Mutex<pb::Status>> {
+    let shared = Arc::new(Mutex::new(status));
+    let mut socket = BoundSocket::bind(path).expect("bind");
+    let listener = socket.take_listener().expect("listener");
+    let svc =
+        ExternalMonitorServer::new(Scripted(shared.clone())).max_encoding_message_size(64 << 20);
+    tokio::spawn(async move {
+        let _keep = socket;
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener),
+                token.cancelled_owned(),
+            )
+            .await
+    });
+    shared
+}
+
+fn cond(t: &str, status: pb::ConditionStatus, message: String) -> pb::Condition {
+    pb::Condition {
+        r#type: t.into(),
+        status: status as i32,
+        transition: None,
+        reason: format!("{t}Reason"),
+        message,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_and_overfull_statuses_are_refused_or_trimmed_and_nothing_else_moves() {
+    let dir = common::tempdir();
+    let token = CancellationToken::new();
+    // A well-behaved plugin beside the others.
+    let good = serve(
+        &dir.path().join("good.sock"),
+        pb::Status {
+            source: "good".into(),
+            events: vec![],
+            conditions: vec![cond("GoodThing", pb::ConditionStatus::False, "fine".into())],
+        },
+        token.clone(),
+    );
+    // 10 000 conditions, the declared one first with a 1 MiB message, a
+    // transition in 1970 and an unknown status value.
+    let mut big = cond("Crowded", pb::ConditionStatus::True, "é".repeat(512 * 1024));
+    big.transition = Some(prost_types::Timestamp {
+        seconds: 86_400,
+        nanos: 0,
+    });
+    let mut crowd = vec![big];
+    crowd.extend(
+        (0..9_999).map(|i| cond(&format!("Extra{i}"), pb::ConditionStatus::True, "x".into())),
+    );
+    let mut odd = cond("Odd", pb::ConditionStatus::True, "odd".into());
+    odd.status = 42;
+    crowd.insert(1, odd);
+    let crowded = serve(
+        &dir.path().join("crowded.sock"),
+        pb::Status {
+            source: "crowded".into(),
+            events: vec![],
+            conditions: crowd,
+        },
+        token.clone(),
+    );
+    // More than 1 MiB in one message.
+    let huge = serve(
+        &dir.path().join("huge.sock"),
+        pb::Status {
+            source: "huge".into(),
+            events: vec![],
+            conditions: vec![cond("Huge", pb::ConditionStatus::True, "y".repeat(2 << 20))],
+        },
+        token.clone(),
+    );
+    let named = |sock: &str, types: &[&str]| {
+        let mut c = monitor_config(&dir.path().join(format!("{sock}.sock")), types);
+        c.source = sock.into();
+        c
+    };
+    let (shutdown, d) = common::start_detector(vec![
+        named("good", &["GoodThing"]),
+        // A 1 MiB message needs a larger limit than the default 1 MiB message size.
+        {
+            let mut c = named("crowded", &["Crowded", "Odd"]);
+            c.max_message_size = 4 << 20;
+            c
+        },
+        named("huge", &["Huge"]),
+    ]);
+    let mut conds = d.conditions();
+    let c = wait_for(
+        &mut conds,
+        Duration::from_secs(20),
+        "all three monitors settled",
+        |c| {
+            find(c, "GoodThing").is_some()
+                && find(c, "Crowded").is_some()
+                && common::has(c, "Huge", ConditionStatus::Unknown)
+        },
+    )
+    .await;
+    let crowded_c = find(&c, "Crowded").expect("set");
+    assert_eq!(crowded_c.status, ConditionStatus::True);
+    assert_eq!(crowded_c.message.len(), 1024, "cut to 1 KiB");
+    assert!(
+        crowded_c.message.chars().all(|ch| ch == 'é'),
+        "on a character boundary"
+    );
+    assert!(
+        crowded_c.transition > std::time::UNIX_EPOCH + Duration::from_secs(946_684_800),
+        "1970 replaced"
+    );
+    assert_eq!(
+        find(&c, "Odd").expect("set").status,
+        ConditionStatus::Unknown,
+        "unknown value read as Unknown"
+    );
+    assert!(
+        find(&c, "Extra0").is_none(),
+        "undeclared and over the limit"
+    );
+    let h = find(&c, "Huge").expect("set");
+    assert_eq!(h.reason, "MonitorUnreachable");
+    assert!(
+        h.message
+            .to_lowercase()
+            .contains("message length too large")
+            || h.message.contains("OutOfRange"),
+        "{}",
+        h.message
+    );
+    // Nothing else moved: the good plugin's condition is as it said.
+    let g = find(&c, "GoodThing").expect("set");
+    assert_eq!(
+        (g.status, g.message.as_str()),
+        (ConditionStatus::False, "fine")
+    );
+    let (code, _) = http_get(d.http_addr.expect("http"), "/healthz").await;
+    assert_eq!(code, 200);
+    drop((good, crowded, huge));
+    shutdown.token().cancel();
+    token.cancel();
+}
+
+#[test]
+fn a_string_field_that_is_not_utf8_is_a_decode_error_not_a_status() {
+    // Status { source (1): bytes ff fe } laid by hand.
+    let bytes = [0x0a, 0x02, 0xff, 0xfe];
+    assert!(pb::Status::decode(&bytes[..]).is_err());
+    // The same with valid text decodes.
+    let ok = [0x0a, 0x02, b'o', b'k'];
+    assert_eq!(pb::Status::decode(&ok[..]).expect("decodes").source, "ok");
+}
