@@ -207,9 +207,11 @@ pub fn status_from_plugin(
     received: SystemTime,
     limits: &Limits,
 ) -> (Status, Trimmed) {
-    let mut t = Trimmed::default();
-    t.conditions_dropped = s.conditions.len().saturating_sub(limits.conditions);
-    t.events_dropped = s.events.len().saturating_sub(limits.events);
+    let mut t = Trimmed {
+        conditions_dropped: s.conditions.len().saturating_sub(limits.conditions),
+        events_dropped: s.events.len().saturating_sub(limits.events),
+        ..Trimmed::default()
+    };
     let mut events = Vec::with_capacity(s.events.len().min(limits.events));
     for e in s.events.into_iter().take(limits.events) {
         if pb::Severity::try_from(e.severity).is_err() || e.severity == 0 {
