@@ -35,6 +35,7 @@ fn main() {
                 backend: "sim",
                 grace: Duration::from_secs(1),
                 watch_health: true,
+                allowed_uids: npd_ext::rpc::server::default_allowed_uids(),
             },
         )
         .expect("bind");

@@ -275,6 +275,11 @@ pub struct GpuMonitorArgs {
     #[arg(long, value_name = "PATH")]
     pub kmsg_path: Option<PathBuf>,
 
+    /// Users whose processes may connect to the socket, checked on every
+    /// connection with SO_PEERCRED (default: root and this process's user).
+    #[arg(long, value_delimiter = ',', value_name = "UID,...")]
+    pub allowed_uids: Vec<u32>,
+
     /// Where the kernel-log position (boot id, last sequence) is kept across restarts.
     #[arg(long, default_value = "/var/lib/npd-ext", value_name = "DIR")]
     pub state_dir: PathBuf,

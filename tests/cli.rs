@@ -872,3 +872,76 @@ fn prepare_dir_makes_a_socket_directory_for_its_writer() {
     assert_eq!(code, 1);
     assert!(err.contains("expected UID:GID"), "{err}");
 }
+
+#[test]
+fn a_peer_outside_allowed_uids_is_refused_even_when_the_socket_lets_it_in() {
+    if !std::fs::metadata("/proc/self").is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+    {
+        eprintln!("skipped: needs root to run a peer as another user");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let socket = dir.path().join("gpu.sock");
+    let s = socket.to_str().expect("utf8");
+    let probe_as_nobody = || {
+        run(Command::new("setpriv").args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            BIN,
+            "probe",
+            "--timeout",
+            "2s",
+            s,
+        ]))
+    };
+    for (allowed, admitted) in [(None, false), (Some("0,65534"), true)] {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["gpu-monitor", "--backend", "sim", "--socket", s]);
+        if let Some(a) = allowed {
+            cmd.args(["--allowed-uids", a]);
+        }
+        let mut child = cmd.stderr(Stdio::piped()).spawn().expect("spawn");
+        wait_until(Duration::from_secs(20), "socket", || socket.exists());
+        // The file system lets uid 65534 in (its group may write the socket);
+        // SO_PEERCRED decides.
+        let ok = Command::new("chown")
+            .args(["0:65534", s])
+            .status()
+            .expect("chown")
+            .success();
+        assert!(ok);
+        let (code, out, err) = probe_as_nobody();
+        if code == 126 || code == 127 || err.contains("setpriv:") {
+            eprintln!("skipped: cannot run the binary as another user here ({err})");
+            stop(&mut child);
+            return;
+        }
+        assert_eq!(
+            code == 0,
+            admitted,
+            "allowed {allowed:?}: {code} {out} {err}"
+        );
+        // Root always gets in.
+        let (code, out, _) = npd(&["probe", s]);
+        assert_eq!(code, 0, "{out}");
+        stop(&mut child);
+        let mut log = String::new();
+        child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut log)
+            .expect("log");
+        assert_eq!(
+            log.contains("refused a connection") && log.contains("uid=65534"),
+            !admitted,
+            "{log}"
+        );
+    }
+}

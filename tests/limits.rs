@@ -196,3 +196,50 @@ fn a_string_field_that_is_not_utf8_is_a_decode_error_not_a_status() {
     let ok = [0x0a, 0x02, b'o', b'k'];
     assert_eq!(pb::Status::decode(&ok[..]).expect("decodes").source, "ok");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_served_by_a_user_not_in_allowed_peer_uids_is_not_trusted() {
+    let dir = common::tempdir();
+    let token = CancellationToken::new();
+    let _plugin = serve(
+        &dir.path().join("p.sock"),
+        pb::Status {
+            source: "p".into(),
+            events: vec![],
+            conditions: vec![cond("Trusted", pb::ConditionStatus::False, "fine".into())],
+        },
+        token.clone(),
+    );
+    let me = rustix_uid();
+    let mut strict = monitor_config(&dir.path().join("p.sock"), &["Trusted"]);
+    strict.allowed_peer_uids = Some(vec![me.wrapping_add(4242)]);
+    let (shutdown, d) = common::start_detector(vec![strict]);
+    let mut conds = d.conditions();
+    let c = wait_for(
+        &mut conds,
+        Duration::from_secs(20),
+        "Trusted Unknown",
+        |c| common::has(c, "Trusted", ConditionStatus::Unknown),
+    )
+    .await;
+    let t = find(&c, "Trusted").expect("set");
+    assert!(t.message.contains("allowedPeerUids"), "{}", t.message);
+    shutdown.token().cancel();
+
+    // The same plugin, its user allowed: trusted.
+    let mut ok = monitor_config(&dir.path().join("p.sock"), &["Trusted"]);
+    ok.allowed_peer_uids = Some(vec![me]);
+    let (shutdown, d) = common::start_detector(vec![ok]);
+    let mut conds = d.conditions();
+    wait_for(&mut conds, Duration::from_secs(20), "Trusted False", |c| {
+        common::has(c, "Trusted", ConditionStatus::False)
+    })
+    .await;
+    shutdown.token().cancel();
+    token.cancel();
+}
+
+fn rustix_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").expect("proc").uid()
+}

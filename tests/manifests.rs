@@ -247,6 +247,39 @@ fn the_socket_path_agrees_across_config_args_and_volumes() {
 }
 
 #[test]
+fn the_socket_directory_is_prepared_for_the_gpu_monitor_in_both_variants() {
+    for rel in MANIFESTS {
+        for ds in daemonsets(rel) {
+            let pod = &ds["spec"]["template"]["spec"];
+            let mounts_socket = containers(&ds).iter().any(|c| c["name"] == "gpu-monitor");
+            if !mounts_socket {
+                continue;
+            }
+            let init = pod["initContainers"]
+                .as_array()
+                .and_then(|i| i.iter().find(|c| c["name"] == "socket-dir"))
+                .unwrap_or_else(|| panic!("{rel}: no socket-dir init container"));
+            let args: Vec<&str> = init["args"]
+                .as_array()
+                .expect("args")
+                .iter()
+                .filter_map(Value::as_str)
+                .collect();
+            assert_eq!(
+                args,
+                [
+                    "prepare-dir",
+                    "/var/run/npd",
+                    "--owner=1000:1000",
+                    "--mode=0750"
+                ],
+                "{rel}"
+            );
+        }
+    }
+}
+
+#[test]
 fn images_match_the_justfile_and_config_edits_roll_the_pods() {
     let (npd_image, gpu_image) = default_images();
     for rel in MANIFESTS {

@@ -36,6 +36,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             backend: "sim",
             grace: DEFAULT_GRACE,
             watch_health: true,
+            allowed_uids: crate::rpc::server::default_allowed_uids(),
         },
     )?;
     let observations = plugin.observations();

@@ -36,6 +36,11 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
             },
             grace: args.shutdown_grace,
             watch_health: !args.disable_watch_health,
+            allowed_uids: if args.allowed_uids.is_empty() {
+                crate::rpc::server::default_allowed_uids()
+            } else {
+                args.allowed_uids.clone()
+            },
         },
     )
     .context("cannot serve the plugin socket")?;

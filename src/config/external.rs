@@ -45,6 +45,9 @@ pub struct ExternalMonitorConfig {
     pub skip_initial_status: bool,
     /// Largest message accepted from the plugin, in bytes.
     pub max_message_size: usize,
+    /// When set, the plugin is trusted only if the process serving its
+    /// socket runs as one of these uids.
+    pub allowed_peer_uids: Option<Vec<u32>>,
     pub retry: RetryPolicy,
     pub health_check: HealthCheck,
     pub parameters: BTreeMap<String, String>,
@@ -94,6 +97,7 @@ impl ExternalMonitorConfig {
             timeout: DEFAULT_TIMEOUT,
             skip_initial_status: false,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            allowed_peer_uids: None,
             retry: RetryPolicy {
                 max_attempts: DEFAULT_MAX_ATTEMPTS,
                 initial_backoff: DEFAULT_INITIAL_BACKOFF,
@@ -255,6 +259,29 @@ fn read_plugin_config(
             .note("timeout", &f, walk::duration(sink, &f))
             .unwrap_or(cfg.timeout);
         poc_ignored(sink, &f, "grpcTimeout", "as the deadline of every call");
+    }
+    if let Some(f) = pc.get(sink, &["allowedPeerUids"]) {
+        match &f.node.value {
+            Value::Array(items) => {
+                let mut uids = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match &item.value {
+                        Value::Number(n) if let Ok(uid) = n.parse::<u32>() => uids.push(uid),
+                        other => sink.error(
+                            item.pos,
+                            &format!("{}[{i}]", f.key),
+                            format!("must be a uid (a whole number), found {}", other.kind()),
+                        ),
+                    }
+                }
+                cfg.allowed_peer_uids = Some(uids);
+            }
+            other => sink.error(
+                f.node.pos,
+                &f.key,
+                format!("must be an array of uids, found {}", other.kind()),
+            ),
+        }
     }
     if let Some(f) = pc.get(sink, &["maxMessageSize"]) {
         match walk::unsigned(sink, &f) {

@@ -36,6 +36,8 @@ pub struct PluginOptions {
     /// Serve `WatchHealth`; when false it answers UNIMPLEMENTED, like a
     /// plugin built against the Go proof of concept.
     pub watch_health: bool,
+    /// Users whose processes may connect (checked with `SO_PEERCRED`).
+    pub allowed_uids: Vec<u32>,
 }
 
 /// A bound, not yet serving plugin. Observations fed into
@@ -76,6 +78,11 @@ impl Plugin {
         let Some(listener) = self.socket.take_listener() else {
             return Ok(());
         };
+        let allowed = self.options.allowed_uids.clone();
+        let incoming =
+            tokio_stream::StreamExt::filter(UnixListenerStream::new(listener), move |c| {
+                crate::rpc::server::allowed_peer(&allowed, c)
+            });
         let model = match &self.options.gpus {
             Some(gpus) => HealthModel::new(gpus.clone()),
             None => HealthModel::awaiting_driver(),
@@ -119,7 +126,7 @@ impl Plugin {
         let serve = tonic::transport::Server::builder()
             .add_service(health)
             .add_service(ExternalMonitorServer::new(service))
-            .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown);
+            .serve_with_incoming_shutdown(incoming, shutdown);
         let grace = self.options.grace;
         let result = tokio::select! {
             r = serve => r,

@@ -41,7 +41,7 @@ pub async fn run(
     pulse: Pulse,
     token: CancellationToken,
 ) {
-    let channel = client::lazy_channel(&config.socket_path);
+    let channel = client::lazy_channel_to(&config.socket_path, config.allowed_peer_uids.clone());
     let mut runner = Runner {
         id,
         owned: config.conditions.iter().map(|c| c.type_.clone()).collect(),

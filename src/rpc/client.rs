@@ -13,13 +13,35 @@ use tonic_health::pb::health_client::HealthClient;
 /// A channel that connects to `path` on first use and reconnects after a
 /// failure on the next call. Never blocks and never fails up front.
 pub fn lazy_channel(path: &Path) -> Channel {
+    lazy_channel_to(path, None)
+}
+
+/// [`lazy_channel`], trusting the plugin only when the process serving the
+/// socket (`SO_PEERCRED`) runs as one of `allowed` (when given).
+pub fn lazy_channel_to(path: &Path, allowed: Option<Vec<u32>>) -> Channel {
     let path: PathBuf = path.to_path_buf();
     // The authority is never resolved: the connector below ignores the URI.
     Endpoint::from_static("http://localhost")
         .connect_timeout(Duration::from_secs(5))
         .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
             let path = path.clone();
-            async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?)) }
+            let allowed = allowed.clone();
+            async move {
+                let stream = UnixStream::connect(&path).await?;
+                if let Some(allowed) = allowed {
+                    let uid = stream.peer_cred()?.uid();
+                    if !allowed.contains(&uid) {
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::PermissionDenied,
+                            format!(
+                                "the process serving {} runs as uid {uid}, not one of allowedPeerUids {allowed:?}",
+                                path.display()
+                            ),
+                        ));
+                    }
+                }
+                Ok::<_, std::io::Error>(TokioIo::new(stream))
+            }
         }))
 }
 

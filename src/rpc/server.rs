@@ -32,6 +32,8 @@ pub enum BindError {
         #[source]
         source: io::Error,
     },
+    #[error("refusing to serve in {}: it is {why} (anyone there could replace the socket); use a directory only root or this user can write", path.display())]
+    UnsafeDir { path: PathBuf, why: String },
     #[error("cannot set mode {SOCKET_MODE:o} on {}", path.display())]
     Chmod {
         path: PathBuf,
@@ -56,6 +58,7 @@ impl BoundSocket {
                 path: dir.to_path_buf(),
                 source,
             })?;
+            check_dir(dir)?;
         }
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => {
@@ -99,6 +102,65 @@ impl BoundSocket {
     }
 }
 
+/// A socket directory others cannot write: not world-writable, owned by
+/// root or by this process's user.
+fn check_dir(dir: &Path) -> Result<(), BindError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(dir).map_err(|source| BindError::CreateDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let me = rustix::process::geteuid().as_raw();
+    let why = if meta.mode() & 0o002 != 0 {
+        Some(format!("world-writable (mode {:o})", meta.mode() & 0o7777))
+    } else if meta.uid() != 0 && meta.uid() != me {
+        Some(format!(
+            "owned by uid {}, neither root nor this user ({me})",
+            meta.uid()
+        ))
+    } else {
+        None
+    };
+    match why {
+        Some(why) => Err(BindError::UnsafeDir {
+            path: dir.to_path_buf(),
+            why,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// The users whose processes may talk to a plugin: root and this
+/// process's own user, unless `--allowed-uids` says otherwise.
+pub fn default_allowed_uids() -> Vec<u32> {
+    let me = rustix::process::geteuid().as_raw();
+    if me == 0 { vec![0] } else { vec![0, me] }
+}
+
+/// Keeps connections whose peer (`SO_PEERCRED`) runs as an allowed uid;
+/// refused ones are closed and logged with their uid and pid.
+pub fn allowed_peer(allowed: &[u32], conn: &io::Result<tokio::net::UnixStream>) -> bool {
+    let Ok(stream) = conn else {
+        return true;
+    };
+    match stream.peer_cred() {
+        Ok(cred) if allowed.contains(&cred.uid()) => true,
+        Ok(cred) => {
+            tracing::warn!(
+                uid = cred.uid(),
+                pid = ?cred.pid(),
+                allowed = ?allowed,
+                "refused a connection from a user not in --allowed-uids"
+            );
+            false
+        }
+        Err(e) => {
+            tracing::warn!("refused a connection whose peer cannot be identified: {e}");
+            false
+        }
+    }
+}
+
 impl Drop for BoundSocket {
     fn drop(&mut self) {
         // Only unlink what is still a socket: another process may have
@@ -112,6 +174,21 @@ impl Drop for BoundSocket {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn refuses_a_directory_others_can_write() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let err = BoundSocket::bind(&open.join("p.sock")).expect_err("must refuse");
+        assert!(
+            err.to_string().contains("world-writable (mode 777)"),
+            "{err}"
+        );
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o750)).expect("chmod");
+        BoundSocket::bind(&open.join("p.sock")).expect("a private directory is fine");
+    }
 
     #[tokio::test]
     async fn refuses_to_remove_a_regular_file() {

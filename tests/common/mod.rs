@@ -38,6 +38,7 @@ pub fn start_plugin(socket: &Path, watch_health: bool) -> RunningPlugin {
             backend: "sim",
             grace: Duration::from_secs(2),
             watch_health,
+            allowed_uids: npd_ext::rpc::server::default_allowed_uids(),
         },
     )
     .expect("bind plugin socket");
