@@ -8,6 +8,7 @@
 //! per CPU-second, and its peak RSS (`VmHWM`).
 //!
 //! Run: `cargo bench --bench filelog` (add `-- --quick` for 100 k lines).
+#![allow(clippy::expect_used, clippy::panic)] // test code: a failed expectation is the test failing
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Read, Write};

@@ -4,6 +4,7 @@
 //! - kernel-log parsing: records/s through the record and XID-line parsers.
 //!
 //! Run: `cargo bench --bench gpu`.
+#![allow(clippy::expect_used, clippy::panic)] // test code: a failed expectation is the test failing
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};

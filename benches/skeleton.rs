@@ -3,6 +3,7 @@
 //! - fault injected → condition visible on `/conditions`, via WatchHealth.
 //!
 //! Run: `cargo bench --bench skeleton` (add `-- --quick` for a short run).
+#![allow(clippy::expect_used, clippy::panic)] // test code: a failed expectation is the test failing
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};

@@ -1,5 +1,6 @@
 //! End to end in-process: a real gpu-monitor on a tempdir Unix socket, a real
 //! detector talking gRPC to it, `/conditions` read over real HTTP.
+#![allow(clippy::expect_used, clippy::panic)] // test code: a failed expectation is the test failing
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! External exporters: a real gRPC `ExternalExporter` plugin on a Unix
 //! socket receives every status the detector's monitors report.
+#![allow(clippy::expect_used, clippy::panic)] // test code: a failed expectation is the test failing
 
 mod common;
 

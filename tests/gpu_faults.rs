@@ -1,6 +1,7 @@
 //! Every GPU condition's set, hold and clear path, through the sim backend:
 //! a simulated driver polled through the watchdog, the real plugin on a
 //! tempdir socket and a real detector.
+#![allow(clippy::expect_used, clippy::panic)] // test code: a failed expectation is the test failing
 
 mod common;
 

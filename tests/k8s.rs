@@ -1,5 +1,6 @@
 //! The Kubernetes exporter against the in-process fake API server
 //! (tests/common/fake_api.rs), with the tokio clock paused where hours pass.
+#![allow(clippy::expect_used, clippy::panic)] // test code: a failed expectation is the test failing
 
 mod common;
 

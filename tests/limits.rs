@@ -1,5 +1,6 @@
 //! What a plugin may send: statuses over the limits are trimmed, oversized
 //! messages refused, and nothing else is disturbed.
+#![allow(clippy::expect_used, clippy::panic)] // test code: a failed expectation is the test failing
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The deployable artefacts: manifests, the Dockerfile and the justfile say
 //! what the deployment guide promises, and agree with each other.
+#![allow(clippy::expect_used, clippy::panic)] // test code: a failed expectation is the test failing
 
 mod common;
 

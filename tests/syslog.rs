@@ -1,6 +1,7 @@
 //! System log and custom plugin monitors end to end: upstream's stock
 //! configs on real files, a real `journalctl`-shaped child, real plugin
 //! scripts, the conditions and events they give and the metrics they count.
+#![allow(clippy::expect_used, clippy::panic)] // test code: a failed expectation is the test failing
 
 mod common;
 

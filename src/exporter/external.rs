@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, Registry};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
@@ -36,11 +36,8 @@ pub struct ExporterMetrics {
 impl ExporterMetrics {
     pub fn register(registry: &Registry) -> Self {
         let counter = |name: &str, help: &str| {
-            let c = IntCounterVec::new(Opts::new(name, help), &["exporter"])
-                .expect("static metric definition");
-            if let Err(e) = registry.register(Box::new(c.clone())) {
-                tracing::warn!("cannot register {name}: {e}");
-            }
+            let c = super::prometheus::counter_vec(name, help, &["exporter"]);
+            super::prometheus::register(registry, &c);
             c
         };
         Self {

@@ -33,7 +33,7 @@ use k8s_openapi::api::core::v1::{Node, ObjectReference};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{IntCounterVec, IntGauge, Registry};
 use serde_json::json;
 use tokio::sync::{Mutex, broadcast, watch};
 use tokio::time::Instant;
@@ -153,36 +153,26 @@ pub struct K8sMetrics {
 
 impl K8sMetrics {
     pub fn register(registry: &Registry) -> Self {
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "npd_ext_k8s_requests_total",
-                "Kubernetes API requests of the exporter, by operation and result.",
-            ),
+        use super::prometheus::{counter_vec, gauge_vec, register};
+        let requests = counter_vec(
+            "npd_ext_k8s_requests_total",
+            "Kubernetes API requests of the exporter, by operation and result.",
             &["op", "result"],
-        )
-        .expect("static metric definition");
-        let folded = IntCounterVec::new(
-            Opts::new(
-                "npd_ext_k8s_events_folded_total",
-                "Event occurrences counted into an existing Event instead of a write of their own.",
-            ),
+        );
+        let folded = counter_vec(
+            "npd_ext_k8s_events_folded_total",
+            "Event occurrences counted into an existing Event instead of a write of their own.",
             &["reason"],
-        )
-        .expect("static metric definition");
-        let in_sync = IntGauge::new(
+        );
+        let in_sync_vec = gauge_vec(
             "npd_ext_k8s_conditions_in_sync",
             "1 when the Node holds the detector's latest conditions.",
-        )
-        .expect("static metric definition");
-        for m in [
-            Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
-            Box::new(folded.clone()),
-            Box::new(in_sync.clone()),
-        ] {
-            if let Err(e) = registry.register(m) {
-                tracing::warn!("cannot register exporter metrics: {e}");
-            }
-        }
+            &[],
+        );
+        let in_sync = in_sync_vec.with_label_values(&[] as &[&str]);
+        register(registry, &requests);
+        register(registry, &folded);
+        register(registry, &in_sync_vec);
         Self {
             requests,
             folded,

@@ -43,28 +43,18 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
-        let counter = IntCounterVec::new(
-            Opts::new(
-                "problem_counter",
-                "Number of times a specific type of problem have occurred.",
-            ),
+        let counter = counter_vec(
+            "problem_counter",
+            "Number of times a specific type of problem have occurred.",
             &["reason"],
-        )
-        .expect("static metric definition");
-        let gauge = IntGaugeVec::new(
-            Opts::new(
-                "problem_gauge",
-                "Whether a specific type of problem is affecting the node or not.",
-            ),
+        );
+        let gauge = gauge_vec(
+            "problem_gauge",
+            "Whether a specific type of problem is affecting the node or not.",
             &["type", "reason"],
-        )
-        .expect("static metric definition");
-        registry
-            .register(Box::new(counter.clone()))
-            .expect("first registration");
-        registry
-            .register(Box::new(gauge.clone()))
-            .expect("first registration");
+        );
+        register(&registry, &counter);
+        register(&registry, &gauge);
         Self {
             registry,
             counter,
@@ -135,6 +125,29 @@ impl Metrics {
     /// The registry, to serve (clones share the metrics).
     pub fn registry(&self) -> Registry {
         self.registry.clone()
+    }
+}
+
+/// A counter vector under a literal name: its definition cannot fail.
+#[allow(clippy::expect_used)] // literal, valid names and labels; every one is built by a test
+pub(crate) fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("a valid metric definition")
+}
+
+/// A gauge vector under a literal name: its definition cannot fail.
+#[allow(clippy::expect_used)] // literal, valid names and labels; every one is built by a test
+pub(crate) fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("a valid metric definition")
+}
+
+/// Adds a collector to the registry; a clash (a bug) is logged, and the
+/// metric still counts, unserved.
+pub(crate) fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    c: &C,
+) {
+    if let Err(e) = registry.register(Box::new(c.clone())) {
+        tracing::error!("cannot register a metric: {e}");
     }
 }
 

@@ -13,7 +13,7 @@
 //! - injectable faults (status codes, 429 with `Retry-After`, dropped
 //!   connections, latency) matched by method and path;
 //! - a log of every request.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::expect_used, clippy::panic)]
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: a plugin and a detector on a
 //! tempdir socket, a tiny HTTP client, and waiting on conditions with a deadline.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! YAML manifests as JSON values, for tests that check what a manifest
 //! says (the detector itself only reads ConfigMap data, config::configmap).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::expect_used, clippy::panic)]
 
 use saphyr_parser::{Event, Parser, ScalarStyle};
 use serde_json::{Map, Value};
