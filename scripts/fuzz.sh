@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 export RUSTC_BOOTSTRAP=1
-for target in kmsg_record config_load; do
+for target in kmsg_record config_load plugin_status; do
   mkdir -p "fuzz/corpus/$target"
   echo "== $target for ${secs}s"
   cargo fuzz run --sanitizer none "$target" "fuzz/corpus/$target" -- \
