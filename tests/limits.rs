@@ -21,6 +21,97 @@ use tokio_util::sync::CancellationToken;
 #[derive(Clone)]
 struct Scripted(Arc<Mutex<pb::Status>>);
 
+/// How a plugin's WatchHealth stream misbehaves.
+#[derive(Clone, Copy)]
+enum Stream {
+    /// Headers, then nothing, ever.
+    Silent,
+    /// This many statuses as fast as it can (the last says "final").
+    Flood(usize),
+}
+
+#[derive(Clone)]
+struct Streaming(Stream);
+
+#[tonic::async_trait]
+impl ExternalMonitor for Streaming {
+    async fn get_metadata(
+        &self,
+        _req: tonic::Request<()>,
+    ) -> Result<tonic::Response<pb::MonitorMetadata>, tonic::Status> {
+        Ok(tonic::Response::new(pb::MonitorMetadata {
+            name: "streaming".into(),
+            api_version: "v1".into(),
+            ..Default::default()
+        }))
+    }
+
+    async fn watch_health(
+        &self,
+        _req: tonic::Request<pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<tonic::codegen::BoxStream<pb::Status>>, tonic::Status> {
+        let stream: tonic::codegen::BoxStream<pb::Status> = match self.0 {
+            Stream::Silent => Box::pin(tokio_stream::pending()),
+            Stream::Flood(n) => Box::pin(tokio_stream::StreamExt::chain(
+                tokio_stream::iter((0..n).map(move |i| {
+                    let last = i + 1 == n;
+                    Ok(pb::Status {
+                        source: "flood".into(),
+                        events: vec![],
+                        conditions: vec![cond(
+                            "Flooded",
+                            if last {
+                                pb::ConditionStatus::True
+                            } else {
+                                pb::ConditionStatus::False
+                            },
+                            if last {
+                                "final".into()
+                            } else {
+                                format!("n{i}")
+                            },
+                        )],
+                    })
+                })),
+                tokio_stream::pending(),
+            )),
+        };
+        Ok(tonic::Response::new(stream))
+    }
+}
+
+fn serve_streaming(path: &Path, how: Stream, token: CancellationToken) {
+    let mut socket = BoundSocket::bind(path).expect("bind");
+    let listener = socket.take_listener().expect("listener");
+    tokio::spawn(async move {
+        let _keep = socket;
+        tonic::transport::Server::builder()
+            .add_service(ExternalMonitorServer::new(Streaming(how)))
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener),
+                token.cancelled_owned(),
+            )
+            .await
+    });
+}
+
+/// Accepts connections and answers each with bytes that are not HTTP/2.
+fn serve_garbage(path: &Path, token: CancellationToken) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::UnixListener::bind(path).expect("bind");
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = tokio::select! {
+                r = listener.accept() => match r { Ok(c) => c, Err(_) => return },
+                () = token.cancelled() => return,
+            };
+            let _ = s
+                .write_all(&[0xde, 0xad, 0xbe, 0xef, 0x00, 0xff, b'?', b'\n'].repeat(64))
+                .await;
+        }
+    });
+}
+
 #[tonic::async_trait]
 impl ExternalMonitor for Scripted {
     async fn check_health(
@@ -243,4 +334,76 @@ async fn a_plugin_served_by_a_user_not_in_allowed_peer_uids_is_not_trusted() {
 fn rustix_uid() -> u32 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata("/proc/self").expect("proc").uid()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_streams_garbage_and_floods_are_survived() {
+    let dir = common::tempdir();
+    let token = CancellationToken::new();
+    let _good = serve(
+        &dir.path().join("good.sock"),
+        pb::Status {
+            source: "good".into(),
+            events: vec![],
+            conditions: vec![cond("GoodThing", pb::ConditionStatus::False, "fine".into())],
+        },
+        token.clone(),
+    );
+    serve_streaming(
+        &dir.path().join("silent.sock"),
+        Stream::Silent,
+        token.clone(),
+    );
+    serve_streaming(
+        &dir.path().join("flood.sock"),
+        Stream::Flood(50_000),
+        token.clone(),
+    );
+    serve_garbage(&dir.path().join("garbage.sock"), token.clone());
+    let named = |sock: &str, types: &[&str]| {
+        let mut c = monitor_config(&dir.path().join(format!("{sock}.sock")), types);
+        c.source = sock.into();
+        c
+    };
+    let (shutdown, d) = common::start_detector(vec![
+        named("good", &["GoodThing"]),
+        named("silent", &["Silent"]),
+        named("flood", &["Flooded"]),
+        named("garbage", &["Garbage"]),
+    ]);
+    let mut conds = d.conditions();
+    let c = wait_for(
+        &mut conds,
+        Duration::from_secs(30),
+        "every monitor settled",
+        |c| {
+            common::has(c, "Silent", ConditionStatus::Unknown)
+                && common::has(c, "Garbage", ConditionStatus::Unknown)
+                && find(c, "Flooded").is_some_and(|f| f.message == "final")
+                && find(c, "GoodThing").is_some()
+        },
+    )
+    .await;
+    let silent = find(&c, "Silent").expect("set");
+    assert_eq!(silent.reason, "MonitorUnreachable");
+    assert!(
+        silent.message.contains("sent no status"),
+        "{}",
+        silent.message
+    );
+    let garbage = find(&c, "Garbage").expect("set");
+    assert_eq!(garbage.reason, "MonitorUnreachable");
+    assert_eq!(
+        find(&c, "Flooded").expect("set").status,
+        ConditionStatus::True
+    );
+    let g = find(&c, "GoodThing").expect("set");
+    assert_eq!(
+        (g.status, g.message.as_str()),
+        (ConditionStatus::False, "fine")
+    );
+    let (code, body) = http_get(d.http_addr.expect("http"), "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    shutdown.token().cancel();
+    token.cancel();
 }

@@ -63,6 +63,58 @@ pub async fn run(
     runner.run().await;
 }
 
+/// A plugin flooding its stream: the statuses already waiting are folded
+/// into the latest (its conditions; the events of all, newest kept up to the
+/// limit), so a flood costs one update, not one per message. Returns how the
+/// stream ended, when it did meanwhile.
+async fn coalesce(
+    mut latest: crate::rpc::pb::Status,
+    stream: &mut tonic::Streaming<crate::rpc::pb::Status>,
+) -> (crate::rpc::pb::Status, Option<End>) {
+    let mut events = Vec::new();
+    for _ in 0..COALESCE_MAX {
+        // A zero deadline: take only what is already there.
+        match tokio::time::timeout(Duration::ZERO, stream.message()).await {
+            Ok(Ok(Some(next))) => {
+                events.append(&mut latest.events);
+                latest = next;
+            }
+            Ok(Ok(None)) => {
+                return (
+                    fold(latest, events),
+                    Some(End::Failed("plugin closed the WatchHealth stream".into())),
+                );
+            }
+            Ok(Err(s)) => {
+                return (
+                    fold(latest, events),
+                    Some(End::Failed(format!("WatchHealth stream: {}", describe(&s)))),
+                );
+            }
+            Err(_) => break,
+        }
+    }
+    (fold(latest, events), None)
+}
+
+/// The older events before the latest's, the newest kept up to the limit.
+fn fold(
+    mut latest: crate::rpc::pb::Status,
+    mut older: Vec<crate::rpc::pb::Event>,
+) -> crate::rpc::pb::Status {
+    if older.is_empty() {
+        return latest;
+    }
+    older.append(&mut latest.events);
+    let excess = older.len().saturating_sub(LIMITS.events);
+    older.drain(..excess);
+    latest.events = older;
+    latest
+}
+
+/// Statuses folded into one at most (then the loop yields).
+const COALESCE_MAX: usize = 10_000;
+
 type Backoff = Box<dyn Iterator<Item = Duration> + Send + Sync>;
 
 fn backoff(retry: &RetryPolicy) -> Backoff {
@@ -227,16 +279,33 @@ impl Runner {
             tokio::time::interval_at(tokio::time::Instant::now() + hc.interval, hc.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut health_service = true;
+        // The contract: a full status at once. A stream that stays silent
+        // past the call deadline is a plugin that cannot say anything.
+        let first_by = tokio::time::Instant::now() + self.config.timeout;
+        let mut got_first = false;
         loop {
             self.pulse.beat(hc.interval + hc.timeout + SLACK);
             tokio::select! {
                 () = self.token.cancelled() => return End::Cancelled,
+                () = tokio::time::sleep_until(first_by), if !got_first => {
+                    return End::Failed(format!(
+                        "the WatchHealth stream sent no status within {:?}",
+                        self.config.timeout
+                    ));
+                }
                 msg = stream.message() => match msg {
-                    Ok(Some(status)) => self.answered(status).await,
+                    Ok(Some(status)) => {
+                        got_first = true;
+                        let (status, end) = coalesce(status, &mut stream).await;
+                        self.answered(status).await;
+                        if let Some(end) = end {
+                            return end;
+                        }
+                    }
                     Ok(None) => return End::Failed("plugin closed the WatchHealth stream".into()),
                     Err(s) => return End::Failed(format!("WatchHealth stream: {}", describe(&s))),
                 },
-                _ = tick.tick() => {
+                _ = tick.tick(), if got_first => {
                     // A plugin that stopped (SIGSTOP, deadlock) keeps the stream
                     // open but cannot answer this. Plugins without
                     // grpc.health.v1 are asked for their metadata instead.
