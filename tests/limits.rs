@@ -407,3 +407,76 @@ async fn silent_streams_garbage_and_floods_are_survived() {
     shutdown.token().cancel();
     token.cancel();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_that_are_not_sockets_and_reconnect_storms() {
+    let dir = common::tempdir();
+    let token = CancellationToken::new();
+    // A path that is a directory, one that is a regular file.
+    std::fs::create_dir(dir.path().join("dir.sock")).expect("mkdir");
+    std::fs::write(dir.path().join("file.sock"), b"not a socket").expect("write");
+    // A socket that accepts and hangs up at once, counting how often it is tried.
+    let storm = dir.path().join("storm.sock");
+    let listener = tokio::net::UnixListener::bind(&storm).expect("bind");
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = accepted.clone();
+    let t = token.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((s, _)) => {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        drop(s);
+                    }
+                    Err(_) => return,
+                },
+                () = t.cancelled() => return,
+            }
+        }
+    });
+    let named = |sock: &str, types: &[&str]| {
+        let mut c = monitor_config(&dir.path().join(format!("{sock}.sock")), types);
+        c.source = sock.into();
+        c.retry.initial_backoff = Duration::from_millis(100);
+        c.retry.max_backoff = Duration::from_secs(1);
+        c
+    };
+    let (shutdown, d) = common::start_detector(vec![
+        named("dir", &["DirPlugin"]),
+        named("file", &["FilePlugin"]),
+        named("storm", &["StormPlugin"]),
+    ]);
+    let mut conds = d.conditions();
+    let c = wait_for(
+        &mut conds,
+        Duration::from_secs(20),
+        "all three Unknown",
+        |c| {
+            ["DirPlugin", "FilePlugin", "StormPlugin"]
+                .iter()
+                .all(|t| common::has(c, t, ConditionStatus::Unknown))
+        },
+    )
+    .await;
+    for t in ["DirPlugin", "FilePlugin", "StormPlugin"] {
+        let x = find(&c, t).expect("set");
+        assert_eq!(x.reason, "MonitorUnreachable", "{t}");
+        assert!(
+            x.message.contains(".sock"),
+            "{t}: the message names the socket: {}",
+            x.message
+        );
+    }
+    // Five seconds of a plugin that hangs up on every call: the backoff
+    // (100 ms doubling to 1 s) holds the attempts down.
+    let before = accepted.load(std::sync::atomic::Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let tries = accepted.load(std::sync::atomic::Ordering::Relaxed) - before;
+    eprintln!("connections to a hanging-up plugin in 5 s: {tries}");
+    assert!(tries <= 20, "{tries} connections in 5 s");
+    let (code, _) = http_get(d.http_addr.expect("http"), "/healthz").await;
+    assert_eq!(code, 200);
+    shutdown.token().cancel();
+    token.cancel();
+}
