@@ -19,6 +19,9 @@ use npd_ext::shutdown::Shutdown;
 
 const NODE: &str = "soak-node";
 
+/// One measure of a sample.
+type Field = fn(&Sample) -> u64;
+
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     at_s: u64,
@@ -171,8 +174,8 @@ async fn soak() {
     if warm.len() >= 6 {
         let early = &warm[..3];
         let late = &warm[warm.len() - 3..];
-        let max = |v: &[Sample], f: fn(&Sample) -> u64| v.iter().map(f).max().unwrap_or(0);
-        let checks: [(&str, fn(&Sample) -> u64, u64); 4] = [
+        let max = |v: &[Sample], f: Field| v.iter().map(f).max().unwrap_or(0);
+        let checks: [(&str, Field, u64); 4] = [
             ("RSS KiB", |s| s.rss_kib, 4096),
             ("fds", |s| s.fds, 16),
             ("threads", |s| s.threads, 4),
