@@ -152,6 +152,22 @@ fn serve(path: &Path, status: pb::Status, token: CancellationToken) -> Arc<Mutex
     shared
 }
 
+/// A status of one condition.
+fn one(source: &str, t: &str, status: pb::ConditionStatus, message: &str) -> pb::Status {
+    pb::Status {
+        source: source.into(),
+        events: vec![],
+        conditions: vec![cond(t, status, message.into())],
+    }
+}
+
+/// A monitor config for `<dir>/<name>.sock`, with `name` as its source.
+fn named(dir: &Path, name: &str, types: &[&str]) -> npd_ext::config::ExternalMonitorConfig {
+    let mut c = monitor_config(&dir.join(format!("{name}.sock")), types);
+    c.source = name.into();
+    c
+}
+
 fn cond(t: &str, status: pb::ConditionStatus, message: String) -> pb::Condition {
     pb::Condition {
         r#type: t.into(),
@@ -169,11 +185,7 @@ async fn oversized_and_overfull_statuses_are_refused_or_trimmed_and_nothing_else
     // A well-behaved plugin beside the others.
     let good = serve(
         &dir.path().join("good.sock"),
-        pb::Status {
-            source: "good".into(),
-            events: vec![],
-            conditions: vec![cond("GoodThing", pb::ConditionStatus::False, "fine".into())],
-        },
+        one("good", "GoodThing", pb::ConditionStatus::False, "fine"),
         token.clone(),
     );
     // 10 000 conditions, the declared one first with a 1 MiB message, a
@@ -209,20 +221,15 @@ async fn oversized_and_overfull_statuses_are_refused_or_trimmed_and_nothing_else
         },
         token.clone(),
     );
-    let named = |sock: &str, types: &[&str]| {
-        let mut c = monitor_config(&dir.path().join(format!("{sock}.sock")), types);
-        c.source = sock.into();
-        c
-    };
     let (shutdown, d) = common::start_detector(vec![
-        named("good", &["GoodThing"]),
+        named(dir.path(), "good", &["GoodThing"]),
         // A 1 MiB message needs a larger limit than the default 1 MiB message size.
         {
-            let mut c = named("crowded", &["Crowded", "Odd"]);
+            let mut c = named(dir.path(), "crowded", &["Crowded", "Odd"]);
             c.max_message_size = 4 << 20;
             c
         },
-        named("huge", &["Huge"]),
+        named(dir.path(), "huge", &["Huge"]),
     ]);
     let mut conds = d.conditions();
     let c = wait_for(
@@ -295,11 +302,7 @@ async fn a_plugin_served_by_a_user_not_in_allowed_peer_uids_is_not_trusted() {
     let token = CancellationToken::new();
     let _plugin = serve(
         &dir.path().join("p.sock"),
-        pb::Status {
-            source: "p".into(),
-            events: vec![],
-            conditions: vec![cond("Trusted", pb::ConditionStatus::False, "fine".into())],
-        },
+        one("p", "Trusted", pb::ConditionStatus::False, "fine"),
         token.clone(),
     );
     let me = rustix_uid();
@@ -342,11 +345,7 @@ async fn silent_streams_garbage_and_floods_are_survived() {
     let token = CancellationToken::new();
     let _good = serve(
         &dir.path().join("good.sock"),
-        pb::Status {
-            source: "good".into(),
-            events: vec![],
-            conditions: vec![cond("GoodThing", pb::ConditionStatus::False, "fine".into())],
-        },
+        one("good", "GoodThing", pb::ConditionStatus::False, "fine"),
         token.clone(),
     );
     serve_streaming(
@@ -360,16 +359,11 @@ async fn silent_streams_garbage_and_floods_are_survived() {
         token.clone(),
     );
     serve_garbage(&dir.path().join("garbage.sock"), token.clone());
-    let named = |sock: &str, types: &[&str]| {
-        let mut c = monitor_config(&dir.path().join(format!("{sock}.sock")), types);
-        c.source = sock.into();
-        c
-    };
     let (shutdown, d) = common::start_detector(vec![
-        named("good", &["GoodThing"]),
-        named("silent", &["Silent"]),
-        named("flood", &["Flooded"]),
-        named("garbage", &["Garbage"]),
+        named(dir.path(), "good", &["GoodThing"]),
+        named(dir.path(), "silent", &["Silent"]),
+        named(dir.path(), "flood", &["Flooded"]),
+        named(dir.path(), "garbage", &["Garbage"]),
     ]);
     let mut conds = d.conditions();
     let c = wait_for(
@@ -435,17 +429,16 @@ async fn sockets_that_are_not_sockets_and_reconnect_storms() {
             }
         }
     });
-    let named = |sock: &str, types: &[&str]| {
-        let mut c = monitor_config(&dir.path().join(format!("{sock}.sock")), types);
-        c.source = sock.into();
+    let slow_retry = |name: &str, types: &[&str]| {
+        let mut c = named(dir.path(), name, types);
         c.retry.initial_backoff = Duration::from_millis(100);
         c.retry.max_backoff = Duration::from_secs(1);
         c
     };
     let (shutdown, d) = common::start_detector(vec![
-        named("dir", &["DirPlugin"]),
-        named("file", &["FilePlugin"]),
-        named("storm", &["StormPlugin"]),
+        slow_retry("dir", &["DirPlugin"]),
+        slow_retry("file", &["FilePlugin"]),
+        slow_retry("storm", &["StormPlugin"]),
     ]);
     let mut conds = d.conditions();
     let c = wait_for(
