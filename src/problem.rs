@@ -112,6 +112,18 @@ pub struct Status {
     pub conditions: Vec<Condition>,
 }
 
+/// The first `max` bytes of `s`, never splitting a character.
+pub fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// RFC 3339 with seconds precision, as Kubernetes writes times.
 pub fn format_time(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()

@@ -75,3 +75,12 @@ impl Shutdown {
         done
     }
 }
+
+/// Sleeps until `t`, or forever when there is nothing to wait for (a
+/// `select!` branch that only fires when a deadline exists).
+pub async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

@@ -40,7 +40,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::conditions::{NodeCondition, Published};
-use crate::problem::{Event, Severity, format_time};
+use crate::problem::{Event, Severity, cut, format_time};
 
 /// Condition writes a change may spend at once.
 pub const SYNC_BURST: f64 = 5.0;
@@ -426,7 +426,7 @@ async fn sync_conditions(
                 }
                 continue;
             }
-            () = sleep_until_opt(due) => {}
+            () = crate::shutdown::sleep_until_opt(due) => {}
             () = token.cancelled() => return,
         }
         if changed && retry_at.is_none() && !bucket.try_take() {
@@ -495,13 +495,6 @@ fn same_state(a: &[NodeCondition], b: &[NodeCondition]) -> bool {
         })
 }
 
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
-    }
-}
-
 /// One (reason, message) seen recently.
 #[derive(Debug)]
 struct Seen {
@@ -513,10 +506,6 @@ struct Seen {
     pending: u64,
     last: Instant,
     severity: Severity,
-}
-
-fn cut(s: &str, max: usize) -> &str {
-    crate::monitor::custom::cut(s, max)
 }
 
 fn event_name(node: &str) -> String {

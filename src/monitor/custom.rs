@@ -28,7 +28,7 @@ use crate::config::duration::format_go;
 use crate::config::syslog::RuleKind;
 use crate::liveness::Pulse;
 use crate::monitor::{Report, Update};
-use crate::problem::{Condition, ConditionStatus, Event, Severity, Status};
+use crate::problem::{Condition, ConditionStatus, Event, Severity, Status, cut};
 
 /// How much of each stream is kept (NPD's limit); the rest is drained.
 pub const OUTPUT_LIMIT: usize = 4096;
@@ -44,18 +44,6 @@ pub struct Outcome {
     /// Trimmed stdout, cut to `max_output_length` on a character boundary
     /// (or why the plugin could not give one).
     pub message: String,
-}
-
-/// The first `max` bytes of `s`, never splitting a character.
-pub fn cut(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Runs a plugin once: `timeout` kills its whole process group.
@@ -441,7 +429,7 @@ pub async fn run(
                     break;
                 }
             }
-            () = sleep_until_opt(next) => {
+            () = crate::shutdown::sleep_until_opt(next) => {
                 let now = Instant::now();
                 for i in 0..n {
                     if due[i] <= now {
@@ -455,13 +443,6 @@ pub async fn run(
             }
             () = token.cancelled() => break,
         }
-    }
-}
-
-async fn sleep_until_opt(t: Option<Instant>) {
-    match t {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -186,12 +186,9 @@ fn plausible(t: Option<SystemTime>, now: SystemTime, trimmed: &mut Trimmed) -> O
 }
 
 fn cut_counted(mut s: String, max: usize, trimmed: &mut Trimmed) -> String {
-    if s.len() > max {
-        let mut end = max;
-        while !s.is_char_boundary(end) {
-            end -= 1;
-        }
-        s.truncate(end);
+    let keep = crate::problem::cut(&s, max).len();
+    if keep < s.len() {
+        s.truncate(keep);
         trimmed.strings_cut += 1;
     }
     s

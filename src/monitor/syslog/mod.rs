@@ -277,14 +277,15 @@ pub async fn run(
         if up {
             pulse.beat(BEAT * 2);
         }
-        let resolve_in = state.next_resolve().map(|t| {
-            t.duration_since(SystemTime::now())
-                .unwrap_or(Duration::ZERO)
+        let resolve_at = state.next_resolve().map(|t| {
+            tokio::time::Instant::now()
+                + t.duration_since(SystemTime::now())
+                    .unwrap_or(Duration::ZERO)
         });
         let feed = tokio::select! {
             f = rx.recv() => match f { Some(f) => f, None => break },
             _ = tick.tick() => continue,
-            () = sleep_opt(resolve_in) => {
+            () = crate::shutdown::sleep_until_opt(resolve_at) => {
                 if let Some(s) = state.resolve(SystemTime::now())
                     && reports.send(report(s)).await.is_err()
                 {
@@ -329,13 +330,6 @@ pub async fn run(
         }
     }
     stop.cancel();
-}
-
-async fn sleep_opt(d: Option<Duration>) {
-    match d {
-        Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Sleeps `d` in short steps; false when `stop` was cancelled meanwhile.
