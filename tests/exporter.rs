@@ -61,18 +61,15 @@ fn serve(path: &Path, recorder: Recorder, token: CancellationToken) {
 
 /// A custom plugin monitor whose script flips its answer on every run.
 fn flipping_monitor(dir: &Path) -> custom::CustomPluginConfig {
-    use std::os::unix::fs::PermissionsExt;
     let state = dir.join("n");
-    let script = dir.join("flip.sh");
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\nn=$(cat {0} 2>/dev/null || echo 0)\necho $((n + 1)) > {0}\nexit $((n % 2))\n",
+    let script = common::script(
+        dir,
+        "flip.sh",
+        &format!(
+            "n=$(cat {0} 2>/dev/null || echo 0)\necho $((n + 1)) > {0}\nexit $((n % 2))",
             state.display()
         ),
-    )
-    .expect("script");
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    );
     let text = format!(
         r#"{{"plugin": "custom", "pluginConfig": {{"invoke_interval": "20ms"}}, "source": "flipper",
              "conditions": [{{"type": "Flip", "reason": "Off", "message": "off"}}],

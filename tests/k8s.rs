@@ -496,12 +496,7 @@ async fn the_detector_binary_reports_to_the_api_server() {
     let api = FakeApi::start().await;
     api.add_node(NODE);
     let dir = common::tempdir();
-    let check = dir.path().join("check.sh");
-    std::fs::write(&check, "#!/bin/sh\necho 'disk is failing'\nexit 1\n").expect("script");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&check, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
+    let check = common::script(dir.path(), "check.sh", "echo 'disk is failing'\nexit 1");
     let cfg = dir.path().join("custom.json");
     std::fs::write(
         &cfg,

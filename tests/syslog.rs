@@ -285,13 +285,7 @@ async fn filelog_follows_rotation_and_truncation() {
     shutdown.token().cancel();
 }
 
-fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let p = dir.join(name);
-    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("write script");
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    p
-}
+use common::script;
 
 #[tokio::test]
 async fn custom_plugin_sets_clears_and_counts() {

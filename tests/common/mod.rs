@@ -156,3 +156,12 @@ pub fn tempdir() -> tempfile::TempDir {
 pub fn sock(dir: &tempfile::TempDir) -> PathBuf {
     dir.path().join("run/npd/gpu-monitor.sock")
 }
+
+/// An executable `#!/bin/sh` script `name` in `dir` running `body`.
+pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join(name);
+    std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("write script");
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    p
+}
