@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{broadcast, mpsc, watch};
 
-use crate::conditions::{ConditionManager, NodeCondition, Published};
+use crate::conditions::{ConditionManager, NodeCondition, OwnershipError, Published};
 use crate::config::ExternalMonitorConfig;
 use crate::config::custom::CustomPluginConfig;
 use crate::config::syslog::{RuleKind, SyslogMonitorConfig};
@@ -17,6 +17,7 @@ use crate::exporter::prometheus::Metrics;
 use crate::liveness::Liveness;
 use crate::monitor::{self, Report, Update};
 use crate::shutdown::Shutdown;
+use crate::supervisor::Supervisor;
 
 #[derive(Debug, Default)]
 pub struct DetectorOptions {
@@ -53,6 +54,7 @@ pub struct Detector {
     conditions: watch::Receiver<Arc<Vec<NodeCondition>>>,
     published: broadcast::Sender<Published>,
     pub liveness: Liveness,
+    supervisor: Supervisor,
 }
 
 impl Detector {
@@ -65,6 +67,11 @@ impl Detector {
     pub fn subscribe(&self) -> broadcast::Receiver<Published> {
         self.published.subscribe()
     }
+
+    /// The supervisor every long-lived task of this detector runs under.
+    pub fn supervisor(&self) -> &Supervisor {
+        &self.supervisor
+    }
 }
 
 /// Starts every monitor and exporter on `shutdown`'s tracker.
@@ -72,11 +79,27 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
     let mut manager = ConditionManager::new();
     let mut metrics = Metrics::new();
     let mut problems = Vec::new();
+    // Which file declared each type first, to name both sides of a conflict.
+    let mut declared: std::collections::HashMap<String, std::path::PathBuf> =
+        std::collections::HashMap::new();
     let mut register =
         |file: &std::path::Path, source: &str, decls: &[crate::config::ConditionDecl]| {
             let types: Vec<String> = decls.iter().map(|c| c.type_.clone()).collect();
             let (id, errors) = manager.register(source, &types);
-            problems.extend(errors.iter().map(|e| format!("{}: {e}", file.display())));
+            problems.extend(errors.iter().map(|e| match e {
+                OwnershipError::Conflict { type_, .. } => match declared.get(type_) {
+                    Some(first) => format!(
+                        "{}: {e} (first declared in {})",
+                        file.display(),
+                        first.display()
+                    ),
+                    None => format!("{}: {e}", file.display()),
+                },
+                OwnershipError::KubeletOwned { .. } => format!("{}: {e}", file.display()),
+            }));
+            for t in types {
+                declared.entry(t).or_insert_with(|| file.to_path_buf());
+            }
             id
         };
     let external_ids: Vec<_> = options
@@ -120,6 +143,8 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
     }
 
     let liveness = Liveness::new();
+    let sup = Supervisor::new(shutdown, &liveness).with_metrics(&metrics.registry());
+    let token = shutdown.token().clone();
     let (report_tx, report_rx) = mpsc::channel::<Report>(1024);
     let (published_tx, _) = broadcast::channel(1024);
     let (conditions_tx, conditions_rx) = watch::channel(Arc::new(Vec::new()));
@@ -128,16 +153,16 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
         Some(listener) => {
             listener.set_nonblocking(true).map_err(StartError::Http)?;
             let addr = listener.local_addr().map_err(StartError::Http)?;
-            let listener = tokio::net::TcpListener::from_std(listener).map_err(StartError::Http)?;
+            let listener =
+                Arc::new(tokio::net::TcpListener::from_std(listener).map_err(StartError::Http)?);
             let state = exporter::http::State {
                 conditions: conditions_rx.clone(),
                 liveness: liveness.clone(),
             };
-            shutdown.spawn(exporter::http::serve(
-                listener,
-                state,
-                shutdown.token().child_token(),
-            ));
+            let token = token.clone();
+            sup.spawn_plain("http server", move || {
+                exporter::http::serve(Arc::clone(&listener), state.clone(), token.child_token())
+            });
             tracing::info!(%addr, "serving /healthz and /conditions");
             Some(addr)
         }
@@ -147,12 +172,17 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
         Some(listener) => {
             listener.set_nonblocking(true).map_err(StartError::Http)?;
             let addr = listener.local_addr().map_err(StartError::Http)?;
-            let listener = tokio::net::TcpListener::from_std(listener).map_err(StartError::Http)?;
-            shutdown.spawn(exporter::prometheus::serve(
-                listener,
-                metrics.registry(),
-                shutdown.token().child_token(),
-            ));
+            let listener =
+                Arc::new(tokio::net::TcpListener::from_std(listener).map_err(StartError::Http)?);
+            let registry = metrics.registry();
+            let token = token.clone();
+            sup.spawn_plain("metrics server", move || {
+                exporter::prometheus::serve(
+                    Arc::clone(&listener),
+                    registry.clone(),
+                    token.child_token(),
+                )
+            });
             tracing::info!(%addr, "serving /metrics");
             Some(addr)
         }
@@ -164,83 +194,103 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
     }) = options.k8s
     {
         let k8s_metrics = exporter::k8s::K8sMetrics::register(&metrics.registry());
-        shutdown.spawn(exporter::k8s::run(
-            client,
-            k8s,
-            conditions_rx.clone(),
-            published_tx.subscribe(),
-            k8s_metrics,
-            shutdown.token().child_token(),
-        ));
+        let (conditions, published, token) =
+            (conditions_rx.clone(), published_tx.clone(), token.clone());
+        sup.spawn_plain("kubernetes exporter", move || {
+            exporter::k8s::run(
+                client.clone(),
+                k8s.clone(),
+                conditions.clone(),
+                published.subscribe(),
+                k8s_metrics.clone(),
+                token.child_token(),
+            )
+        });
     }
     let mut queues = Vec::new();
     if !options.exporters.is_empty() {
         let m = exporter::external::ExporterMetrics::register(&metrics.registry());
         for cfg in options.exporters {
             let q = exporter::external::Queue::new(&cfg.name, cfg.queue_size, m.clone());
-            shutdown.spawn(exporter::external::run(
-                cfg,
-                options.node.clone(),
-                q.clone(),
-                shutdown.token().child_token(),
-            ));
+            let (node, queue, token) = (options.node.clone(), q.clone(), token.clone());
+            sup.spawn_plain(format!("external exporter {}", cfg.name), move || {
+                exporter::external::run(
+                    cfg.clone(),
+                    node.clone(),
+                    queue.clone(),
+                    token.child_token(),
+                )
+            });
             queues.push(q);
         }
     }
     if options.log_exporter {
-        shutdown.spawn(exporter::log::run(
-            published_tx.subscribe(),
-            shutdown.token().child_token(),
-        ));
+        let (published, token) = (published_tx.clone(), token.clone());
+        sup.spawn_plain("log exporter", move || {
+            exporter::log::run(published.subscribe(), token.child_token())
+        });
     }
 
-    let fan_in_pulse = liveness.register("fan-in", FAN_IN_BEAT * 2);
-    shutdown.spawn(fan_in(
+    // The fan-in's state outlives a panicked run: the next one takes it
+    // over as it was.
+    let state = Arc::new(tokio::sync::Mutex::new(FanIn {
         manager,
-        report_rx,
-        Outputs {
+        rx: report_rx,
+        out: Outputs {
             metrics,
             exporters: queues,
             published: published_tx.clone(),
             conditions: conditions_tx,
         },
-        fan_in_pulse,
-        shutdown.token().child_token(),
-    ));
-    let monitor_task = |name: String, first: Duration| {
-        (
-            liveness.register(name, first),
-            report_tx.clone(),
-            shutdown.token().child_token(),
-        )
-    };
-    for (cfg, id) in options.syslog.into_iter().zip(syslog_ids) {
-        let (pulse, tx, token) = monitor_task(
-            format!("system-log-monitor {}", cfg.source),
-            FAN_IN_BEAT * 2,
-        );
-        shutdown.spawn(monitor::syslog::run(id, cfg, tx, pulse, token));
+    }));
+    let fan_in_token = token.clone();
+    sup.spawn("fan-in", Some(FAN_IN_BEAT * 2), move |pulse| {
+        let state = Arc::clone(&state);
+        let token = fan_in_token.child_token();
+        async move { fan_in(&mut *state.lock_owned().await, pulse, token).await }
+    });
+    // Each monitor starts again from its configuration after a panic.
+    macro_rules! monitors {
+        ($configs:expr, $ids:expr, $kind:literal, $run:path, $first:expr) => {
+            for (cfg, id) in $configs.into_iter().zip($ids) {
+                let (tx, token) = (report_tx.clone(), token.clone());
+                let first = $first(&cfg);
+                sup.spawn(
+                    format!(concat!($kind, " {}"), cfg.source),
+                    Some(first),
+                    move |pulse| $run(id, cfg.clone(), tx.clone(), pulse, token.child_token()),
+                );
+            }
+        };
     }
-    for (cfg, id) in options.custom.into_iter().zip(custom_ids) {
-        let (pulse, tx, token) = monitor_task(
-            format!("custom-plugin-monitor {}", cfg.source),
-            FAN_IN_BEAT * 2,
-        );
-        shutdown.spawn(monitor::custom::run(id, cfg, tx, pulse, token));
-    }
-    for (cfg, id) in options.external.into_iter().zip(external_ids) {
-        let (pulse, tx, token) = monitor_task(
-            format!("external-monitor {}", cfg.source),
-            cfg.timeout * 2 + FAN_IN_BEAT,
-        );
-        shutdown.spawn(monitor::external::run(id, cfg, tx, pulse, token));
-    }
+    monitors!(
+        options.syslog,
+        syslog_ids,
+        "system-log-monitor",
+        monitor::syslog::run,
+        |_: &SyslogMonitorConfig| FAN_IN_BEAT * 2
+    );
+    monitors!(
+        options.custom,
+        custom_ids,
+        "custom-plugin-monitor",
+        monitor::custom::run,
+        |_: &CustomPluginConfig| FAN_IN_BEAT * 2
+    );
+    monitors!(
+        options.external,
+        external_ids,
+        "external-monitor",
+        monitor::external::run,
+        |c: &ExternalMonitorConfig| c.timeout * 2 + FAN_IN_BEAT
+    );
     Ok(Detector {
         http_addr,
         metrics_addr,
         conditions: conditions_rx,
         published: published_tx,
         liveness,
+        supervisor: sup,
     })
 }
 
@@ -273,19 +323,29 @@ struct Outputs {
     conditions: watch::Sender<Arc<Vec<NodeCondition>>>,
 }
 
-async fn fan_in(
-    mut manager: ConditionManager,
-    mut rx: mpsc::Receiver<Report>,
+/// What the fan-in keeps across restarts.
+struct FanIn {
+    manager: ConditionManager,
+    rx: mpsc::Receiver<Report>,
     out: Outputs,
+}
+
+async fn fan_in(
+    state: &mut FanIn,
     pulse: crate::liveness::Pulse,
     token: tokio_util::sync::CancellationToken,
 ) {
-    let Outputs {
-        mut metrics,
-        exporters,
-        published,
-        conditions,
-    } = out;
+    let FanIn {
+        manager,
+        rx,
+        out:
+            Outputs {
+                metrics,
+                exporters,
+                published,
+                conditions,
+            },
+    } = state;
     let mut tick = tokio::time::interval(FAN_IN_BEAT);
     loop {
         pulse.beat(FAN_IN_BEAT * 2);
@@ -297,7 +357,7 @@ async fn fan_in(
         match report.update {
             Update::Status(status) => {
                 let applied = manager.apply(report.monitor, &status, SystemTime::now());
-                for q in &exporters {
+                for q in exporters.iter() {
                     q.push(manager.source(report.monitor), &status);
                 }
                 for p in applied.published {

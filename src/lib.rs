@@ -5,6 +5,7 @@
 //! (`exporter`). `cmd` holds one thin module per applet that parses flags
 //! and composes these.
 
+pub mod backoff;
 pub mod cli;
 pub mod cmd;
 pub mod conditions;
@@ -19,6 +20,7 @@ pub mod monitor;
 pub mod problem;
 pub mod rpc;
 pub mod shutdown;
+pub mod supervisor;
 
 /// The version every applet reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,5 +1,7 @@
 //! Liveness of long-lived tasks, for `/healthz`: each task promises when it
-//! will beat next; a missed promise or a task that ended means unhealthy.
+//! will beat next; a missed promise, a task that ended, or a task waiting to
+//! be restarted after a panic means unhealthy. A task that was restarted and
+//! runs again is healthy, and says how often it panicked.
 
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -7,8 +9,13 @@ use std::time::{Duration, Instant};
 #[derive(Debug)]
 struct Entry {
     name: String,
-    deadline: Instant,
+    /// When the task promised its next beat (`None`: it promised none).
+    deadline: Option<Instant>,
     ended: bool,
+    panics: u32,
+    last_panic: String,
+    /// While a panicked task waits for its restart: when that is due.
+    restart_at: Option<Instant>,
 }
 
 /// The registry, shared by the tasks and the health endpoint.
@@ -24,6 +31,13 @@ pub struct Pulse {
     index: usize,
 }
 
+/// A task's place in the registry across restarts (see `supervisor`).
+#[derive(Clone, Debug)]
+pub struct Slot {
+    registry: Liveness,
+    index: usize,
+}
+
 impl Liveness {
     pub fn new() -> Self {
         Self::default()
@@ -31,61 +45,117 @@ impl Liveness {
 
     /// Registers a task that promises its first beat within `first`.
     pub fn register(&self, name: impl Into<String>, first: Duration) -> Pulse {
-        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        self.slot(name).pulse(Some(first))
+    }
+
+    /// A place for a task that has not started yet.
+    pub fn slot(&self, name: impl Into<String>) -> Slot {
+        let mut entries = self.lock();
         entries.push(Entry {
             name: name.into(),
-            deadline: Instant::now() + first,
+            deadline: None,
             ended: false,
+            panics: 0,
+            last_panic: String::new(),
+            restart_at: None,
         });
-        Pulse {
+        Slot {
             registry: self.clone(),
             index: entries.len() - 1,
         }
     }
 
-    /// Names of tasks that ended or missed their promised beat.
+    /// What is wrong with tasks that ended, missed their promised beat, or
+    /// wait to be restarted after a panic.
     pub fn stalled(&self) -> Vec<String> {
         let now = Instant::now();
-        self.entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.lock()
             .iter()
-            .filter(|e| e.ended || now >= e.deadline)
-            .map(|e| {
-                if e.ended {
-                    format!("{} (stopped)", e.name)
+            .filter_map(|e| {
+                if let Some(at) = e.restart_at {
+                    Some(format!(
+                        "{} (panicked: {}; restart {} in {} s)",
+                        e.name,
+                        e.last_panic,
+                        e.panics,
+                        at.saturating_duration_since(now).as_secs()
+                    ))
+                } else if e.ended {
+                    Some(format!("{} (stopped)", e.name))
+                } else if e.deadline.is_some_and(|d| now >= d) {
+                    Some(format!("{} (no progress)", e.name))
                 } else {
-                    format!("{} (no progress)", e.name)
+                    None
                 }
             })
             .collect()
+    }
+
+    /// Tasks that panicked and run again, with how often and the last panic.
+    pub fn recovered(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|e| e.panics > 0 && e.restart_at.is_none() && !e.ended)
+            .map(|e| {
+                format!(
+                    "{} (restarted after {} panic{}; last: {})",
+                    e.name,
+                    e.panics,
+                    if e.panics == 1 { "" } else { "s" },
+                    e.last_panic
+                )
+            })
+            .collect()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Entry>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn with(&self, index: usize, f: impl FnOnce(&mut Entry)) {
+        if let Some(e) = self.lock().get_mut(index) {
+            f(e);
+        }
+    }
+}
+
+impl Slot {
+    /// The task (re)starts; it promises its first beat within `first`
+    /// (`None`: it promises none, and is only watched for ending).
+    pub fn pulse(&self, first: Option<Duration>) -> Pulse {
+        self.registry.with(self.index, |e| {
+            e.deadline = first.map(|f| Instant::now() + f);
+            e.ended = false;
+            e.restart_at = None;
+        });
+        Pulse {
+            registry: self.registry.clone(),
+            index: self.index,
+        }
+    }
+
+    /// The task panicked with `message`; it restarts after `delay`.
+    pub fn panicked(&self, message: &str, delay: Duration) {
+        self.registry.with(self.index, |e| {
+            e.panics = e.panics.saturating_add(1);
+            message.clone_into(&mut e.last_panic);
+            e.restart_at = Some(Instant::now() + delay);
+        });
     }
 }
 
 impl Pulse {
     /// The task made progress and promises to beat again within `next`.
     pub fn beat(&self, next: Duration) {
-        let mut entries = self
-            .registry
-            .entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(e) = entries.get_mut(self.index) {
-            e.deadline = Instant::now() + next;
-        }
+        self.registry.with(self.index, |e| {
+            e.deadline = Some(Instant::now() + next);
+        });
     }
 }
 
 impl Drop for Pulse {
     fn drop(&mut self) {
-        let mut entries = self
-            .registry
-            .entries
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(e) = entries.get_mut(self.index) {
-            e.ended = true;
-        }
+        self.registry.with(self.index, |e| e.ended = true);
     }
 }
 
@@ -103,5 +173,27 @@ mod tests {
         assert!(l.stalled().is_empty());
         drop(a);
         assert_eq!(l.stalled(), vec!["a (stopped)".to_owned()]);
+    }
+
+    #[test]
+    fn a_panicked_task_is_stalled_until_it_runs_again_then_recovered() {
+        let l = Liveness::new();
+        let slot = l.slot("t");
+        let p = slot.pulse(None);
+        assert!(l.stalled().is_empty() && l.recovered().is_empty());
+        drop(p); // unwinding drops the task's pulse first
+        slot.panicked("boom", Duration::from_secs(4));
+        let stalled = l.stalled();
+        assert_eq!(stalled.len(), 1);
+        assert!(
+            stalled[0].starts_with("t (panicked: boom; restart 1 in "),
+            "{stalled:?}"
+        );
+        let _p = slot.pulse(Some(Duration::from_secs(60)));
+        assert!(l.stalled().is_empty());
+        assert_eq!(
+            l.recovered(),
+            vec!["t (restarted after 1 panic; last: boom)".to_owned()]
+        );
     }
 }

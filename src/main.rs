@@ -19,6 +19,7 @@ fn main() -> ExitCode {
         Invocation::NpdExt { applet } | Invocation::Applet(applet) => applet,
     };
     logging::init(applet.log_format(), applet.default_log_level());
+    npd_ext::supervisor::log_panics();
     match applet {
         Applet::ValidateConfig(args) => cmd::validate_config::run(&args),
         Applet::Probe(args) => run_async(|| cmd::probe::run(args)),

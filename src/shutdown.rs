@@ -21,6 +21,14 @@ impl Shutdown {
         Self::default()
     }
 
+    /// A shutdown of its own for part of the process, started by `token`.
+    pub fn under(token: CancellationToken) -> Self {
+        Self {
+            token,
+            tracker: TaskTracker::new(),
+        }
+    }
+
     /// The root token; cancelling it starts shutdown.
     pub fn token(&self) -> &CancellationToken {
         &self.token

@@ -473,3 +473,247 @@ async fn sockets_that_are_not_sockets_and_reconnect_storms() {
     shutdown.token().cancel();
     token.cancel();
 }
+
+/// A plugin that answers CheckHealth after `delay`.
+#[derive(Clone)]
+struct Slow {
+    status: pb::Status,
+    delay: Duration,
+}
+
+#[tonic::async_trait]
+impl ExternalMonitor for Slow {
+    async fn check_health(
+        &self,
+        _req: tonic::Request<pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<pb::Status>, tonic::Status> {
+        tokio::time::sleep(self.delay).await;
+        Ok(tonic::Response::new(self.status.clone()))
+    }
+
+    async fn get_metadata(
+        &self,
+        _req: tonic::Request<()>,
+    ) -> Result<tonic::Response<pb::MonitorMetadata>, tonic::Status> {
+        Ok(tonic::Response::new(pb::MonitorMetadata {
+            name: "slow".into(),
+            api_version: "v1".into(),
+            ..Default::default()
+        }))
+    }
+}
+
+fn serve_slow(path: &Path, status: pb::Status, delay: Duration, token: CancellationToken) {
+    let mut socket = BoundSocket::bind(path).expect("bind");
+    let listener = socket.take_listener().expect("listener");
+    let svc = ExternalMonitorServer::new(Slow { status, delay });
+    tokio::spawn(async move {
+        let _keep = socket;
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener),
+                token.cancelled_owned(),
+            )
+            .await
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_answers_count_within_the_deadline_and_turn_unknown_past_it() {
+    let dir = common::tempdir();
+    let token = CancellationToken::new();
+    let _good = serve(
+        &dir.path().join("good.sock"),
+        one("good", "GoodThing", pb::ConditionStatus::False, "fine"),
+        token.clone(),
+    );
+    // Deadlines are 500 ms (common::monitor_config): one plugin answers in
+    // 300 ms, one in 2 s.
+    serve_slow(
+        &dir.path().join("late.sock"),
+        one(
+            "late",
+            "LateButInTime",
+            pb::ConditionStatus::True,
+            "slow but sure",
+        ),
+        Duration::from_millis(300),
+        token.clone(),
+    );
+    serve_slow(
+        &dir.path().join("sluggish.sock"),
+        one(
+            "sluggish",
+            "TooSlow",
+            pb::ConditionStatus::True,
+            "never seen",
+        ),
+        Duration::from_secs(2),
+        token.clone(),
+    );
+    let (shutdown, d) = common::start_detector(vec![
+        named(dir.path(), "good", &["GoodThing"]),
+        named(dir.path(), "late", &["LateButInTime"]),
+        named(dir.path(), "sluggish", &["TooSlow"]),
+    ]);
+    let mut conds = d.conditions();
+    let c = wait_for(
+        &mut conds,
+        Duration::from_secs(20),
+        "the slow plugin's answer and the sluggish one Unknown",
+        |c| {
+            common::has(c, "LateButInTime", ConditionStatus::True)
+                && common::has(c, "TooSlow", ConditionStatus::Unknown)
+                && find(c, "GoodThing").is_some()
+        },
+    )
+    .await;
+    assert_eq!(
+        find(&c, "LateButInTime").expect("set").message,
+        "slow but sure"
+    );
+    let slow = find(&c, "TooSlow").expect("set");
+    assert_eq!(slow.reason, "MonitorUnreachable");
+    assert!(
+        slow.message.to_lowercase().contains("deadline")
+            || slow.message.contains("no answer within"),
+        "the reason says the plugin was too slow: {}",
+        slow.message
+    );
+    let g = find(&c, "GoodThing").expect("set");
+    assert_eq!(
+        (g.status, g.message.as_str()),
+        (ConditionStatus::False, "fine")
+    );
+    let (code, body) = http_get(d.http_addr.expect("http"), "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    shutdown.token().cancel();
+    token.cancel();
+}
+
+#[test]
+fn two_plugins_declaring_one_condition_is_a_config_error_at_start() {
+    let dir = common::tempdir();
+    let mut a = named(dir.path(), "a", &["GPULost", "OnlyA"]);
+    a.file = dir.path().join("a.json");
+    let mut b = named(dir.path(), "b", &["GPULost"]);
+    b.file = dir.path().join("b.json");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let shutdown = npd_ext::shutdown::Shutdown::new();
+    let err = npd_ext::detector::start(
+        npd_ext::detector::DetectorOptions {
+            external: vec![a, b],
+            ..Default::default()
+        },
+        &shutdown,
+    )
+    .expect_err("a condition type has one owner");
+    let text = err.to_string();
+    assert!(
+        text.contains("b.json: GPULost is declared by both a and b")
+            && text.contains("(first declared in ")
+            && text.contains("a.json)"),
+        "names the file, the type and the other owner: {text}"
+    );
+    // Nothing was started.
+    assert!(
+        shutdown.tracker().is_empty(),
+        "{} tasks",
+        shutdown.tracker().len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_that_panics_is_reported_by_healthz_restarted_and_counted() {
+    let dir = common::tempdir();
+    let token = CancellationToken::new();
+    let _good = serve(
+        &dir.path().join("good.sock"),
+        one("good", "GoodThing", pb::ConditionStatus::False, "fine"),
+        token.clone(),
+    );
+    let shutdown = npd_ext::shutdown::Shutdown::new();
+    let d = npd_ext::detector::start(
+        npd_ext::detector::DetectorOptions {
+            external: vec![named(dir.path(), "good", &["GoodThing"])],
+            http: Some(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
+            metrics: Some(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
+            ..Default::default()
+        },
+        &shutdown,
+    )
+    .expect("starts");
+    let mut conds = d.conditions();
+    wait_for(
+        &mut conds,
+        Duration::from_secs(20),
+        "GoodThing False",
+        |c| common::has(c, "GoodThing", ConditionStatus::False),
+    )
+    .await;
+    // A task under the detector's supervisor that panics on its first two
+    // runs, then serves until shutdown.
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let (gate_tx, gate) = tokio::sync::watch::channel(0u32);
+    let r = runs.clone();
+    let t = shutdown.token().clone();
+    d.supervisor().spawn_plain("buggy exporter", move || {
+        let n = r.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let (t, mut gate) = (t.clone(), gate.clone());
+        async move {
+            if n <= 2 {
+                // Each panic waits for the test's go, so the test sees every state.
+                let _ = gate.wait_for(|g| *g >= n).await;
+                panic!("bug number {n}");
+            }
+            t.cancelled().await;
+        }
+    });
+    let http = d.http_addr.expect("http");
+    let health_until = |want: u16, needle: &'static str| async move {
+        let mut last = (0, String::new());
+        for _ in 0..200 {
+            last = http_get(http, "/healthz").await;
+            if last.0 == want && last.1.contains(needle) {
+                return last.1;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("/healthz never answered {want} with {needle:?}; last {last:?}");
+    };
+    gate_tx.send_replace(1);
+    let body = health_until(503, "buggy exporter (panicked: bug number 1; restart 1 in").await;
+    assert!(!body.contains("external-monitor"), "{body}");
+    gate_tx.send_replace(2);
+    health_until(503, "bug number 2; restart 2 in").await;
+    let body = health_until(
+        200,
+        "buggy exporter (restarted after 2 panics; last: bug number 2)",
+    )
+    .await;
+    assert!(body.starts_with("ok"), "{body}");
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 3);
+    let (_, metrics) = http_get(d.metrics_addr.expect("metrics"), "/metrics").await;
+    assert!(
+        metrics.contains("npd_ext_task_panics_total{task=\"buggy exporter\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("npd_ext_task_panics_total{task=\"fan-in\"} 0"),
+        "every supervised task has its series: {metrics}"
+    );
+    // The other monitors were not disturbed.
+    let c = d.conditions().borrow().clone();
+    let g = find(&c, "GoodThing").expect("set");
+    assert_eq!(
+        (g.status, g.message.as_str()),
+        (ConditionStatus::False, "fine")
+    );
+    assert!(shutdown.drain(Duration::from_secs(5)).await);
+    token.cancel();
+}

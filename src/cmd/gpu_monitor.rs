@@ -10,7 +10,9 @@ use crate::gpu::kmsg::{self, KmsgOptions};
 use crate::gpu::nvml::{self, NvmlOptions};
 use crate::gpu::plugin::{Plugin, PluginOptions};
 use crate::gpu::sim::{self, Scenario, SimOptions};
+use crate::liveness::Liveness;
 use crate::shutdown::Shutdown;
+use crate::supervisor::Supervisor;
 
 pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
     let scenario = match args.backend {
@@ -52,20 +54,29 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
         // The channel is empty this early; a full one would mean a bug.
         let _ = plugin.observations().try_send(thresholds);
     }
-    let token = shutdown.token().child_token();
+    // A backend that panics starts again after a backoff; until it does,
+    // the health model sees no fresh readings and says so.
+    let sup = Supervisor::new(&shutdown, &Liveness::new());
+    let token = shutdown.token().clone();
+    let tx = plugin.observations();
     match scenario {
         Some(scenario) => {
             tracing::info!(scenario = %scenario.name, gpus = args.sim_gpus, "sim backend");
-            shutdown.spawn(sim::run(
-                scenario,
-                args.sim_gpus,
-                SimOptions {
-                    poll_interval: args.poll_interval,
-                    call_timeout: args.nvml_timeout,
-                },
-                plugin.observations(),
-                token,
-            ));
+            let options = SimOptions {
+                poll_interval: args.poll_interval,
+                call_timeout: args.nvml_timeout,
+            };
+            let gpus = args.sim_gpus;
+            let (tx, token) = (tx.clone(), token.clone());
+            sup.spawn_plain("sim backend", move || {
+                sim::run(
+                    scenario.clone(),
+                    gpus,
+                    options,
+                    tx.clone(),
+                    token.child_token(),
+                )
+            });
         }
         None => {
             let options = NvmlOptions {
@@ -77,7 +88,10 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
                 sys_root: PathBuf::from("/sys"),
                 dev_root: PathBuf::from("/dev"),
             };
-            shutdown.spawn(nvml::run(options, plugin.observations(), token));
+            let (tx, token) = (tx.clone(), token.clone());
+            sup.spawn_plain("nvml backend", move || {
+                nvml::run(options.clone(), tx.clone(), token.child_token())
+            });
         }
     }
     let kmsg_path = match args.kmsg_path.clone() {
@@ -96,11 +110,9 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
             state_dir: Some(args.state_dir.clone()),
             boot_id: kmsg::boot_id(),
         };
-        shutdown.spawn(kmsg::run(
-            options,
-            plugin.observations(),
-            shutdown.token().child_token(),
-        ));
+        sup.spawn_plain("kernel-log reader", move || {
+            kmsg::run(options.clone(), tx.clone(), token.child_token())
+        });
     }
     let result = plugin.serve(shutdown.token().clone()).await;
     shutdown.drain(args.shutdown_grace).await;

@@ -16,6 +16,7 @@ use prometheus::{IntCounterVec, Registry};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::exporter::ExternalExporterConfig;
 use crate::problem::Status;
 use crate::rpc::client::{describe, lazy_channel};
@@ -127,7 +128,7 @@ pub async fn run(
     token: CancellationToken,
 ) {
     let mut client = ExternalExporterClient::new(lazy_channel(&cfg.socket_path));
-    let mut failures = 0u32;
+    let mut backoff = Backoff::new(Duration::from_millis(200), MAX_BACKOFF, 2.0);
     tracing::info!(exporter = %cfg.name, socket = %cfg.socket_path.display(), "external exporter started");
     loop {
         let Some((seq, source, status)) = queue.front() else {
@@ -162,10 +163,10 @@ pub async fn run(
                     .with_label_values(&[cfg.name.as_str()])
                     .inc();
                 queue.done(seq);
-                if failures > 0 {
+                if backoff.failures() > 0 {
                     tracing::info!(exporter = %cfg.name, "external exporter answers again");
                 }
-                failures = 0;
+                backoff.reset();
             }
             Some(why) => {
                 queue
@@ -173,14 +174,11 @@ pub async fn run(
                     .failed
                     .with_label_values(&[cfg.name.as_str()])
                     .inc();
-                failures += 1;
+                let wait = backoff.next_delay();
+                let failures = backoff.failures();
                 if failures == 1 || failures.is_power_of_two() {
                     tracing::warn!(exporter = %cfg.name, failures, "cannot export a status: {why}; retrying");
                 }
-                let wait = Duration::from_millis(100)
-                    .saturating_mul(1 << failures.min(9))
-                    .min(MAX_BACKOFF)
-                    .mul_f64(0.8 + 0.4 * fastrand::f64());
                 tokio::select! {
                     () = tokio::time::sleep(wait) => {}
                     () = token.cancelled() => return,

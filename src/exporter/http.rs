@@ -21,7 +21,7 @@ pub struct State {
     pub liveness: Liveness,
 }
 
-pub async fn serve(listener: TcpListener, state: State, token: CancellationToken) {
+pub async fn serve(listener: Arc<TcpListener>, state: State, token: CancellationToken) {
     serve_with(
         listener,
         move |method: &Method, path: &str| route(method, path, &state),
@@ -31,8 +31,9 @@ pub async fn serve(listener: TcpListener, state: State, token: CancellationToken
 }
 
 /// Serves GET requests with `route` until `token` is cancelled (HTTP/1.1,
-/// a header deadline so an idle client cannot hold a connection).
-pub(crate) async fn serve_with<F>(listener: TcpListener, route: F, token: CancellationToken)
+/// a header deadline so an idle client cannot hold a connection). The
+/// listener is shared so that a restarted server takes it over.
+pub(crate) async fn serve_with<F>(listener: Arc<TcpListener>, route: F, token: CancellationToken)
 where
     F: Fn(&Method, &str) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
 {
@@ -74,7 +75,15 @@ fn route(method: &Method, path: &str, state: &State) -> Response<Full<Bytes>> {
         "/healthz" => {
             let stalled = state.liveness.stalled();
             if stalled.is_empty() {
-                text(StatusCode::OK, "ok\n".into())
+                let recovered = state.liveness.recovered();
+                if recovered.is_empty() {
+                    text(StatusCode::OK, "ok\n".into())
+                } else {
+                    text(
+                        StatusCode::OK,
+                        format!("ok; recovered: {}\n", recovered.join(", ")),
+                    )
+                }
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -154,6 +163,36 @@ mod tests {
         let (code, text) = body(route(&Method::GET, "/healthz", &state)).await;
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
         assert!(text.contains("(stopped)"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn healthz_names_a_task_waiting_for_its_restart_then_what_it_recovered_from() {
+        let liveness = Liveness::new();
+        let (_tx, conditions) = watch::channel(Arc::new(Vec::new()));
+        let state = State {
+            conditions,
+            liveness: liveness.clone(),
+        };
+        let slot = liveness.slot("custom-plugin-monitor ntp");
+        drop(slot.pulse(None));
+        slot.panicked("index out of bounds", Duration::from_secs(2));
+        let (code, text) = body(route(&Method::GET, "/healthz", &state)).await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(
+            text.contains(
+                "custom-plugin-monitor ntp (panicked: index out of bounds; restart 1 in "
+            ),
+            "{text}"
+        );
+        let _pulse = slot.pulse(None);
+        assert_eq!(
+            body(route(&Method::GET, "/healthz", &state)).await,
+            (
+                StatusCode::OK,
+                "ok; recovered: custom-plugin-monitor ntp (restarted after 1 panic; last: index out of bounds)\n"
+                    .into()
+            )
+        );
     }
 
     #[tokio::test]

@@ -39,6 +39,7 @@ use tokio::sync::{Mutex, broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::conditions::{NodeCondition, Published};
 use crate::problem::{Event, Severity, cut, format_time};
 
@@ -237,12 +238,9 @@ impl Limiter {
     }
 }
 
-/// Jittered exponential backoff for failed writes.
-fn backoff(failures: u32) -> Duration {
-    let base = Duration::from_secs(1)
-        .saturating_mul(1 << failures.min(6))
-        .min(MAX_BACKOFF);
-    base.mul_f64(0.8 + 0.4 * fastrand::f64())
+/// Backoff for failed writes: 2 s, 4 s, … 60 s.
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_secs(2), MAX_BACKOFF, 2.0)
 }
 
 fn jittered(period: Duration) -> Duration {
@@ -403,7 +401,7 @@ async fn sync_conditions(
     // What the Node holds of ours, as last written.
     let mut written: Option<Arc<Vec<NodeCondition>>> = None;
     let mut next_heartbeat = Instant::now() + jittered(opts.heartbeat);
-    let mut failures = 0u32;
+    let mut backoff = backoff();
     let mut retry_at: Option<Instant> = None;
     let mut forbidden_logged = false;
     loop {
@@ -445,10 +443,10 @@ async fn sync_conditions(
         {
             Ok(_) => {
                 metrics.request("patch_node_status", "ok");
-                if failures > 0 {
-                    tracing::info!(node = %opts.node, "node conditions written again after {failures} failed attempts");
+                if backoff.failures() > 0 {
+                    tracing::info!(node = %opts.node, "node conditions written again after {} failed attempts", backoff.failures());
                 }
-                failures = 0;
+                backoff.reset();
                 // A status that moved on is ours from now on.
                 adopted.retain(|t, (s, _)| {
                     desired
@@ -460,7 +458,8 @@ async fn sync_conditions(
             }
             Err(e) => {
                 metrics.request("patch_node_status", "error");
-                failures += 1;
+                let delay = backoff.next_delay();
+                let failures = backoff.failures();
                 let wait = match classify(&e) {
                     Failure::After(d) => d,
                     Failure::Forbidden(m) => {
@@ -468,13 +467,13 @@ async fn sync_conditions(
                             tracing::error!(node = %opts.node, "forbidden: the service account needs `patch` on `nodes/status` (manifests/rbac.yaml): {m}");
                             forbidden_logged = true;
                         }
-                        backoff(failures)
+                        delay
                     }
                     Failure::NotFound(m) | Failure::Other(m) => {
                         if failures == 1 || failures.is_power_of_two() {
                             tracing::warn!(node = %opts.node, failures, "cannot write node conditions: {m}; retrying");
                         }
-                        backoff(failures)
+                        delay
                     }
                 };
                 retry_at = Some(Instant::now() + wait);
@@ -795,10 +794,11 @@ mod tests {
 
     #[test]
     fn backoff_and_jitter_stay_in_bounds() {
-        for f in 0..20 {
-            let d = backoff(f);
-            assert!(d <= MAX_BACKOFF.mul_f64(1.2), "{d:?}");
-            assert!(d >= Duration::from_millis(800), "{d:?}");
+        let mut b = backoff();
+        for _ in 0..20 {
+            let d = b.next_delay();
+            assert!(d <= MAX_BACKOFF, "{d:?}");
+            assert!(d >= Duration::from_millis(1600), "{d:?}");
         }
         let p = Duration::from_secs(300);
         for _ in 0..100 {

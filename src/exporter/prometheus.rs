@@ -159,7 +159,11 @@ pub fn render(registry: &Registry) -> Result<String, prometheus::Error> {
 }
 
 /// Serves `/metrics` until `token` is cancelled.
-pub async fn serve(listener: TcpListener, registry: Registry, token: CancellationToken) {
+pub async fn serve(
+    listener: std::sync::Arc<TcpListener>,
+    registry: Registry,
+    token: CancellationToken,
+) {
     serve_with(
         listener,
         move |method: &Method, path: &str| {

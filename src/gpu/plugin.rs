@@ -15,10 +15,13 @@ use tonic::{Request, Response};
 
 use super::health::{HealthModel, Snapshot};
 use super::{GpuIdentity, Observation, SUPPORTED_CONDITIONS};
+use crate::liveness::Liveness;
 use crate::rpc::API_VERSION;
 use crate::rpc::pb::external_monitor_server::{ExternalMonitor, ExternalMonitorServer};
 use crate::rpc::pb::{self, HealthCheckRequest, MonitorMetadata};
 use crate::rpc::server::{BindError, BoundSocket};
+use crate::shutdown::Shutdown;
+use crate::supervisor::Supervisor;
 use tonic::codegen::BoxStream;
 
 /// The `source` of every status this plugin sends.
@@ -88,7 +91,21 @@ impl Plugin {
             None => HealthModel::awaiting_driver(),
         };
         let (snap_tx, snap_rx) = watch::channel(Arc::new(Published::new(model.snapshot())));
-        let engine = tokio::spawn(run_model(model, self.rx, snap_tx, token.clone()));
+        // The model engine is supervised: a panic restarts it on the model
+        // and queue it had, after a backoff.
+        let engine = Shutdown::under(token.child_token());
+        let state = Arc::new(tokio::sync::Mutex::new((model, self.rx)));
+        Supervisor::new(&engine, &Liveness::new()).spawn_plain("health model", {
+            let token = engine.token().clone();
+            move || {
+                let (state, tx, token) = (Arc::clone(&state), snap_tx.clone(), token.clone());
+                async move {
+                    let mut guard = state.lock_owned().await;
+                    let (model, rx) = &mut *guard;
+                    run_model(model, rx, &tx, token).await;
+                }
+            }
+        });
 
         let service = GpuMonitorService {
             observations: self.tx.clone(),
@@ -135,16 +152,16 @@ impl Plugin {
                 Ok(())
             }
         };
-        engine.abort();
+        engine.token().cancel();
         drop(self.socket); // unlinks
         result
     }
 }
 
 async fn run_model(
-    mut model: HealthModel,
-    mut rx: mpsc::Receiver<Observation>,
-    tx: watch::Sender<Arc<Published>>,
+    model: &mut HealthModel,
+    rx: &mut mpsc::Receiver<Observation>,
+    tx: &watch::Sender<Arc<Published>>,
     token: CancellationToken,
 ) {
     // Aggregated event windows close on this tick.

@@ -9,7 +9,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
@@ -17,6 +16,7 @@ use tonic::{Code, Request};
 use tonic_health::pb::health_check_response::ServingStatus;
 
 use super::{Report, Update};
+use crate::backoff::Backoff;
 use crate::conditions::MonitorId;
 use crate::config::ExternalMonitorConfig;
 use crate::config::external::RetryPolicy;
@@ -115,17 +115,8 @@ fn fold(
 /// Statuses folded into one at most (then the loop yields).
 const COALESCE_MAX: usize = 10_000;
 
-type Backoff = Box<dyn Iterator<Item = Duration> + Send + Sync>;
-
 fn backoff(retry: &RetryPolicy) -> Backoff {
-    let b = ExponentialBuilder::default()
-        .with_min_delay(retry.initial_backoff)
-        .with_max_delay(retry.max_backoff)
-        .with_factor(retry.multiplier as f32)
-        .with_jitter()
-        .without_max_times()
-        .build();
-    Box::new(b)
+    Backoff::new(retry.initial_backoff, retry.max_backoff, retry.multiplier)
 }
 
 enum End {
@@ -179,12 +170,7 @@ impl Runner {
                     self.config.retry.max_backoff
                 );
             }
-            // backon's jitter adds up to 100%; the configured maximum still holds.
-            let delay = self
-                .backoff
-                .next()
-                .unwrap_or(self.config.retry.max_backoff)
-                .min(self.config.retry.max_backoff);
+            let delay = self.backoff.next_delay();
             self.pulse.beat(delay + SLACK);
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
@@ -369,7 +355,7 @@ impl Runner {
         let now = SystemTime::now();
         if self.failures > 0 {
             self.failures = 0;
-            self.backoff = backoff(&self.config.retry);
+            self.backoff.reset();
         }
         let (mut status, trimmed) = status_from_plugin(status, now, &LIMITS);
         if !trimmed.is_empty() {
