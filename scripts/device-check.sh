@@ -39,7 +39,7 @@ work=$(mktemp -d)
   echo "## probe (table)"; "$bin" probe "$sock"; echo "rc=$?"
   sed "s#/var/run/npd/npd-gpu-monitor.sock#$sock#" examples/external-gpu-monitor.json > "$work/gpu.json"
   "$bin" validate-config "$work/gpu.json"; echo "validate rc=$?"
-  "$bin" detector --config.external-monitor "$work/gpu.json" --port 20256 2> "$out/detector.log" &
+  "$bin" detector --config.external-monitor "$work/gpu.json" --port 20256 --prometheus-port 20260 2> "$out/detector.log" &
   det=$!
   sleep 3
   echo "## /conditions after 3 s (XID 79 on GPU 3 at 2 s)"
@@ -60,7 +60,7 @@ work=$(mktemp -d)
   sleep 3
   echo "## probe --json (NVML backend)"; "$bin" probe --json "$sock"; echo "rc=$?"
   sed "s#/var/run/npd/npd-gpu-monitor.sock#$sock#" examples/external-gpu-monitor.json > "$work/nvml.json"
-  "$bin" detector --config.external-monitor "$work/nvml.json" --port 20257 2> "$out/nvml-detector.log" &
+  "$bin" detector --config.external-monitor "$work/nvml.json" --port 20257 --prometheus-port 20261 2> "$out/nvml-detector.log" &
   det=$!
   sleep 12
   echo "## /conditions (NVML backend)"
@@ -92,5 +92,36 @@ work=$(mktemp -d)
   kill -TERM $gm; wait $gm; echo "gpu-monitor (uid 1000) exit=$?"
   echo "## its warnings"; grep -E " WARN | ERROR |event thread" "$out/nonroot-gpu-monitor.log" | cut -c1-300
 } > "$out/nonroot.txt" 2>&1
+# Socket security and the detector's peer check against the real NVML plugin.
+{
+  echo "## binary"; ls -l "$bin" | awk '{print $5, $9}'
+  echo "## a world-writable socket directory is refused"
+  mkdir -p "$work/ww" && chmod 1777 "$work/ww"
+  timeout 10 "$bin" gpu-monitor --backend nvml --socket "$work/ww/gpu.sock" 2>&1 | tail -2; echo "rc=${PIPESTATUS[0]}"
+  sock=$work/sec/gpu.sock
+  "$bin" gpu-monitor --backend nvml --poll-interval 1s --kmsg-path none --socket "$sock" 2> "$out/sec-gpu-monitor.log" &
+  gm=$!
+  for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
+  chmod 755 "$work" "$work/sec"; chown 0:65534 "$sock"
+  echo "## socket (group 65534 may write it; SO_PEERCRED decides)"; ls -l "$sock"
+  echo "## probe as uid 65534 (not in the default --allowed-uids)"
+  setpriv --reuid=65534 --regid=65534 --clear-groups "$bin" probe --timeout 2s "$sock" 2>&1 | tail -2; echo "rc=${PIPESTATUS[0]}"
+  echo "## probe as root"; "$bin" probe "$sock" | head -4
+  for uids in 0 4242; do
+    sed -e "s#/var/run/npd/npd-gpu-monitor.sock#$sock#" -e "s#\"socketPath\"#\"allowedPeerUids\": [$uids], \"socketPath\"#" \
+      examples/external-gpu-monitor.json > "$work/peer$uids.json"
+    "$bin" detector --config.external-monitor "$work/peer$uids.json" --port 20258 --prometheus-port 20259 2> "$out/sec-detector-$uids.log" &
+    det=$!
+    sleep 4
+    echo "## detector with allowedPeerUids [$uids]: GPULost on /conditions, then /healthz"
+    exec 3<>/dev/tcp/127.0.0.1/20258 && printf 'GET /conditions HTTP/1.0\r\n\r\n' >&3 && cat <&3 | tr '{' '\n' | grep '"GPULost"' | cut -c1-330
+    exec 3<>/dev/tcp/127.0.0.1/20258 && printf 'GET /healthz HTTP/1.0\r\n\r\n' >&3 && cat <&3 | sed -n '1p;$p'
+    exec 3<>/dev/tcp/127.0.0.1/20259 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&3 && cat <&3 | grep -E '^npd_ext_task_panics_total' | head -3
+    kill -TERM $det; wait $det; echo "detector exit=$?"
+  done
+  echo "## gpu-monitor RSS, then SIGTERM"; grep VmRSS /proc/$gm/status
+  kill -TERM $gm; wait $gm; echo "gpu-monitor exit=$?"
+  echo "## the plugin's log of refused peers"; grep -E "refused" "$out/sec-gpu-monitor.log" | cut -c1-300
+} > "$out/security.txt" 2>&1
 rm -rf "$work"
-cat "$out/host.txt" "$out/run.txt" "$out/nvml.txt" "$out/nonroot.txt"
+cat "$out/host.txt" "$out/run.txt" "$out/nvml.txt" "$out/nonroot.txt" "$out/security.txt"

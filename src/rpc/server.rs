@@ -148,7 +148,7 @@ pub fn allowed_peer(allowed: &[u32], conn: &io::Result<tokio::net::UnixStream>) 
         Ok(cred) => {
             tracing::warn!(
                 uid = cred.uid(),
-                pid = ?cred.pid(),
+                pid = cred.pid().unwrap_or(0),
                 allowed = ?allowed,
                 "refused a connection from a user not in --allowed-uids"
             );
