@@ -3,7 +3,8 @@
 //! Data flows one way: sources → monitors (`monitor`, `gpu`) → the detector's
 //! fan-in (`detector`) → the condition manager (`conditions`) → exporters
 //! (`exporter`). `cmd` holds one thin module per applet that parses flags
-//! and composes these.
+//! and composes these. Every long-lived task runs under `supervisor`, which
+//! restarts one that panics; `backoff` is the one retry backoff.
 
 pub mod backoff;
 pub mod cli;

@@ -717,3 +717,109 @@ async fn a_task_that_panics_is_reported_by_healthz_restarted_and_counted() {
     assert!(shutdown.drain(Duration::from_secs(5)).await);
     token.cancel();
 }
+
+/// A plugin whose CheckHealth never answers.
+#[derive(Clone)]
+struct Hung;
+
+#[tonic::async_trait]
+impl ExternalMonitor for Hung {
+    async fn check_health(
+        &self,
+        _req: tonic::Request<pb::HealthCheckRequest>,
+    ) -> Result<tonic::Response<pb::Status>, tonic::Status> {
+        std::future::pending().await
+    }
+
+    async fn get_metadata(
+        &self,
+        _req: tonic::Request<()>,
+    ) -> Result<tonic::Response<pb::MonitorMetadata>, tonic::Status> {
+        Ok(tonic::Response::new(pb::MonitorMetadata {
+            name: "hung".into(),
+            api_version: "v1".into(),
+            ..Default::default()
+        }))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crashed_and_a_hung_plugin_turn_unknown_beside_a_good_one() {
+    let dir = common::tempdir();
+    let token = CancellationToken::new();
+    let _good = serve(
+        &dir.path().join("good.sock"),
+        one("good", "GoodThing", pb::ConditionStatus::False, "fine"),
+        token.clone(),
+    );
+    // This one answers, then goes away with its socket (a crash).
+    let crash_token = CancellationToken::new();
+    let _crashing = serve(
+        &dir.path().join("crash.sock"),
+        one("crash", "CrashPlugin", pb::ConditionStatus::False, "alive"),
+        crash_token.clone(),
+    );
+    {
+        let mut socket = BoundSocket::bind(&dir.path().join("hung.sock")).expect("bind");
+        let listener = socket.take_listener().expect("listener");
+        let t = token.clone();
+        tokio::spawn(async move {
+            let _keep = socket;
+            tonic::transport::Server::builder()
+                .add_service(ExternalMonitorServer::new(Hung))
+                .serve_with_incoming_shutdown(
+                    UnixListenerStream::new(listener),
+                    t.cancelled_owned(),
+                )
+                .await
+        });
+    }
+    let (shutdown, d) = common::start_detector(vec![
+        named(dir.path(), "good", &["GoodThing"]),
+        named(dir.path(), "crash", &["CrashPlugin"]),
+        named(dir.path(), "hung", &["HungPlugin"]),
+    ]);
+    let mut conds = d.conditions();
+    wait_for(
+        &mut conds,
+        Duration::from_secs(20),
+        "CrashPlugin False",
+        |c| common::has(c, "CrashPlugin", ConditionStatus::False),
+    )
+    .await;
+    crash_token.cancel();
+    let c = wait_for(
+        &mut conds,
+        Duration::from_secs(20),
+        "the crashed and the hung plugin Unknown",
+        |c| {
+            common::has(c, "CrashPlugin", ConditionStatus::Unknown)
+                && common::has(c, "HungPlugin", ConditionStatus::Unknown)
+        },
+    )
+    .await;
+    let crashed = find(&c, "CrashPlugin").expect("set");
+    assert_eq!(crashed.reason, "MonitorUnreachable");
+    assert!(
+        crashed.message.contains("crash.sock"),
+        "names the socket: {}",
+        crashed.message
+    );
+    let hung = find(&c, "HungPlugin").expect("set");
+    assert_eq!(hung.reason, "MonitorUnreachable");
+    assert!(
+        hung.message.to_lowercase().contains("deadline")
+            || hung.message.contains("no answer within"),
+        "says it timed out: {}",
+        hung.message
+    );
+    let g = find(&c, "GoodThing").expect("set");
+    assert_eq!(
+        (g.status, g.message.as_str()),
+        (ConditionStatus::False, "fine")
+    );
+    let (code, body) = http_get(d.http_addr.expect("http"), "/healthz").await;
+    assert_eq!(code, 200, "{body}");
+    shutdown.token().cancel();
+    token.cancel();
+}

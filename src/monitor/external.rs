@@ -10,6 +10,7 @@
 use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
+use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tonic::{Code, Request};
@@ -73,25 +74,30 @@ async fn coalesce(
 ) -> (crate::rpc::pb::Status, Option<End>) {
     let mut events = Vec::new();
     for _ in 0..COALESCE_MAX {
-        // A zero deadline: take only what is already there.
-        match tokio::time::timeout(Duration::ZERO, stream.message()).await {
-            Ok(Ok(Some(next))) => {
+        // One poll: take only what is already there. (A zero timeout would
+        // go through the timer wheel and cost a millisecond a status.)
+        let polled = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::pin::Pin::new(&mut *stream).poll_next(cx))
+        })
+        .await;
+        match polled {
+            std::task::Poll::Ready(Some(Ok(next))) => {
                 events.append(&mut latest.events);
                 latest = next;
             }
-            Ok(Ok(None)) => {
+            std::task::Poll::Ready(None) => {
                 return (
                     fold(latest, events),
                     Some(End::Failed("plugin closed the WatchHealth stream".into())),
                 );
             }
-            Ok(Err(s)) => {
+            std::task::Poll::Ready(Some(Err(s))) => {
                 return (
                     fold(latest, events),
                     Some(End::Failed(format!("WatchHealth stream: {}", describe(&s)))),
                 );
             }
-            Err(_) => break,
+            std::task::Poll::Pending => break,
         }
     }
     (fold(latest, events), None)
