@@ -376,6 +376,7 @@ async fn fan_in(
                     conditions.send_replace(Arc::new(manager.snapshot()));
                 }
             }
+            Update::Trimmed(t) => metrics.trimmed(manager.source(report.monitor), &t),
             Update::Adopt(types) => {
                 for e in manager.claim(report.monitor, &types) {
                     tracing::warn!("cannot adopt a condition type the plugin announced: {e}");

@@ -281,6 +281,28 @@ async fn oversized_and_overfull_statuses_are_refused_or_trimmed_and_nothing_else
     );
     let (code, _) = http_get(d.http_addr.expect("http"), "/healthz").await;
     assert_eq!(code, 200);
+    // What was trimmed is counted, per status: 10 001 conditions less the
+    // 64 kept, one message cut, one status value 42, one 1970 transition.
+    let (_, metrics) = http_get(d.metrics_addr.expect("metrics"), "/metrics").await;
+    let count = |what: &str| -> u64 {
+        let key =
+            format!("npd_ext_plugin_status_trimmed_total{{monitor=\"crowded\",what=\"{what}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {what} in {metrics}"))
+    };
+    // (The plugin keeps being polled: whole statuses, any number of them.)
+    let dropped = count("conditions_dropped");
+    assert!(dropped >= 9_937 && dropped % 9_937 == 0, "{dropped}");
+    for what in ["unknown_enums", "bad_times", "strings_cut"] {
+        assert!(count(what) >= 1, "{what}");
+    }
+    assert!(
+        !metrics.contains("npd_ext_plugin_status_trimmed_total{monitor=\"good\""),
+        "the good plugin sent nothing over the limits"
+    );
     drop((good, crowded, huge));
     shutdown.token().cancel();
     token.cancel();

@@ -9,6 +9,9 @@
 //!   `reason`, else 0. Unlike NPD it returns to 0 when the condition clears.
 //!
 //! Monitors whose config says `"metricsReporting": false` are left out.
+//!
+//! Ours: `npd_ext_plugin_status_trimmed_total{monitor,what}` counts what
+//! external plugins sent over the limits (`rpc::Limits`), by kind.
 //! The detector's fan-in calls [`Metrics::observe`] for everything it
 //! publishes, in order, so no update is lost to a lagging subscriber.
 
@@ -28,6 +31,7 @@ pub struct Metrics {
     registry: Registry,
     counter: IntCounterVec,
     gauge: IntGaugeVec,
+    trimmed: IntCounterVec,
     /// Sources whose config turned metrics off.
     quiet: HashSet<String>,
     /// The reason each condition type is `True` for now.
@@ -53,12 +57,19 @@ impl Metrics {
             "Whether a specific type of problem is affecting the node or not.",
             &["type", "reason"],
         );
+        let trimmed = counter_vec(
+            "npd_ext_plugin_status_trimmed_total",
+            "Parts of external plugins' statuses over the limits: dropped, cut or replaced",
+            &["monitor", "what"],
+        );
         register(&registry, &counter);
         register(&registry, &gauge);
+        register(&registry, &trimmed);
         Self {
             registry,
             counter,
             gauge,
+            trimmed,
             quiet: HashSet::new(),
             true_for: HashMap::new(),
         }
@@ -118,6 +129,23 @@ impl Metrics {
                         self.true_for.remove(&c.type_);
                     }
                 }
+            }
+        }
+    }
+
+    /// Counts what a plugin's status had over the limits.
+    pub fn trimmed(&self, monitor: &str, t: &crate::rpc::Trimmed) {
+        for (what, n) in [
+            ("conditions_dropped", t.conditions_dropped),
+            ("events_dropped", t.events_dropped),
+            ("strings_cut", t.strings_cut),
+            ("unknown_enums", t.unknown_enums),
+            ("bad_times", t.bad_times),
+        ] {
+            if n > 0 {
+                self.trimmed
+                    .with_label_values(&[monitor, what])
+                    .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
             }
         }
     }

@@ -59,7 +59,7 @@ pub async fn run(
         sequence: 0,
         metadata: None,
         polling: false,
-        trimmed: 0,
+        trimmed_logged: false,
     };
     runner.run().await;
 }
@@ -147,8 +147,8 @@ struct Runner {
     metadata: Option<MonitorMetadata>,
     /// The plugin answered UNIMPLEMENTED to WatchHealth (said once in the log).
     polling: bool,
-    /// Statuses that had to be trimmed to the limits (logged at 1, 2, 4, …).
-    trimmed: u64,
+    /// A status over the limits was logged (once; the metrics count them all).
+    trimmed_logged: bool,
 }
 
 impl Runner {
@@ -365,14 +365,15 @@ impl Runner {
         }
         let (mut status, trimmed) = status_from_plugin(status, now, &LIMITS);
         if !trimmed.is_empty() {
-            self.trimmed += 1;
-            if self.trimmed.is_power_of_two() {
+            if !self.trimmed_logged {
+                self.trimmed_logged = true;
                 tracing::warn!(
-                    monitor = %self.config.source, statuses = self.trimmed,
-                    "plugin status over the limits ({} conditions, {} events, {} bytes a reason, {} a message): {trimmed}",
+                    monitor = %self.config.source,
+                    "plugin status over the limits ({} conditions, {} events, {} bytes a reason, {} a message): {trimmed}; said once, counted in npd_ext_plugin_status_trimmed_total",
                     LIMITS.conditions, LIMITS.events, LIMITS.reason, LIMITS.message
                 );
             }
+            self.send(Update::Trimmed(trimmed)).await;
         }
         status.source.clone_from(&self.config.source);
         if self.unreachable {

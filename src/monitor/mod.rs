@@ -21,6 +21,9 @@ pub enum Update {
     /// Condition types to claim (a plugin's `supported_conditions` when its
     /// config declared none).
     Adopt(Vec<String>),
+    /// What the plugin's last status had over the limits (for the metrics;
+    /// sent before that status).
+    Trimmed(crate::rpc::Trimmed),
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -72,6 +72,7 @@ pub fn start_detector(configs: Vec<ExternalMonitorConfig>) -> (Shutdown, Detecto
         DetectorOptions {
             external: configs,
             http: Some(http),
+            metrics: Some(std::net::TcpListener::bind("127.0.0.1:0").expect("bind metrics")),
             log_exporter: true,
             ..DetectorOptions::default()
         },
