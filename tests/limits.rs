@@ -39,11 +39,7 @@ impl ExternalMonitor for Streaming {
         &self,
         _req: tonic::Request<()>,
     ) -> Result<tonic::Response<pb::MonitorMetadata>, tonic::Status> {
-        Ok(tonic::Response::new(pb::MonitorMetadata {
-            name: "streaming".into(),
-            api_version: "v1".into(),
-            ..Default::default()
-        }))
+        metadata("streaming")
     }
 
     async fn watch_health(
@@ -80,19 +76,29 @@ impl ExternalMonitor for Streaming {
     }
 }
 
-fn serve_streaming(path: &Path, how: Stream, token: CancellationToken) {
+/// Serves `svc` on a fresh socket at `path` until `token` is cancelled (the
+/// socket goes with it).
+fn spawn_plugin<S: ExternalMonitor>(
+    path: &Path,
+    svc: ExternalMonitorServer<S>,
+    token: CancellationToken,
+) {
     let mut socket = BoundSocket::bind(path).expect("bind");
     let listener = socket.take_listener().expect("listener");
     tokio::spawn(async move {
         let _keep = socket;
         tonic::transport::Server::builder()
-            .add_service(ExternalMonitorServer::new(Streaming(how)))
+            .add_service(svc)
             .serve_with_incoming_shutdown(
                 UnixListenerStream::new(listener),
                 token.cancelled_owned(),
             )
             .await
     });
+}
+
+fn serve_streaming(path: &Path, how: Stream, token: CancellationToken) {
+    spawn_plugin(path, ExternalMonitorServer::new(Streaming(how)), token);
 }
 
 /// Accepts connections and answers each with bytes that are not HTTP/2.
@@ -125,30 +131,15 @@ impl ExternalMonitor for Scripted {
         &self,
         _req: tonic::Request<()>,
     ) -> Result<tonic::Response<pb::MonitorMetadata>, tonic::Status> {
-        Ok(tonic::Response::new(pb::MonitorMetadata {
-            name: "scripted".into(),
-            api_version: "v1".into(),
-            ..Default::default()
-        }))
+        metadata("scripted")
     }
 }
 
 fn serve(path: &Path, status: pb::Status, token: CancellationToken) -> Arc<Mutex<pb::Status>> {
     let shared = Arc::new(Mutex::new(status));
-    let mut socket = BoundSocket::bind(path).expect("bind");
-    let listener = socket.take_listener().expect("listener");
     let svc =
         ExternalMonitorServer::new(Scripted(shared.clone())).max_encoding_message_size(64 << 20);
-    tokio::spawn(async move {
-        let _keep = socket;
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(
-                UnixListenerStream::new(listener),
-                token.cancelled_owned(),
-            )
-            .await
-    });
+    spawn_plugin(path, svc, token);
     shared
 }
 
@@ -183,11 +174,7 @@ async fn oversized_and_overfull_statuses_are_refused_or_trimmed_and_nothing_else
     let dir = common::tempdir();
     let token = CancellationToken::new();
     // A well-behaved plugin beside the others.
-    let good = serve(
-        &dir.path().join("good.sock"),
-        one("good", "GoodThing", pb::ConditionStatus::False, "fine"),
-        token.clone(),
-    );
+    let good = serve_good(dir.path(), &token);
     // 10 000 conditions, the declared one first with a 1 MiB message, a
     // transition in 1970 and an unknown status value.
     let mut big = cond("Crowded", pb::ConditionStatus::True, "é".repeat(512 * 1024));
@@ -274,13 +261,7 @@ async fn oversized_and_overfull_statuses_are_refused_or_trimmed_and_nothing_else
         h.message
     );
     // Nothing else moved: the good plugin's condition is as it said.
-    let g = find(&c, "GoodThing").expect("set");
-    assert_eq!(
-        (g.status, g.message.as_str()),
-        (ConditionStatus::False, "fine")
-    );
-    let (code, _) = http_get(d.http_addr.expect("http"), "/healthz").await;
-    assert_eq!(code, 200);
+    assert_bystander_fine(&c, &d).await;
     // What was trimmed is counted, per status: 10 001 conditions less the
     // 64 kept, one message cut, one status value 42, one 1970 transition.
     let (_, metrics) = http_get(d.metrics_addr.expect("metrics"), "/metrics").await;
@@ -365,11 +346,7 @@ fn rustix_uid() -> u32 {
 async fn silent_streams_garbage_and_floods_are_survived() {
     let dir = common::tempdir();
     let token = CancellationToken::new();
-    let _good = serve(
-        &dir.path().join("good.sock"),
-        one("good", "GoodThing", pb::ConditionStatus::False, "fine"),
-        token.clone(),
-    );
+    let _good = serve_good(dir.path(), &token);
     serve_streaming(
         &dir.path().join("silent.sock"),
         Stream::Silent,
@@ -413,13 +390,7 @@ async fn silent_streams_garbage_and_floods_are_survived() {
         find(&c, "Flooded").expect("set").status,
         ConditionStatus::True
     );
-    let g = find(&c, "GoodThing").expect("set");
-    assert_eq!(
-        (g.status, g.message.as_str()),
-        (ConditionStatus::False, "fine")
-    );
-    let (code, body) = http_get(d.http_addr.expect("http"), "/healthz").await;
-    assert_eq!(code, 200, "{body}");
+    assert_bystander_fine(&c, &d).await;
     shutdown.token().cancel();
     token.cancel();
 }
@@ -517,39 +488,23 @@ impl ExternalMonitor for Slow {
         &self,
         _req: tonic::Request<()>,
     ) -> Result<tonic::Response<pb::MonitorMetadata>, tonic::Status> {
-        Ok(tonic::Response::new(pb::MonitorMetadata {
-            name: "slow".into(),
-            api_version: "v1".into(),
-            ..Default::default()
-        }))
+        metadata("slow")
     }
 }
 
 fn serve_slow(path: &Path, status: pb::Status, delay: Duration, token: CancellationToken) {
-    let mut socket = BoundSocket::bind(path).expect("bind");
-    let listener = socket.take_listener().expect("listener");
-    let svc = ExternalMonitorServer::new(Slow { status, delay });
-    tokio::spawn(async move {
-        let _keep = socket;
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(
-                UnixListenerStream::new(listener),
-                token.cancelled_owned(),
-            )
-            .await
-    });
+    spawn_plugin(
+        path,
+        ExternalMonitorServer::new(Slow { status, delay }),
+        token,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_answers_count_within_the_deadline_and_turn_unknown_past_it() {
     let dir = common::tempdir();
     let token = CancellationToken::new();
-    let _good = serve(
-        &dir.path().join("good.sock"),
-        one("good", "GoodThing", pb::ConditionStatus::False, "fine"),
-        token.clone(),
-    );
+    let _good = serve_good(dir.path(), &token);
     // Deadlines are 500 ms (common::monitor_config): one plugin answers in
     // 300 ms, one in 2 s.
     serve_slow(
@@ -595,21 +550,8 @@ async fn slow_answers_count_within_the_deadline_and_turn_unknown_past_it() {
         find(&c, "LateButInTime").expect("set").message,
         "slow but sure"
     );
-    let slow = find(&c, "TooSlow").expect("set");
-    assert_eq!(slow.reason, "MonitorUnreachable");
-    assert!(
-        slow.message.to_lowercase().contains("deadline")
-            || slow.message.contains("no answer within"),
-        "the reason says the plugin was too slow: {}",
-        slow.message
-    );
-    let g = find(&c, "GoodThing").expect("set");
-    assert_eq!(
-        (g.status, g.message.as_str()),
-        (ConditionStatus::False, "fine")
-    );
-    let (code, body) = http_get(d.http_addr.expect("http"), "/healthz").await;
-    assert_eq!(code, 200, "{body}");
+    assert_timed_out(&c, "TooSlow");
+    assert_bystander_fine(&c, &d).await;
     shutdown.token().cancel();
     token.cancel();
 }
@@ -654,11 +596,7 @@ fn two_plugins_declaring_one_condition_is_a_config_error_at_start() {
 async fn a_task_that_panics_is_reported_by_healthz_restarted_and_counted() {
     let dir = common::tempdir();
     let token = CancellationToken::new();
-    let _good = serve(
-        &dir.path().join("good.sock"),
-        one("good", "GoodThing", pb::ConditionStatus::False, "fine"),
-        token.clone(),
-    );
+    let _good = serve_good(dir.path(), &token);
     let shutdown = npd_ext::shutdown::Shutdown::new();
     let d = npd_ext::detector::start(
         npd_ext::detector::DetectorOptions {
@@ -740,40 +678,11 @@ async fn a_task_that_panics_is_reported_by_healthz_restarted_and_counted() {
     token.cancel();
 }
 
-/// A plugin whose CheckHealth never answers.
-#[derive(Clone)]
-struct Hung;
-
-#[tonic::async_trait]
-impl ExternalMonitor for Hung {
-    async fn check_health(
-        &self,
-        _req: tonic::Request<pb::HealthCheckRequest>,
-    ) -> Result<tonic::Response<pb::Status>, tonic::Status> {
-        std::future::pending().await
-    }
-
-    async fn get_metadata(
-        &self,
-        _req: tonic::Request<()>,
-    ) -> Result<tonic::Response<pb::MonitorMetadata>, tonic::Status> {
-        Ok(tonic::Response::new(pb::MonitorMetadata {
-            name: "hung".into(),
-            api_version: "v1".into(),
-            ..Default::default()
-        }))
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crashed_and_a_hung_plugin_turn_unknown_beside_a_good_one() {
     let dir = common::tempdir();
     let token = CancellationToken::new();
-    let _good = serve(
-        &dir.path().join("good.sock"),
-        one("good", "GoodThing", pb::ConditionStatus::False, "fine"),
-        token.clone(),
-    );
+    let _good = serve_good(dir.path(), &token);
     // This one answers, then goes away with its socket (a crash).
     let crash_token = CancellationToken::new();
     let _crashing = serve(
@@ -781,21 +690,18 @@ async fn a_crashed_and_a_hung_plugin_turn_unknown_beside_a_good_one() {
         one("crash", "CrashPlugin", pb::ConditionStatus::False, "alive"),
         crash_token.clone(),
     );
-    {
-        let mut socket = BoundSocket::bind(&dir.path().join("hung.sock")).expect("bind");
-        let listener = socket.take_listener().expect("listener");
-        let t = token.clone();
-        tokio::spawn(async move {
-            let _keep = socket;
-            tonic::transport::Server::builder()
-                .add_service(ExternalMonitorServer::new(Hung))
-                .serve_with_incoming_shutdown(
-                    UnixListenerStream::new(listener),
-                    t.cancelled_owned(),
-                )
-                .await
-        });
-    }
+    // This one never answers within the test.
+    serve_slow(
+        &dir.path().join("hung.sock"),
+        one(
+            "hung",
+            "HungPlugin",
+            pb::ConditionStatus::False,
+            "never seen",
+        ),
+        Duration::from_secs(3600),
+        token.clone(),
+    );
     let (shutdown, d) = common::start_detector(vec![
         named(dir.path(), "good", &["GoodThing"]),
         named(dir.path(), "crash", &["CrashPlugin"]),
@@ -827,21 +733,51 @@ async fn a_crashed_and_a_hung_plugin_turn_unknown_beside_a_good_one() {
         "names the socket: {}",
         crashed.message
     );
-    let hung = find(&c, "HungPlugin").expect("set");
-    assert_eq!(hung.reason, "MonitorUnreachable");
-    assert!(
-        hung.message.to_lowercase().contains("deadline")
-            || hung.message.contains("no answer within"),
-        "says it timed out: {}",
-        hung.message
-    );
-    let g = find(&c, "GoodThing").expect("set");
+    assert_timed_out(&c, "HungPlugin");
+    assert_bystander_fine(&c, &d).await;
+    shutdown.token().cancel();
+    token.cancel();
+}
+
+/// The well-behaved plugin beside a faulty one kept its condition, and the
+/// detector is healthy.
+async fn assert_bystander_fine(
+    c: &[npd_ext::conditions::NodeCondition],
+    d: &npd_ext::detector::Detector,
+) {
+    let g = find(c, "GoodThing").expect("set");
     assert_eq!(
         (g.status, g.message.as_str()),
         (ConditionStatus::False, "fine")
     );
     let (code, body) = http_get(d.http_addr.expect("http"), "/healthz").await;
     assert_eq!(code, 200, "{body}");
-    shutdown.token().cancel();
-    token.cancel();
+}
+
+/// Condition `t` is Unknown because its plugin did not answer in time.
+fn assert_timed_out(c: &[npd_ext::conditions::NodeCondition], t: &str) {
+    let x = find(c, t).expect("set");
+    assert_eq!(x.reason, "MonitorUnreachable", "{t}");
+    assert!(
+        x.message.to_lowercase().contains("deadline") || x.message.contains("no answer within"),
+        "{t}: the reason says the plugin was too slow: {}",
+        x.message
+    );
+}
+
+fn metadata(name: &str) -> Result<tonic::Response<pb::MonitorMetadata>, tonic::Status> {
+    Ok(tonic::Response::new(pb::MonitorMetadata {
+        name: name.into(),
+        api_version: "v1".into(),
+        ..Default::default()
+    }))
+}
+
+/// The well-behaved plugin every fault test runs beside: `GoodThing` False "fine".
+fn serve_good(dir: &Path, token: &CancellationToken) -> Arc<Mutex<pb::Status>> {
+    serve(
+        &dir.join("good.sock"),
+        one("good", "GoodThing", pb::ConditionStatus::False, "fine"),
+        token.clone(),
+    )
 }
