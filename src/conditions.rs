@@ -126,6 +126,11 @@ impl ConditionManager {
         self.sources.get(id).map_or("", String::as_str)
     }
 
+    /// The monitor that owns condition type `t`.
+    pub fn owner(&self, t: &str) -> Option<MonitorId> {
+        self.owners.get(t).copied()
+    }
+
     pub fn owned_by(&self, id: MonitorId) -> Vec<String> {
         self.owners
             .iter()

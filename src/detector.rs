@@ -79,27 +79,29 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
     let mut manager = ConditionManager::new();
     let mut metrics = Metrics::new();
     let mut problems = Vec::new();
-    // Which file declared each type first, to name both sides of a conflict.
-    let mut declared: std::collections::HashMap<String, std::path::PathBuf> =
-        std::collections::HashMap::new();
+    // Each registered monitor's file, by id, to name both sides of a conflict.
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
     let mut register =
         |file: &std::path::Path, source: &str, decls: &[crate::config::ConditionDecl]| {
             let types: Vec<String> = decls.iter().map(|c| c.type_.clone()).collect();
             let (id, errors) = manager.register(source, &types);
-            problems.extend(errors.iter().map(|e| match e {
-                OwnershipError::Conflict { type_, .. } => match declared.get(type_) {
+            files.push(file.to_path_buf());
+            problems.extend(errors.iter().map(|e| {
+                let first = match e {
+                    OwnershipError::Conflict { type_, .. } => {
+                        manager.owner(type_).and_then(|o| files.get(o))
+                    }
+                    OwnershipError::KubeletOwned { .. } => None,
+                };
+                match first {
                     Some(first) => format!(
                         "{}: {e} (first declared in {})",
                         file.display(),
                         first.display()
                     ),
                     None => format!("{}: {e}", file.display()),
-                },
-                OwnershipError::KubeletOwned { .. } => format!("{}: {e}", file.display()),
+                }
             }));
-            for t in types {
-                declared.entry(t).or_insert_with(|| file.to_path_buf());
-            }
             id
         };
     let external_ids: Vec<_> = options
