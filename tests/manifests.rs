@@ -194,30 +194,15 @@ fn the_socket_path_agrees_across_config_args_and_volumes() {
         .to_owned();
     for rel in MANIFESTS {
         let (ds, gpu) = container(rel, "gpu-monitor");
-        let args: Vec<&str> = gpu["args"]
-            .as_array()
-            .expect("args")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let args: Vec<&str> = strings(&gpu["args"], "args");
         assert!(
             args.contains(&format!("--socket={socket}").as_str()),
             "{rel}: {args:?}"
         );
-        let probe: Vec<&str> = gpu["livenessProbe"]["exec"]["command"]
-            .as_array()
-            .expect("probe")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let probe: Vec<&str> = strings(&gpu["livenessProbe"]["exec"]["command"], "probe");
         assert_eq!(probe.last(), Some(&socket.as_str()), "{rel}");
         let (npd_ds, npd) = container(rel, "node-problem-detector");
-        let npd_args: Vec<&str> = npd["args"]
-            .as_array()
-            .expect("args")
-            .iter()
-            .filter_map(Value::as_str)
-            .collect();
+        let npd_args: Vec<&str> = strings(&npd["args"], "args");
         assert!(
             npd_args.contains(&"--config.external-monitor=/config/external-gpu-monitor.json"),
             "{rel}"
@@ -260,12 +245,7 @@ fn the_socket_directory_is_prepared_for_the_gpu_monitor_in_both_variants() {
                 .as_array()
                 .and_then(|i| i.iter().find(|c| c["name"] == "socket-dir"))
                 .unwrap_or_else(|| panic!("{rel}: no socket-dir init container"));
-            let args: Vec<&str> = init["args"]
-                .as_array()
-                .expect("args")
-                .iter()
-                .filter_map(Value::as_str)
-                .collect();
+            let args: Vec<&str> = strings(&init["args"], "args");
             assert_eq!(
                 args,
                 [
@@ -343,4 +323,13 @@ fn the_dockerfile_builds_one_glibc_image_that_runs_as_1000() {
     for applet in npd_ext::cli::APPLETS {
         assert!(d.contains(applet), "a symlink for {applet}");
     }
+}
+
+/// The strings of a YAML list such as a container's `args`.
+fn strings<'a>(list: &'a Value, what: &str) -> Vec<&'a str> {
+    list.as_array()
+        .unwrap_or_else(|| panic!("{what}: not a list"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect()
 }
