@@ -101,39 +101,30 @@ async fn soak() {
         let now = SystemTime::now();
         let gpu = round % 8;
         // Chaos: an XID storm on one GPU, heat on another, a reset of a third.
-        for _ in 0..200 {
-            let _ = plugin
-                .observations
-                .send(Observation::Xid {
-                    gpu,
-                    xid: 13,
-                    at: now,
-                })
-                .await;
-        }
-        let _ = plugin
-            .observations
-            .send(Observation::Xid {
+        let storm = (0..200).map(|_| Observation::Xid {
+            gpu,
+            xid: 13,
+            at: now,
+        });
+        let faults = [
+            Observation::Xid {
                 gpu,
                 xid: 79,
                 at: now,
-            })
-            .await;
-        let _ = plugin
-            .observations
-            .send(Observation::Temperature {
+            },
+            Observation::Temperature {
                 gpu: (gpu + 1) % 8,
                 celsius: 95,
                 at: now,
-            })
-            .await;
-        let _ = plugin
-            .observations
-            .send(Observation::Reset {
+            },
+            Observation::Reset {
                 gpu: (gpu + 2) % 8,
                 at: now,
-            })
-            .await;
+            },
+        ];
+        for o in storm.chain(faults) {
+            let _ = plugin.observations.send(o).await;
+        }
         if Instant::now() >= next_restart {
             // The plugin goes away and comes back with a clean slate.
             plugin.token.cancel();
