@@ -16,6 +16,7 @@ use crate::exporter;
 use crate::exporter::prometheus::Metrics;
 use crate::liveness::Liveness;
 use crate::monitor::{self, Report, Update};
+use crate::problem::{Condition, ConditionStatus, Event, Severity, Status};
 use crate::shutdown::Shutdown;
 use crate::supervisor::Supervisor;
 
@@ -257,10 +258,24 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
             for (cfg, id) in $configs.into_iter().zip($ids) {
                 let (tx, token) = (report_tx.clone(), token.clone());
                 let first = $first(&cfg);
-                sup.spawn(
+                let down = report_tx.clone();
+                sup.spawn_with(
                     format!(concat!($kind, " {}"), cfg.source),
                     Some(first),
                     move |pulse| $run(id, cfg.clone(), tx.clone(), pulse, token.child_token()),
+                    move |message| {
+                        let down = down.clone();
+                        async move {
+                            let update =
+                                Update::Down(format!("its task panicked ({message}) and restarts"));
+                            let _ = down
+                                .send(Report {
+                                    monitor: id,
+                                    update,
+                                })
+                                .await;
+                        }
+                    },
                 );
             }
         };
@@ -325,6 +340,34 @@ struct Outputs {
     conditions: watch::Sender<Arc<Vec<NodeCondition>>>,
 }
 
+/// A monitor whose task is down: every condition it owns is Unknown until
+/// its restarted task reports again, with one warning saying why.
+fn down(manager: &ConditionManager, id: crate::conditions::MonitorId, why: &str) -> Status {
+    let now = SystemTime::now();
+    let message = format!("the monitor stopped: {why}");
+    Status {
+        source: manager.source(id).to_owned(),
+        events: vec![Event {
+            severity: Severity::Warn,
+            timestamp: now,
+            reason: monitor::REASON_MONITOR_RESTARTING.into(),
+            message: message.clone(),
+        }],
+        conditions: manager
+            .owned_by(id)
+            .into_iter()
+            .map(|t| {
+                Condition::new(
+                    t,
+                    ConditionStatus::Unknown,
+                    monitor::REASON_MONITOR_RESTARTING,
+                    message.clone(),
+                )
+            })
+            .collect(),
+    }
+}
+
 /// What the fan-in keeps across restarts.
 struct FanIn {
     manager: ConditionManager,
@@ -356,34 +399,84 @@ async fn fan_in(
             _ = tick.tick() => continue,
             () = token.cancelled() => break,
         };
-        match report.update {
-            Update::Status(status) => {
-                let applied = manager.apply(report.monitor, &status, SystemTime::now());
-                for q in exporters.iter() {
-                    q.push(manager.source(report.monitor), &status);
-                }
-                for p in applied.published {
-                    metrics.observe(&p);
-                    // No subscriber is fine: exporters may be disabled.
-                    let _ = published.send(p);
-                }
-                // After the events: whoever sees the new conditions can also
-                // see what came with them.
-                if applied.touched {
-                    conditions.send_replace(Arc::new(manager.snapshot()));
-                }
-            }
+        let status = match report.update {
+            Update::Status(status) => status,
+            Update::Down(why) => down(manager, report.monitor, &why),
             Update::Alive => {
                 if manager.touch(report.monitor, SystemTime::now()) {
                     conditions.send_replace(Arc::new(manager.snapshot()));
                 }
+                continue;
             }
-            Update::Trimmed(t) => metrics.trimmed(manager.source(report.monitor), &t),
+            Update::Trimmed(t) => {
+                metrics.trimmed(manager.source(report.monitor), &t);
+                continue;
+            }
             Update::Adopt(types) => {
                 for e in manager.claim(report.monitor, &types) {
                     tracing::warn!("cannot adopt a condition type the plugin announced: {e}");
                 }
+                continue;
             }
+        };
+        let applied = manager.apply(report.monitor, &status, SystemTime::now());
+        for q in exporters.iter() {
+            q.push(manager.source(report.monitor), &status);
         }
+        for p in applied.published {
+            metrics.observe(&p);
+            // No subscriber is fine: exporters may be disabled.
+            let _ = published.send(p);
+        }
+        // After the events: whoever sees the new conditions can also see
+        // what came with them.
+        if applied.touched {
+            conditions.send_replace(Arc::new(manager.snapshot()));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_monitor_that_is_down_has_all_its_conditions_unknown_until_it_reports() {
+        let mut m = ConditionManager::new();
+        let (gpu, _) = m.register("gpu-monitor", &["GPULost".into(), "GPUMissing".into()]);
+        let (other, _) = m.register("kernel-monitor", &["KernelDeadlock".into()]);
+        let now = SystemTime::now();
+        for (id, t) in [
+            (gpu, "GPULost"),
+            (gpu, "GPUMissing"),
+            (other, "KernelDeadlock"),
+        ] {
+            let s = Status {
+                source: m.source(id).to_owned(),
+                events: vec![],
+                conditions: vec![Condition::new(t, ConditionStatus::False, "Fine", "fine")],
+            };
+            m.apply(id, &s, now);
+        }
+        let status = down(&m, gpu, "its task panicked (boom) and restarts");
+        let applied = m.apply(gpu, &status, now);
+        assert!(applied.touched);
+        let snap = m.snapshot();
+        for t in ["GPULost", "GPUMissing"] {
+            let c = snap.iter().find(|c| c.type_ == t).expect("present");
+            assert_eq!(c.status, ConditionStatus::Unknown, "{t}");
+            assert_eq!(c.reason, monitor::REASON_MONITOR_RESTARTING);
+            assert_eq!(
+                c.message,
+                "the monitor stopped: its task panicked (boom) and restarts"
+            );
+        }
+        let k = snap
+            .iter()
+            .find(|c| c.type_ == "KernelDeadlock")
+            .expect("present");
+        assert_eq!(k.status, ConditionStatus::False, "other monitors untouched");
+        assert_eq!(status.events.len(), 1);
+        assert_eq!(status.events[0].severity, Severity::Warn);
     }
 }

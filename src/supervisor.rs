@@ -56,10 +56,27 @@ impl Supervisor {
     /// Runs `make(pulse)` until it returns, starting it again whenever it
     /// panics. `first`: when the task promises its first beat on `pulse`
     /// (`None`: it promises none and is only watched for ending).
-    pub fn spawn<F, Fut>(&self, name: impl Into<String>, first: Option<Duration>, mut make: F)
+    pub fn spawn<F, Fut>(&self, name: impl Into<String>, first: Option<Duration>, make: F)
     where
         F: FnMut(Pulse) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.spawn_with(name, first, make, |_| std::future::ready(()));
+    }
+
+    /// As `spawn`, and `on_panic(message)` runs after each panic, before the
+    /// wait: for telling whoever relies on the task that it is down.
+    pub fn spawn_with<F, Fut, H, HFut>(
+        &self,
+        name: impl Into<String>,
+        first: Option<Duration>,
+        mut make: F,
+        mut on_panic: H,
+    ) where
+        F: FnMut(Pulse) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+        H: FnMut(String) -> HFut + Send + 'static,
+        HFut: Future<Output = ()> + Send,
     {
         let name = name.into();
         let slot = self.liveness.slot(name.clone());
@@ -93,6 +110,7 @@ impl Supervisor {
                     panics_in_a_row = backoff.failures(),
                     "task panicked: {message}; restarting it in {delay:.1?}"
                 );
+                on_panic(message).await;
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = token.cancelled() => return,
@@ -103,18 +121,38 @@ impl Supervisor {
     }
 
     /// As `spawn`, for a task that makes no liveness promises.
-    pub fn spawn_plain<F, Fut>(&self, name: impl Into<String>, mut make: F)
+    pub fn spawn_plain<F, Fut>(&self, name: impl Into<String>, make: F)
     where
         F: FnMut() -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.spawn(name, None, move |pulse| {
-            let task = make();
-            async move {
-                task.await;
-                drop(pulse);
-            }
-        });
+        self.spawn_plain_with(name, make, |_| std::future::ready(()));
+    }
+
+    /// As `spawn_plain`, with `spawn_with`'s `on_panic`.
+    pub fn spawn_plain_with<F, Fut, H, HFut>(
+        &self,
+        name: impl Into<String>,
+        mut make: F,
+        on_panic: H,
+    ) where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+        H: FnMut(String) -> HFut + Send + 'static,
+        HFut: Future<Output = ()> + Send,
+    {
+        self.spawn_with(
+            name,
+            None,
+            move |pulse| {
+                let task = make();
+                async move {
+                    task.await;
+                    drop(pulse);
+                }
+            },
+            on_panic,
+        );
     }
 }
 
@@ -208,6 +246,42 @@ mod tests {
         );
         assert!(shutdown.drain(Duration::from_secs(1)).await);
         assert_eq!(runs.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_panic_hears_each_panic_before_the_restart() {
+        let shutdown = Shutdown::new();
+        let sup = Supervisor::new(&shutdown, &Liveness::new());
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let runs = Arc::new(AtomicU32::new(0));
+        let (r, started) = (Arc::clone(&runs), tx.clone());
+        let token = shutdown.token().clone();
+        sup.spawn_plain_with(
+            "backend",
+            move || {
+                let n = r.fetch_add(1, Ordering::SeqCst) + 1;
+                let (started, token) = (started.clone(), token.clone());
+                async move {
+                    let _ = started.send(format!("run {n}"));
+                    if n == 1 {
+                        panic!("first run failed");
+                    }
+                    token.cancelled().await;
+                }
+            },
+            move |message| {
+                let tx = tx.clone();
+                async move {
+                    let _ = tx.send(format!("down: {message}"));
+                }
+            },
+        );
+        let mut heard = Vec::new();
+        for _ in 0..3 {
+            heard.push(rx.recv().await.expect("news"));
+        }
+        assert_eq!(heard, ["run 1", "down: first run failed", "run 2"]);
+        assert!(shutdown.drain(Duration::from_secs(1)).await);
     }
 
     #[tokio::test(start_paused = true)]

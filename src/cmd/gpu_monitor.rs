@@ -55,10 +55,25 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
         let _ = plugin.observations().try_send(thresholds);
     }
     // A backend that panics starts again after a backoff; until it does,
-    // the health model sees no fresh readings and says so.
+    // the health model hears that readings stopped (its restart says
+    // `Responsive` again), so old readings are not reported as fresh.
     let sup = Supervisor::new(&shutdown, &Liveness::new());
     let token = shutdown.token().clone();
     let tx = plugin.observations();
+    let backend_down = |name: &'static str| {
+        let tx = tx.clone();
+        move |message: String| {
+            let tx = tx.clone();
+            async move {
+                let _ = tx
+                    .send(Observation::BackendDown {
+                        reason: format!("the {name} panicked ({message}) and restarts"),
+                        at: std::time::SystemTime::now(),
+                    })
+                    .await;
+            }
+        }
+    };
     match scenario {
         Some(scenario) => {
             tracing::info!(scenario = %scenario.name, gpus = args.sim_gpus, "sim backend");
@@ -68,15 +83,19 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
             };
             let gpus = args.sim_gpus;
             let (tx, token) = (tx.clone(), token.clone());
-            sup.spawn_plain("sim backend", move || {
-                sim::run(
-                    scenario.clone(),
-                    gpus,
-                    options,
-                    tx.clone(),
-                    token.child_token(),
-                )
-            });
+            sup.spawn_plain_with(
+                "sim backend",
+                move || {
+                    sim::run(
+                        scenario.clone(),
+                        gpus,
+                        options,
+                        tx.clone(),
+                        token.child_token(),
+                    )
+                },
+                backend_down("sim backend"),
+            );
         }
         None => {
             let options = NvmlOptions {
@@ -89,9 +108,11 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
                 dev_root: PathBuf::from("/dev"),
             };
             let (tx, token) = (tx.clone(), token.clone());
-            sup.spawn_plain("nvml backend", move || {
-                nvml::run(options.clone(), tx.clone(), token.child_token())
-            });
+            sup.spawn_plain_with(
+                "nvml backend",
+                move || nvml::run(options.clone(), tx.clone(), token.child_token()),
+                backend_down("NVML backend"),
+            );
         }
     }
     let kmsg_path = match args.kmsg_path.clone() {

@@ -66,6 +66,7 @@ pub const REASON_XID_APP_ERROR: &str = "XIDAppError";
 pub const REASON_RECOVERED: &str = "GPURecovered";
 pub const REASON_RECOVERY_ACTION: &str = "GPURecoveryActionChanged";
 pub const REASON_DRIVER_NOT_READY: &str = "DriverNotReady";
+pub const REASON_MODEL_RESTARTING: &str = "HealthModelRestarting";
 pub const REASON_DRIVER_READY: &str = "DriverReady";
 pub const REASON_UNRESPONSIVE: &str = "NVMLCallHung";
 pub const REASON_RESPONSIVE: &str = "NVMLResponsive";
@@ -187,7 +188,9 @@ enum Driver {
 struct Stuck {
     call: String,
     gpu: Option<u32>,
-    waited: Duration,
+    /// How long the call waited; `None`: the backend itself is down, and
+    /// `call` says why.
+    waited: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -236,6 +239,25 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// The same conditions, each Unknown because of `why`; events kept.
+    pub fn unknown(self, why: &str) -> Self {
+        Self {
+            conditions: self
+                .conditions
+                .into_iter()
+                .map(|c| {
+                    Condition::new(
+                        c.type_,
+                        ConditionStatus::Unknown,
+                        REASON_MODEL_RESTARTING,
+                        why.to_owned(),
+                    )
+                })
+                .collect(),
+            events: self.events,
+        }
+    }
+
     pub fn last_event_seq(&self) -> u64 {
         self.events.last().map_or(0, |(seq, _)| *seq)
     }
@@ -507,13 +529,17 @@ impl HealthModel {
                 let stuck = Stuck {
                     call: call.clone(),
                     gpu: *gpu,
-                    waited: *waited,
+                    waited: Some(*waited),
                 };
-                if self.unresponsive.is_none() {
-                    let message = self.describe_stuck(&stuck);
-                    self.emit(Severity::Warn, *at, GPU_UNRESPONSIVE, "", message);
-                }
-                self.unresponsive = Some(stuck);
+                self.stuck(stuck, *at);
+            }
+            Observation::BackendDown { reason, at } => {
+                let stuck = Stuck {
+                    call: reason.clone(),
+                    gpu: None,
+                    waited: None,
+                };
+                self.stuck(stuck, *at);
             }
             Observation::Responsive { at } => {
                 if self.unresponsive.take().is_some() {
@@ -1306,14 +1332,29 @@ impl HealthModel {
         }
     }
 
+    /// Readings stopped: said once, as a warning, until `Responsive`.
+    fn stuck(&mut self, stuck: Stuck, at: SystemTime) {
+        if self.unresponsive.is_none() {
+            let message = self.describe_stuck(&stuck);
+            self.emit(Severity::Warn, at, GPU_UNRESPONSIVE, "", message);
+        }
+        self.unresponsive = Some(stuck);
+    }
+
     fn describe_stuck(&self, stuck: &Stuck) -> String {
+        let Some(waited) = stuck.waited else {
+            return format!(
+                "no readings: {}; action: none while it restarts by itself; if this stays, read the gpu-monitor log",
+                stuck.call
+            );
+        };
         let on = stuck
             .gpu
             .and_then(|i| self.gpus.iter().find(|g| g.id.index == i))
             .map_or_else(|| "the driver".to_owned(), |g| g.id.to_string());
         format!(
-            "{on}: {} did not return within {:?}; action: check the driver (nvidia-smi may hang too), then reset the GPU or reboot",
-            stuck.call, stuck.waited
+            "{on}: {} did not return within {waited:?}; action: check the driver (nvidia-smi may hang too), then reset the GPU or reboot",
+            stuck.call
         )
     }
 
@@ -1901,6 +1942,74 @@ mod tests {
         assert!(
             !m.apply(&Observation::Responsive { at: now }),
             "nothing new"
+        );
+    }
+
+    #[test]
+    fn an_unknown_snapshot_keeps_the_types_and_events_and_says_why() {
+        let mut m = model();
+        let now = SystemTime::now();
+        m.apply(&Observation::Xid {
+            gpu: 3,
+            xid: 79,
+            at: now,
+        });
+        let before = m.snapshot();
+        assert!(!before.events.is_empty());
+        let after = before.clone().unknown("the GPU health model stopped");
+        assert_eq!(after.events, before.events);
+        assert_eq!(
+            after
+                .conditions
+                .iter()
+                .map(|c| &c.type_)
+                .collect::<Vec<_>>(),
+            before
+                .conditions
+                .iter()
+                .map(|c| &c.type_)
+                .collect::<Vec<_>>()
+        );
+        for c in &after.conditions {
+            assert_eq!(c.status, ConditionStatus::Unknown, "{}", c.type_);
+            assert_eq!(c.reason, REASON_MODEL_RESTARTING);
+            assert_eq!(c.message, "the GPU health model stopped");
+        }
+    }
+
+    #[test]
+    fn a_backend_that_went_down_stops_the_readings_until_it_answers_again() {
+        let mut m = model();
+        let now = SystemTime::now();
+        m.apply(&Observation::Temperature {
+            gpu: 1,
+            celsius: 40,
+            at: now,
+        });
+        assert!(m.apply(&Observation::BackendDown {
+            reason: "the NVML backend panicked (boom) and restarts".into(),
+            at: now,
+        }));
+        let c = m.conditions();
+        let u = status_of(&c, GPU_UNRESPONSIVE);
+        assert_eq!(u.status, ConditionStatus::True);
+        assert!(
+            u.message
+                .starts_with("no readings: the NVML backend panicked (boom) and restarts; "),
+            "{}",
+            u.message
+        );
+        assert_eq!(
+            status_of(&c, GPU_THERMAL_THROTTLING).status,
+            ConditionStatus::Unknown,
+            "a cool GPU is no longer known to be cool"
+        );
+        // The restarted backend's first sweep says Responsive.
+        assert!(m.apply(&Observation::Responsive { at: now }));
+        assert!(
+            m.conditions()
+                .iter()
+                .all(|c| c.status == ConditionStatus::False)
         );
     }
 

@@ -112,6 +112,9 @@ pub enum Observation {
         waited: Duration,
         at: SystemTime,
     },
+    /// The backend that reads the driver stopped (it panicked, and waits to
+    /// be restarted): no readings come until it sends `Responsive` again.
+    BackendDown { reason: String, at: SystemTime },
     /// Driver calls return in time again.
     Responsive { at: SystemTime },
     /// Degrees left before the GPU slows down (≤ 0: at or past it).
@@ -281,6 +284,7 @@ impl Observation {
             Self::DriverNotReady { at, .. }
             | Self::DriverReady { at, .. }
             | Self::Unresponsive { at, .. }
+            | Self::BackendDown { at, .. }
             | Self::Responsive { at, .. }
             | Self::ClockEvents { at, .. }
             | Self::RemappedRows { at, .. }
@@ -342,6 +346,7 @@ impl Observation {
             | Self::DriverNotReady { .. }
             | Self::DriverReady { .. }
             | Self::Unresponsive { .. }
+            | Self::BackendDown { .. }
             | Self::Responsive { .. } => None,
         }
     }

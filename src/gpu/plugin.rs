@@ -92,20 +92,37 @@ impl Plugin {
         };
         let (snap_tx, snap_rx) = watch::channel(Arc::new(Published::new(model.snapshot())));
         // The model engine is supervised: a panic restarts it on the model
-        // and queue it had, after a backoff.
+        // and queue it had, after a backoff. Meanwhile every condition is
+        // published Unknown, so no client takes the last status for a fresh
+        // one; a restarted engine publishes the model's state again.
         let engine = Shutdown::under(token.child_token());
         let state = Arc::new(tokio::sync::Mutex::new((model, self.rx)));
-        Supervisor::new(&engine, &Liveness::new()).spawn_plain("health model", {
-            let token = engine.token().clone();
+        let engine_token = engine.token().clone();
+        let down_tx = snap_tx.clone();
+        let mut restarted = false;
+        Supervisor::new(&engine, &Liveness::new()).spawn_plain_with(
+            "health model",
             move || {
-                let (state, tx, token) = (Arc::clone(&state), snap_tx.clone(), token.clone());
+                let (state, tx, token) =
+                    (Arc::clone(&state), snap_tx.clone(), engine_token.clone());
+                let republish = std::mem::replace(&mut restarted, true);
                 async move {
                     let mut guard = state.lock_owned().await;
                     let (model, rx) = &mut *guard;
+                    if republish {
+                        tx.send_replace(Arc::new(Published::new(model.snapshot())));
+                    }
                     run_model(model, rx, &tx, token).await;
                 }
-            }
-        });
+            },
+            move |message| {
+                let last = down_tx.borrow().snapshot.clone();
+                down_tx.send_replace(Arc::new(Published::new(last.unknown(&format!(
+                    "the GPU health model stopped: it panicked ({message}) and restarts"
+                )))));
+                std::future::ready(())
+            },
+        );
 
         let service = GpuMonitorService {
             observations: self.tx.clone(),

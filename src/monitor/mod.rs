@@ -24,7 +24,13 @@ pub enum Update {
     /// What the plugin's last status had over the limits (for the metrics;
     /// sent before that status).
     Trimmed(crate::rpc::Trimmed),
+    /// The monitor's task stopped (it panicked and waits to be restarted):
+    /// its conditions are no longer known. Sent by the supervisor.
+    Down(String),
 }
+
+/// The reason of conditions whose monitor's task is down (see `Update::Down`).
+pub const REASON_MONITOR_RESTARTING: &str = "MonitorRestarting";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {
