@@ -7,6 +7,13 @@ NPD_IMAGE := REGISTRY + "/node-problem-detector"
 GPU_IMAGE := REGISTRY + "/gpu-monitor"
 PLATFORMS := env_var_or_default("PLATFORMS", "linux/amd64,linux/arm64")
 REVISION := `git rev-parse --short HEAD 2>/dev/null || echo unknown`
+# docker, or podman (`CONTAINER_TOOL=podman just docker-build`).
+CONTAINER_TOOL := env_var_or_default("CONTAINER_TOOL", "docker")
+# Where the image's binary comes from: `build` compiles it inside the image;
+# `host` copies dist/linux-<arch>/ (`just dist`), built outside it.
+BINARY := env_var_or_default("BINARY", "build")
+RUNTIME_IMAGE := env_var_or_default("RUNTIME_IMAGE", "gcr.io/distroless/cc-debian12:nonroot")
+BUILD_ARGS := "--build-arg VERSION=" + TAG + " --build-arg REVISION=" + REVISION + " --build-arg RUNTIME_IMAGE=" + RUNTIME_IMAGE
 
 default:
     @just --list
@@ -15,26 +22,51 @@ default:
 build-all-binaries:
     cargo build --release --locked
 
-# The image, tagged as the detector image.
+# dist/linux-<arch>/ for each of PLATFORMS: the release binary, cross-compiled
+# (no emulation), with its applet symlinks. arm64 from amd64 needs
+# `rustup target add aarch64-unknown-linux-gnu` and Debian's gcc-aarch64-linux-gnu
+# (.cargo/config.toml names the linker); build on glibc 2.36 (bookworm) or older.
+dist:
+    #!/usr/bin/env sh
+    set -eu
+    for platform in $(echo "{{PLATFORMS}}" | tr ',' ' '); do
+      arch=${platform#linux/}
+      case "$arch" in
+        amd64) target=x86_64-unknown-linux-gnu ;;
+        arm64) target=aarch64-unknown-linux-gnu ;;
+        *) echo "no Rust target for $platform" >&2; exit 1 ;;
+      esac
+      cargo build --release --locked --target "$target"
+      rm -rf "dist/linux-$arch"
+      scripts/dist.sh "target/$target/release/npd-ext" "dist/linux-$arch"
+    done
+
+# The image, tagged as the detector image (BINARY=host: from `just dist`).
 docker-build:
-    docker build --build-arg VERSION={{TAG}} --build-arg REVISION={{REVISION}} -t {{NPD_IMAGE}}:{{TAG}} .
+    {{CONTAINER_TOOL}} build {{BUILD_ARGS}} --build-arg BINARY={{BINARY}} -t {{NPD_IMAGE}}:{{TAG}} .
 
 # The same image, tagged as the GPU monitor image.
 docker-build-gpu: docker-build
-    docker tag {{NPD_IMAGE}}:{{TAG}} {{GPU_IMAGE}}:{{TAG}}
+    {{CONTAINER_TOOL}} tag {{NPD_IMAGE}}:{{TAG}} {{GPU_IMAGE}}:{{TAG}}
 
 docker-build-all: docker-build docker-build-gpu
 
-# Both tags for amd64 and arm64, pushed (buildx cannot load a multi-platform image locally).
-docker-buildx-all:
-    docker buildx build --platform {{PLATFORMS}} --build-arg VERSION={{TAG}} --build-arg REVISION={{REVISION}} \
+# Both tags for every platform, pushed (buildx cannot load a multi-platform
+# image locally), from binaries cross-compiled by `just dist`.
+docker-buildx-all: dist
+    docker buildx build --platform {{PLATFORMS}} {{BUILD_ARGS}} --build-arg BINARY=host \
         -t {{NPD_IMAGE}}:{{TAG}} -t {{GPU_IMAGE}}:{{TAG}} --push .
 
 docker-push:
-    docker push {{NPD_IMAGE}}:{{TAG}}
+    {{CONTAINER_TOOL}} push {{NPD_IMAGE}}:{{TAG}}
 
 docker-push-all: docker-push
-    docker push {{GPU_IMAGE}}:{{TAG}}
+    {{CONTAINER_TOOL}} push {{GPU_IMAGE}}:{{TAG}}
+
+# Builds the image with podman on a stand-in base and runs both deployment
+# variants as pods (`podman kube play`); removes all it made.
+image-test:
+    scripts/image-test.sh
 
 # The README's test command.
 test:

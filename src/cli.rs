@@ -10,12 +10,13 @@ use crate::config::duration::parse_go;
 use crate::logging::LogFormat;
 
 /// Names argv[0] may carry (symlinks) besides `npd-ext`.
-pub const APPLETS: [&str; 5] = [
+pub const APPLETS: [&str; 6] = [
     "detector",
     "gpu-monitor",
     "validate-config",
     "probe",
     "demo",
+    "prepare-dir",
 ];
 
 #[derive(Debug, Parser)]
@@ -326,8 +327,10 @@ pub struct ValidateConfigArgs {
 
 #[derive(Debug, Args)]
 pub struct ProbeArgs {
-    /// The plugin's Unix socket.
-    #[arg(value_name = "SOCKET")]
+    /// The plugin's Unix socket, or an `http://` URL that must answer 200
+    /// (the detector's `/healthz`, as an exec probe in an image with no
+    /// shell or curl).
+    #[arg(value_name = "SOCKET|URL")]
     pub socket: PathBuf,
 
     /// Print one JSON document instead of a table.

@@ -127,9 +127,18 @@ fn the_detector_pod_is_what_the_guide_troubleshoots() {
         assert_eq!(pod["tolerations"][0]["operator"], "Exists", "{rel}");
         assert_eq!(pod["serviceAccountName"], "npd-ext", "{rel}");
         let probe = &npd["livenessProbe"];
-        assert_eq!(probe["httpGet"]["path"], "/healthz");
-        assert_eq!(probe["httpGet"]["port"], 20256);
-        assert_eq!(probe["httpGet"]["host"], "127.0.0.1");
+        // The guide's health check, http://127.0.0.1:20256/healthz, as an
+        // exec probe that the shell-less image can run under any runtime.
+        assert_eq!(
+            strings(&probe["exec"]["command"], "probe command"),
+            [
+                "/usr/bin/npd-ext",
+                "probe",
+                "http://127.0.0.1:20256/healthz",
+                "--timeout=2s"
+            ],
+            "{rel}"
+        );
         assert_eq!(probe["periodSeconds"], 60);
         assert_eq!(probe["timeoutSeconds"], 3);
         assert_eq!(npd["resources"]["requests"]["memory"], "80Mi");
@@ -299,9 +308,13 @@ fn images_match_the_justfile_and_config_edits_roll_the_pods() {
 #[test]
 fn the_dockerfile_builds_one_glibc_image_that_runs_as_1000() {
     let d = read("Dockerfile");
-    let stages: Vec<&str> = d.lines().filter(|l| l.starts_with("FROM ")).collect();
-    assert_eq!(stages.len(), 2, "multi-stage: {stages:?}");
-    let runtime = stages[1];
+    let arg = |name: &str| {
+        d.lines()
+            .find_map(|l| l.strip_prefix(&format!("ARG {name}=")))
+            .unwrap_or_else(|| panic!("ARG {name} with a default"))
+    };
+    // Base images are build arguments, defaulting to the real ones.
+    let runtime = arg("RUNTIME_IMAGE");
     assert!(
         runtime.contains("distroless/cc"),
         "a glibc runtime without a shell: {runtime}"
@@ -309,20 +322,51 @@ fn the_dockerfile_builds_one_glibc_image_that_runs_as_1000() {
     assert!(
         !runtime.contains("alpine") && !runtime.contains("scratch") && !runtime.contains("musl")
     );
+    assert!(
+        arg("BUILD_IMAGE").contains("rust:"),
+        "{}",
+        arg("BUILD_IMAGE")
+    );
+    assert_eq!(arg("BINARY"), "build", "compiled in the image unless told");
+    let stages: Vec<&str> = d.lines().filter(|l| l.starts_with("FROM ")).collect();
+    for stage in [
+        "FROM ${BUILD_IMAGE} AS build",
+        "FROM scratch AS binary-build",
+        "FROM scratch AS binary-host",
+        "FROM binary-${BINARY} AS binary",
+    ] {
+        assert!(stages.contains(&stage), "{stage}: {stages:?}");
+    }
+    let last = *stages.last().expect("stages");
+    assert_eq!(
+        last, "FROM ${RUNTIME_IMAGE}",
+        "the runtime stage is the image"
+    );
     assert!(d.contains("cargo build --release --locked"));
-    let after_runtime = &d[d.find(runtime).expect("runtime stage")..];
+    assert!(d.contains("COPY dist/linux-${TARGETARCH}/ /"));
+    let after_runtime = &d[d.find(last).expect("runtime stage")..];
     assert!(after_runtime.lines().any(|l| l.trim() == "USER 1000:1000"));
     assert!(after_runtime.contains(r#"ENTRYPOINT ["/usr/bin/npd-ext"]"#));
+    assert!(after_runtime.contains("COPY --from=binary /usr/bin/ /usr/bin/"));
     for label in [
         "org.opencontainers.image.source",
         "org.opencontainers.image.version",
         "org.opencontainers.image.revision",
     ] {
-        assert!(d.contains(label), "{label}");
+        assert!(after_runtime.contains(label), "{label}");
     }
-    for applet in npd_ext::cli::APPLETS {
-        assert!(d.contains(applet), "a symlink for {applet}");
-    }
+    // Both binary sources lay out /usr/bin with scripts/dist.sh, whose
+    // applet list is the binary's.
+    assert!(d.contains("scripts/dist.sh target/release/npd-ext /out"));
+    let dist = read("scripts/dist.sh");
+    let listed: Vec<&str> = dist
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("for applet in "))
+        .and_then(|l| l.strip_suffix("; do"))
+        .expect("scripts/dist.sh: for applet in …; do")
+        .split_whitespace()
+        .collect();
+    assert_eq!(listed, npd_ext::cli::APPLETS, "scripts/dist.sh applets");
 }
 
 /// The strings of a YAML list such as a container's `args`.

@@ -1,10 +1,13 @@
 //! `npd-ext probe SOCKET`: health, metadata and current status of a plugin,
 //! for operators and as the GPU container's exec liveness probe.
+//! `npd-ext probe http://…`: one GET that must answer 200, the detector's
+//! exec liveness probe (an `httpGet` probe becomes `curl` run by a shell in
+//! some runtimes, and the image has neither).
 
 use std::io::ErrorKind;
 use std::os::unix::fs::FileTypeExt;
 use std::process::ExitCode;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde_json::json;
 use tonic::Code;
@@ -18,6 +21,9 @@ use crate::rpc::pb::{HealthCheckRequest, MonitorMetadata};
 use crate::rpc::status_from_pb;
 
 pub async fn run(args: ProbeArgs) -> ExitCode {
+    if let Some(url) = args.socket.to_str().filter(|s| s.starts_with("http://")) {
+        return run_http(url, &args).await;
+    }
     match probe(&args).await {
         Ok(report) => {
             if args.json {
@@ -39,6 +45,79 @@ pub async fn run(args: ProbeArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+async fn run_http(url: &str, args: &ProbeArgs) -> ExitCode {
+    let answer = http_get(url, args.timeout).await;
+    let ok = matches!(answer, Ok((200, _)));
+    if args.json {
+        let doc = match &answer {
+            Ok((status, body)) => json!({"url": url, "ok": ok, "status": status, "body": body}),
+            Err(why) => json!({"url": url, "ok": false, "error": why}),
+        };
+        say!("{doc}");
+    } else {
+        match &answer {
+            Ok((200, body)) => say!("{url}: 200 {body}"),
+            Ok((status, body)) => eprintln!("probe: {url}: {status} {body}"),
+            Err(why) => eprintln!("probe: {url}: {why}"),
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// One HTTP/1.1 GET of a plain `http://` URL: the status and the body's
+/// text, both within `timeout`.
+async fn http_get(url: &str, timeout: Duration) -> Result<(u16, String), String> {
+    use http_body_util::{BodyExt, Empty};
+    use hyper::body::Bytes;
+
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    let authority = uri.authority().ok_or("the URL names no host")?.clone();
+    let host = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    let port = authority.port_u16().unwrap_or(80);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let exchange = async {
+        let stream = tokio::net::TcpStream::connect((host, port))
+            .await
+            .map_err(|e| match e.kind() {
+                ErrorKind::ConnectionRefused => {
+                    "connection refused: nothing listens there (is the detector running?)".into()
+                }
+                _ => format!("cannot connect: {e}"),
+            })?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| format!("HTTP handshake failed: {e}"))?;
+        tokio::spawn(conn);
+        let request = hyper::Request::get(path)
+            .header(hyper::header::HOST, authority.as_str())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| format!("bad request: {e}"))?;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("no HTTP answer: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("the answer broke off: {e}"))?
+            .to_bytes();
+        Ok((status, String::from_utf8_lossy(&body).trim_end().to_owned()))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("deadline: no answer within {timeout:?}"))?
 }
 
 struct Report {
@@ -187,5 +266,68 @@ impl Report {
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use http_body_util::Full;
+    use hyper::body::Bytes;
+    use hyper::{Method, Response, StatusCode};
+    use tokio::net::TcpListener;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::exporter::http::serve_with;
+
+    #[tokio::test]
+    async fn http_probe_wants_200_and_says_what_else_it_got() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let token = CancellationToken::new();
+        let route = |_: &Method, path: &str| {
+            let (code, text) = match path {
+                "/healthz" => (StatusCode::OK, "ok\n"),
+                _ => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ok: fan-in (stopped)\n",
+                ),
+            };
+            let mut r = Response::new(Full::new(Bytes::from(text)));
+            *r.status_mut() = code;
+            r
+        };
+        let server = tokio::spawn(serve_with(Arc::new(listener), route, token.clone()));
+        let t = Duration::from_secs(5);
+        assert_eq!(
+            http_get(&format!("http://{addr}/healthz"), t).await,
+            Ok((200, "ok".into()))
+        );
+        assert_eq!(
+            http_get(&format!("http://{addr}/sick"), t).await,
+            Ok((503, "not ok: fan-in (stopped)".into()))
+        );
+        token.cancel();
+        server.await.expect("server joins");
+        // Nothing listens there any more.
+        let refused = http_get(&format!("http://{addr}/healthz"), t).await;
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|e| e.starts_with("connection refused")),
+            "{refused:?}"
+        );
+        // A server that accepts and never answers runs into the deadline.
+        let mute = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let mute_addr = mute.local_addr().expect("addr");
+        let hung = http_get(
+            &format!("http://{mute_addr}/healthz"),
+            Duration::from_millis(200),
+        )
+        .await;
+        assert_eq!(hung, Err("deadline: no answer within 200ms".into()));
+        drop(mute);
     }
 }
