@@ -1,7 +1,12 @@
 //! Filelog monitor throughput and peak memory (numbers go to docs/performance.md).
 //!
-//! Upstream's kernel-monitor rules plus an NVRM Xid rule, read by the
-//! filelog plugin from 1 M syslog-format kernel lines of which 0.1 % match.
+//! A kernel monitor's rules plus an NVRM Xid rule, read by the filelog
+//! plugin from 1 M syslog-format kernel lines of which 0.1 % match. The
+//! rules are those of the kernel-monitor.json we ship (manifests/
+//! npd-ext-config.yaml) with the pluginConfig of tests/fixtures/
+//! kernel-monitor-filelog.json; with `NPD_EXT_COMPAT_DIR` set, upstream
+//! NPD's kernel-monitor.json and kernel-monitor-filelog.json from that
+//! directory's npd-configs/. The output names which.
 //! The real `npd-ext detector` binary is started on them; the clock runs
 //! from its start until every expected `problem_counter` shows on
 //! `/metrics`. Reported: CPU seconds of the detector (user + system), lines
@@ -31,8 +36,8 @@ const BENIGN: [&str; 8] = [
     "xfs filesystem being mounted at /var/lib/kubelet/pods/{n}/volumes supports timestamps until 2038",
 ];
 
-/// Matching lines and the reason each one counts under.
-const PROBLEMS: [(&str, &str); 6] = [
+/// Matching lines and the reason each one counts under, for either config.
+const PROBLEMS: [(&str, &str); 5] = [
     (
         "OOMKilling",
         "Killed process {n} (python3) total-vm:9876543kB, anon-rss:8765432kB, file-rss:0kB, shmem-rss:0kB",
@@ -53,11 +58,73 @@ const PROBLEMS: [(&str, &str); 6] = [
         "NvidiaXid",
         "NVRM: Xid (PCI:0000:61:00): 79, pid={n}, GPU has fallen off the bus.",
     ),
-    (
-        "CperHardwareErrorCorrected",
-        "{1}[Hardware Error]: event severity: corrected",
-    ),
 ];
+
+/// The rules the detector runs: which config they come from, the sixth
+/// problem line (a CPER record, each config counting another severity),
+/// and the config with its log path.
+struct Rules {
+    from: String,
+    cper: (&'static str, &'static str),
+    config: serde_json::Value,
+}
+
+fn rules() -> Rules {
+    let read = |path: &Path| -> serde_json::Value {
+        let text =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        serde_json::from_str(&text).expect("json")
+    };
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (from, cper, mut kernel, filelog) = match std::env::var_os("NPD_EXT_COMPAT_DIR") {
+        Some(dir) if !dir.is_empty() => {
+            let configs = Path::new(&dir).join("npd-configs");
+            (
+                format!("upstream ({})", configs.display()),
+                (
+                    "CperHardwareErrorCorrected",
+                    "{1}[Hardware Error]: event severity: corrected",
+                ),
+                read(&configs.join("kernel-monitor.json")),
+                read(&configs.join("kernel-monitor-filelog.json")),
+            )
+        }
+        _ => {
+            let manifest = root.join("manifests/npd-ext-config.yaml");
+            let text = std::fs::read_to_string(&manifest).expect("the shipped ConfigMap");
+            let entry = npd_ext::config::configmap::entries(&text)
+                .expect("the manifest parses")
+                .into_iter()
+                .find(|e| e.key == "kernel-monitor.json")
+                .expect("a kernel-monitor.json entry");
+            (
+                "ours (the shipped kernel-monitor.json, tests/fixtures' filelog pluginConfig)"
+                    .to_owned(),
+                (
+                    "CperHardwareErrorFatal",
+                    "{1}[Hardware Error]: event severity: fatal",
+                ),
+                serde_json::from_str(&entry.text).expect("json"),
+                read(&root.join("tests/fixtures/kernel-monitor-filelog.json")),
+            )
+        }
+    };
+    kernel["plugin"] = "filelog".into();
+    kernel["pluginConfig"] = filelog["pluginConfig"].clone();
+    kernel["rules"]
+        .as_array_mut()
+        .expect("rules")
+        .push(serde_json::json!({
+            "type": "temporary",
+            "reason": "NvidiaXid",
+            "pattern": "NVRM: Xid \\(PCI:[0-9a-fA-F:.]+\\): \\d+, .*"
+        }));
+    Rules {
+        from,
+        cper,
+        config: kernel,
+    }
+}
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -65,9 +132,17 @@ fn main() {
     let dir = std::env::temp_dir().join(format!("npd-ext-filelog-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("tempdir");
     let log = dir.join("kern.log");
-    let expected = write_log(&log, lines);
+    let Rules {
+        from,
+        cper,
+        mut config,
+    } = rules();
+    let mut problems = PROBLEMS.to_vec();
+    problems.push(cper);
+    let expected = write_log(&log, lines, &problems);
     let cfg = dir.join("kernel-monitor-filelog.json");
-    write_config(&cfg, &log);
+    config["logPath"] = log.display().to_string().into();
+    std::fs::write(&cfg, config.to_string()).expect("config");
     let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
 
     let port = free_port();
@@ -103,6 +178,7 @@ fn main() {
     let _ = child.kill();
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
+    println!("filelog: rules: {from}");
     println!(
         "filelog: {lines} lines ({:.0} MiB), {} problems; wall {:.2} s; CPU {:.2} s; {:.2} M lines per CPU-second; peak RSS {:.1} MiB",
         size as f64 / 1048576.0,
@@ -114,17 +190,17 @@ fn main() {
     );
 }
 
-fn write_log(path: &Path, lines: usize) -> BTreeMap<String, u64> {
+fn write_log(path: &Path, lines: usize, problems: &[(&str, &str)]) -> BTreeMap<String, u64> {
     let mut out = BufWriter::new(std::fs::File::create(path).expect("log"));
     let stamp = jiff::ZonedDateTime::now()
         .strftime("%b %e %H:%M:%S")
         .to_string();
     let mut expected: BTreeMap<String, u64> =
-        PROBLEMS.iter().map(|(r, _)| ((*r).to_owned(), 0)).collect();
+        problems.iter().map(|(r, _)| ((*r).to_owned(), 0)).collect();
     let mut rng = fastrand::Rng::with_seed(7);
     for i in 0..lines {
         let (text, reason) = if i % 1000 == 999 {
-            let (reason, t) = PROBLEMS[rng.usize(..PROBLEMS.len())];
+            let (reason, t) = problems[rng.usize(..problems.len())];
             (t, Some(reason))
         } else {
             (BENIGN[rng.usize(..BENIGN.len())], None)
@@ -143,32 +219,6 @@ fn write_log(path: &Path, lines: usize) -> BTreeMap<String, u64> {
     }
     out.flush().expect("flush");
     expected
-}
-
-fn write_config(cfg: &Path, log: &Path) {
-    let stock =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/npd-configs/kernel-monitor.json");
-    let mut c: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(stock).expect("kernel-monitor.json"))
-            .expect("json");
-    let filelog: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("../shared/npd-configs/kernel-monitor-filelog.json"),
-        )
-        .expect("kernel-monitor-filelog.json"),
-    )
-    .expect("json");
-    c["plugin"] = "filelog".into();
-    c["pluginConfig"] = filelog["pluginConfig"].clone();
-    c["logPath"] = log.display().to_string().into();
-    let rules = c["rules"].as_array_mut().expect("rules");
-    rules.push(serde_json::json!({
-        "type": "temporary",
-        "reason": "NvidiaXid",
-        "pattern": "NVRM: Xid \\(PCI:[0-9a-fA-F:.]+\\): \\d+, .*"
-    }));
-    std::fs::write(cfg, c.to_string()).expect("config");
 }
 
 fn free_port() -> u16 {

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
 # Idle footprint of the two long-running applets: starts gpu-monitor (sim,
-# 8 GPUs) and a detector connected to it, and a second detector running
-# upstream's kernel-monitor.json on the real /dev/kmsg (when readable), lets
-# them settle, then reports RSS after SECS seconds and CPU use over the
-# window (10 s .. SECS).
+# 8 GPUs) and a detector connected to it, and a second detector running a
+# kernel monitor on the real /dev/kmsg (when readable), lets them settle,
+# then reports RSS after SECS seconds and CPU use over the window (10 s .. SECS).
+# The kernel monitor is the kernel-monitor.json we ship (in
+# manifests/npd-ext-config.yaml); with NPD_EXT_COMPAT_DIR set, upstream NPD's
+# from $NPD_EXT_COMPAT_DIR/npd-configs/.
 #
-# Usage: scripts/idle-footprint.sh [SECS]   (default 60)
+# Usage: [NPD_EXT_COMPAT_DIR=DIR] scripts/idle-footprint.sh [SECS]   (default 60)
 set -euo pipefail
+compat=${NPD_EXT_COMPAT_DIR:+$(cd "$NPD_EXT_COMPAT_DIR" && pwd)}
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 cargo build --release --locked --quiet
@@ -18,7 +21,16 @@ trap cleanup EXIT
 sed "s#/var/run/npd/npd-gpu-monitor.sock#$dir/gpu.sock#" examples/external-gpu-monitor.json > "$dir/gpu.json"
 "$bin" gpu-monitor --backend sim --socket "$dir/gpu.sock" 2>"$dir/gpu.log" & gm=$!
 "$bin" detector --config.external-monitor "$dir/gpu.json" --port 20356 --prometheus-port 20357 2>"$dir/detector.log" & det=$!
-kmsg_cfg=../shared/npd-configs/kernel-monitor.json
+if [ -n "$compat" ]; then
+  kmsg_cfg=$compat/npd-configs/kernel-monitor.json
+else
+  # The ConfigMap's kernel-monitor.json entry: its block, unindented.
+  kmsg_cfg=$dir/kernel-monitor.json
+  awk '/^  kernel-monitor\.json: [|]$/ {on=1; next} on && /^[^ ]|^ [^ ]|^  [^ ]/ {exit} on {sub(/^    /, ""); print}' \
+    manifests/npd-ext-config.yaml > "$kmsg_cfg"
+  [ -s "$kmsg_cfg" ] || { echo "no kernel-monitor.json in manifests/npd-ext-config.yaml" >&2; exit 1; }
+fi
+echo "kmsg-detector config: $kmsg_cfg"
 if [ -r /dev/kmsg ] && [ -r "$kmsg_cfg" ]; then
   "$bin" detector --config.system-log-monitor "$kmsg_cfg" --port 20358 --prometheus-port 20359 2>"$dir/kdetector.log" & kdet=$!
 fi

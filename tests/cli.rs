@@ -1,90 +1,17 @@
-//! Binary-level behaviour: argv[0] dispatch, validate-config, probe, signals.
+//! Binary-level behaviour: argv[0] dispatch, validate-config, probe, signals,
+//! on our own configs (the shipped ConfigMap, tests/fixtures). The same
+//! checks on upstream NPD's configs are in compat.rs.
 #![allow(clippy::expect_used, clippy::panic)] // test code: a failed expectation is the test failing
+
+mod common;
 
 use std::io::Read;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_npd-ext");
-
-fn shared(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared")
-        .join(rel)
-}
-
-fn run(cmd: &mut Command) -> (i32, String, String) {
-    let Output {
-        status,
-        stdout,
-        stderr,
-    } = cmd.output().expect("runs");
-    (
-        status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&stdout).into_owned(),
-        String::from_utf8_lossy(&stderr).into_owned(),
-    )
-}
-
-fn npd(args: &[&str]) -> (i32, String, String) {
-    run(Command::new(BIN).args(args))
-}
-
-/// Polls `cond` until it holds or `limit` passes.
-fn wait_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < limit, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Reads a child's pipe until `needle` appears; the text read so far.
-fn read_until(pipe: &mut impl Read, needle: &str) -> String {
-    let mut seen = String::new();
-    let mut buf = [0u8; 4096];
-    while !seen.contains(needle) {
-        let n = pipe.read(&mut buf).expect("read");
-        assert!(
-            n > 0,
-            "the process exited before printing {needle:?}: {seen}"
-        );
-        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
-    }
-    seen
-}
-
-fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("process did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// SIGTERM, and a clean exit within 15 s.
-fn stop(child: &mut Child) {
-    sigterm(child);
-    let status = wait_exit(child, Duration::from_secs(15));
-    assert!(status.success(), "{status}");
-}
-
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill runs")
-        .success();
-    assert!(ok, "kill -TERM failed");
-}
+use common::bin::{BIN, detector_with, npd, read_until, run, sigterm, stop, wait_exit, wait_until};
 
 #[test]
 fn argv0_symlinks_dispatch_to_applets() {
@@ -128,21 +55,7 @@ fn argv0_symlinks_dispatch_to_applets() {
 
 #[test]
 fn validate_config_accepts_good_files_and_explains_poc_keys() {
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/external-gpu-monitor.json");
-    let poc = shared("npd-configs/npd-ext-poc/gpu-monitor-config.json");
-    let (code, out, _) = npd(&[
-        "validate-config",
-        example.to_str().expect("utf8"),
-        poc.to_str().expect("utf8"),
-    ]);
-    assert_eq!(code, 0, "{out}");
-    assert!(out.contains("external-gpu-monitor.json: ok"), "{out}");
-    assert!(out.contains("gpu-monitor-config.json: ok"), "{out}");
-    assert!(
-        out.contains("gpu-monitor-config.json:16:18: warning: pluginConfig.healthCheck.timeout: ignored by the Go proof of concept"),
-        "{out}"
-    );
-    assert!(out.contains("warning: metricsReporting"), "{out}");
+    common::bin::explains_poc_keys(&common::fixture("poc-gpu-monitor.json"), "9:51");
 }
 
 #[test]
@@ -579,114 +492,55 @@ fn kernel_log_xids_reach_the_plugin_status_by_pci_address() {
     assert!(position.trim().ends_with(" 3"), "{position}");
 }
 
-#[test]
-fn every_upstream_linux_config_validates() {
-    let configs = upstream_linux_configs();
-    for (name, path) in &configs {
-        let (code, out, _) = npd(&["validate-config", path.to_str().expect("utf8")]);
-        assert_eq!(code, 0, "{name} must load unchanged:\n{out}");
-        assert!(out.contains(&format!("{name}: ok")), "{out}");
+/// Our configs: the shipped ConfigMap's (as one file) and every config in
+/// tests/fixtures.
+fn our_configs(tmp: &Path) -> Vec<(String, PathBuf)> {
+    let mut configs = common::bin::linux_configs(&common::fixture(""), 5);
+    for key in ["kernel-monitor.json", "external-gpu-monitor.json"] {
+        configs.push((key.to_owned(), common::write_shipped_config(tmp, key)));
     }
+    configs
 }
 
-/// Upstream NPD's shipped Linux configs (file name, path): at least 19.
-fn upstream_linux_configs() -> Vec<(String, PathBuf)> {
-    let dir = shared("npd-configs");
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(&dir).expect("npd-configs") {
-        let path = entry.expect("entry").path();
-        let name = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or_default()
-            .to_owned();
-        if name.ends_with(".json") && !name.starts_with("windows-") {
-            out.push((name, path));
-        }
+#[test]
+fn every_config_of_ours_validates() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    for (name, path) in our_configs(tmp.path()) {
+        common::bin::validates(&name, &path);
     }
-    assert!(
-        out.len() >= 19,
-        "only {} configs found in {}",
-        out.len(),
-        dir.display()
-    );
-    out
+    let manifest = common::shipped_configmap();
+    let (code, out, _) = npd(&["validate-config", manifest.to_str().expect("utf8")]);
+    assert_eq!(code, 0, "{out}");
 }
 
 #[test]
 fn windows_configs_are_named_as_such() {
-    let cfg = shared("npd-configs/windows-defender-monitor.json");
-    let (code, out, _) = npd(&["validate-config", cfg.to_str().expect("utf8")]);
-    assert_eq!(code, 1);
-    assert!(out.contains("a Windows-only plugin"), "{out}");
-}
-
-/// Starts the detector on one config and waits for `needle` on stderr.
-fn detector_with(
-    flag: &str,
-    cfg: &Path,
-    extra: &[&str],
-    env: &[(&str, &Path)],
-    needle: &str,
-) -> (Child, String) {
-    let mut cmd = Command::new(BIN);
-    cmd.args([
-        "detector",
-        "--enable-k8s-exporter=false",
-        "--port",
-        "0",
-        "--prometheus-port",
-        "0",
-    ])
-    .arg(format!("--config.{flag}"))
-    .arg(cfg)
-    .args(extra)
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("detector starts");
-    let mut stderr = child.stderr.take().expect("stderr");
-    let seen = read_until(&mut stderr, needle);
-    // Keep draining so the detector never blocks on a full pipe.
-    std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
-    (child, seen)
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = tmp.path().join("windows-health-check.json");
+    std::fs::write(
+        &cfg,
+        r#"{"plugin": "custom", "source": "windows-check", "conditions": [],
+            "rules": [{"type": "temporary", "reason": "HealthCheckFailed",
+                       "path": "C:\\npd\\plugin\\health_check.ps1"}]}"#,
+    )
+    .expect("write");
+    common::bin::refused_as_windows_only(&cfg);
 }
 
 #[test]
-fn every_upstream_linux_config_loads_in_the_detector() {
+fn every_config_of_ours_loads_in_the_detector() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let kmsg = tmp.path().join("kmsg");
     std::fs::write(&kmsg, "").expect("kmsg file");
-    for (name, path) in upstream_linux_configs() {
-        let text = std::fs::read_to_string(&path).expect("read");
-        let (flag, needle) = match npd_ext::config::kind_of(&text) {
-            npd_ext::config::Kind::SystemLog => {
-                ("system-log-monitor", "system log monitor started")
-            }
-            npd_ext::config::Kind::Custom => {
-                ("custom-plugin-monitor", "custom plugin monitor started")
-            }
-            npd_ext::config::Kind::SystemStats => (
-                "system-stats-monitor",
-                // Logged once signals are handled (the config line comes before).
-                "detector running",
-            ),
-            other => panic!("{name}: unexpected kind {other:?}"),
-        };
-        let kmsg_flag = ["--kmsg-path", kmsg.to_str().expect("utf8")];
-        let (mut child, _) = detector_with(flag, &path, &kmsg_flag, &[], needle);
-        sigterm(&child);
-        let status = wait_exit(&mut child, Duration::from_secs(15));
-        assert!(status.success(), "{name}: {status}");
+    for (name, path) in our_configs(tmp.path()) {
+        common::bin::loads_in_the_detector(&name, &path, &kmsg);
     }
 }
 
 #[test]
 fn deprecated_flags_work_and_may_not_be_mixed_with_the_new_ones() {
-    let cfg = shared("npd-configs/kernel-monitor.json");
     let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = common::write_shipped_config(tmp.path(), "kernel-monitor.json");
     let kmsg = tmp.path().join("kmsg");
     std::fs::write(&kmsg, "").expect("kmsg file");
     let c = cfg.to_str().expect("utf8");
@@ -699,16 +553,8 @@ fn deprecated_flags_work_and_may_not_be_mixed_with_the_new_ones() {
     ]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("cannot be used with"), "{err}");
-    let mut child = Command::new(BIN)
-        .args([
-            "detector",
-            "--enable-k8s-exporter=false",
-            "--port",
-            "0",
-            "--prometheus-port",
-            "0",
-            "--system-log-monitors",
-        ])
+    let mut child = common::bin::detector()
+        .arg("--system-log-monitors")
         .arg(&cfg)
         .arg("--kmsg-path")
         .arg(&kmsg)
@@ -722,72 +568,17 @@ fn deprecated_flags_work_and_may_not_be_mixed_with_the_new_ones() {
 
 #[test]
 fn journald_monitor_reads_a_journalctl_child() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let journal = tmp.path().join("journal");
-    std::fs::create_dir(&journal).expect("journal dir");
-    // Upstream's docker monitor, pointed at a journal directory of ours.
-    let mut cfg: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(shared("npd-configs/docker-monitor.json")).expect("read"),
-    )
-    .expect("json");
-    cfg["logPath"] = serde_json::Value::String(journal.display().to_string());
-    let cfg_path = tmp.path().join("docker-monitor.json");
-    std::fs::write(&cfg_path, cfg.to_string()).expect("write config");
-    // A journalctl that checks what it was asked, prints two entries and
-    // follows (sleeps) like the real one.
-    let args_file = tmp.path().join("args");
-    let now_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_micros();
-    let fake = tmp.path().join("journalctl");
-    std::fs::write(
-        &fake,
-        format!(
-            "#!/bin/sh\necho \"$@\" > {args}\n\
-             echo '{{\"__CURSOR\":\"c1\",\"__REALTIME_TIMESTAMP\":\"{now_us}\",\"SYSLOG_IDENTIFIER\":\"dockerd\",\"MESSAGE\":\"level=info msg=started\"}}'\n\
-             echo '{{\"__CURSOR\":\"c2\",\"__REALTIME_TIMESTAMP\":\"{now_us}\",\"SYSLOG_IDENTIFIER\":\"dockerd\",\"MESSAGE\":\"returned error: readlink /var/lib/docker/overlay2/l/ABC: invalid argument\"}}'\n\
-             exec sleep 600\n",
-            args = args_file.display()
-        ),
-    )
-    .expect("fake journalctl");
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    }
-    let (mut child, _) = detector_with(
-        "system-log-monitor",
-        &cfg_path,
-        &[],
-        &[("NPD_EXT_JOURNALCTL", &fake)],
-        "Node condition CorruptDockerOverlay2 is now: True",
+    let path = common::fixture("journald-monitor.json");
+    let cfg = serde_json::from_str(&std::fs::read_to_string(path).expect("read")).expect("json");
+    common::bin::journald_reads_a_journalctl_child(
+        cfg,
+        "containerd",
+        [
+            "level=info msg=containerd successfully booted in 0.042s",
+            "level=error msg=failed to prepare extraction snapshot extract-381-sha256:5a1f: open /var/lib/containerd/io.containerd.snapshotter.v1.overlayfs/snapshots/77/fs: no such file or directory",
+        ],
+        "ContainerdSnapshotterBroken",
     );
-    let args = std::fs::read_to_string(&args_file).expect("journalctl ran");
-    assert!(
-        args.contains("--output=json") && args.contains("--follow"),
-        "{args}"
-    );
-    assert!(
-        args.contains(&format!("--directory={}", journal.display())),
-        "{args}"
-    );
-    assert!(args.contains("SYSLOG_IDENTIFIER=dockerd"), "{args}");
-    assert!(args.contains("--since=@"), "{args}");
-    stop(&mut child);
-
-    // Without a journal the error names where it looked.
-    cfg["logPath"] = serde_json::Value::String("/nonexistent/journal".into());
-    std::fs::write(&cfg_path, cfg.to_string()).expect("write config");
-    let (mut child, seen) = detector_with(
-        "system-log-monitor",
-        &cfg_path,
-        &[],
-        &[("NPD_EXT_JOURNALCTL", &fake)],
-        "is not a directory",
-    );
-    assert!(seen.contains("/nonexistent/journal"), "{seen}");
-    stop(&mut child);
 }
 
 #[test]
@@ -814,19 +605,11 @@ fn validate_config_reads_configmap_manifests_and_finds_shared_condition_types() 
         "{out}"
     );
 
-    // Two upstream configs that both declare KernelDeadlock cannot run together.
-    let a = shared("npd-configs/kernel-monitor.json");
-    let b = shared("npd-configs/kernel-monitor-filelog.json");
-    let (code, out, _) = npd(&[
-        "validate-config",
-        a.to_str().expect("utf8"),
-        b.to_str().expect("utf8"),
-    ]);
-    assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("conditions: KernelDeadlock is also declared by")
-            && out.contains("kernel-monitor.json"),
-        "{out}"
+    // Two configs of ours that both declare KernelDeadlock cannot run together.
+    let a = common::write_shipped_config(tmp.path(), "kernel-monitor.json");
+    common::bin::kernel_deadlock_declared_twice(
+        &a,
+        &common::fixture("kernel-monitor-filelog.json"),
     );
 }
 
@@ -836,7 +619,8 @@ fn kernel_monitor_reads_the_real_dev_kmsg_where_it_may() {
         eprintln!("/dev/kmsg cannot be opened here (no CAP_SYSLOG?): nothing to check");
         return;
     }
-    let cfg = shared("npd-configs/kernel-monitor.json");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = common::write_shipped_config(tmp.path(), "kernel-monitor.json");
     let (mut child, _) = detector_with(
         "system-log-monitor",
         &cfg,

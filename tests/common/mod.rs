@@ -1,5 +1,7 @@
 //! Helpers shared by the integration tests: a plugin and a detector on a
-//! tempdir socket, a tiny HTTP client, and waiting on conditions with a deadline.
+//! tempdir socket, a tiny HTTP client, waiting on conditions with a deadline,
+//! and the configs and fixtures the tests read: ours (the shipped ConfigMap,
+//! tests/fixtures) and, for the compat tests only, upstream's (`compat`).
 #![allow(dead_code, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
@@ -18,7 +20,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+pub mod bin;
+pub mod compat;
 pub mod fake_api;
+pub mod syslog;
 pub mod yaml;
 
 pub const GPUS: u32 = 8;
@@ -165,4 +170,35 @@ pub fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).expect("write script");
     std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     p
+}
+
+/// `rel` under tests/fixtures (fixtures the project writes and keeps).
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
+}
+
+/// The ConfigMap we ship (manifests/npd-ext-config.yaml).
+pub fn shipped_configmap() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/npd-ext-config.yaml")
+}
+
+/// The config `key` of the ConfigMap we ship (e.g. "kernel-monitor.json").
+pub fn shipped_config(key: &str) -> String {
+    let path = shipped_configmap();
+    let text = std::fs::read_to_string(&path).expect("the shipped ConfigMap");
+    npd_ext::config::configmap::entries(&text)
+        .expect("the shipped ConfigMap parses")
+        .into_iter()
+        .find(|e| e.key == key)
+        .unwrap_or_else(|| panic!("{}: no entry {key}", path.display()))
+        .text
+}
+
+/// The shipped config `key` as the file `dir/key`, for the binary to read.
+pub fn write_shipped_config(dir: &Path, key: &str) -> PathBuf {
+    let path = dir.join(key);
+    std::fs::write(&path, shipped_config(key)).expect("write config");
+    path
 }

@@ -383,11 +383,11 @@ mod tests {
     use super::*;
     use crate::config::syslog;
 
-    fn translator() -> Translator {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../shared/npd-configs/kernel-monitor-filelog.json");
-        let text = std::fs::read_to_string(&path).expect("shared config");
-        let cfg = syslog::check(&path, &text).config.expect("loads");
+    /// The translator of the filelog config at `path`.
+    fn translator(path: &Path) -> Translator {
+        let text =
+            std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let cfg = syslog::check(path, &text).config.expect("loads");
         Translator::new(&cfg).expect("translator")
     }
 
@@ -430,9 +430,9 @@ mod tests {
         assert!(matches!(Extract::new("^.{15}"), Ok(Extract::Whole(_))));
     }
 
-    #[test]
-    fn stock_filelog_translation() {
-        let mut t = translator();
+    /// What a kernel-monitor filelog config for syslog-format kern.log lines
+    /// (as ours and upstream's are) makes of them.
+    fn translates_kern_log(mut t: Translator) {
         let (_, text) = t
             .translate(
                 "Nov 27 01:02:03 node-1 kernel: [ 1234.567890] Killed process 77 (x) total-vm:1kB",
@@ -455,5 +455,29 @@ mod tests {
             t.translate("Foo 27 01:02:03 node-1 kernel: [ 1.0] x", SystemTime::now()),
             Err(TranslateError::BadTimestamp(_))
         ));
+    }
+
+    #[test]
+    fn fixture_filelog_translation() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/kernel-monitor-filelog.json");
+        translates_kern_log(translator(&path));
+    }
+
+    mod compat {
+        use super::*;
+
+        include!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/common/compat.rs"
+        ));
+
+        #[test]
+        #[ignore = "needs NPD_EXT_COMPAT_DIR (upstream NPD configs / H200 readings)"]
+        fn stock_filelog_translation() {
+            translates_kern_log(translator(&upstream(
+                "npd-configs/kernel-monitor-filelog.json",
+            )));
+        }
     }
 }

@@ -212,15 +212,24 @@ mod tests {
     use super::*;
     use crate::config::syslog;
 
-    fn kernel_monitor() -> (Vec<LogRule>, usize) {
-        let path =
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/npd-configs/kernel-monitor.json");
-        let text = std::fs::read_to_string(&path)
-            .expect("kernel-monitor.json (../shared beside the checkout)");
-        let cfg = syslog::check(&path, &text)
+    /// The rules and buffer size of the kernel-monitor config `text` (read from `path`).
+    fn kernel_monitor(path: &Path, text: &str) -> (Vec<LogRule>, usize) {
+        let cfg = syslog::check(path, text)
             .config
-            .expect("upstream config loads");
+            .unwrap_or_else(|| panic!("{}: kernel-monitor.json loads", path.display()));
         (cfg.rules, cfg.buffer_size)
+    }
+
+    /// The kernel-monitor.json entry of the ConfigMap we ship.
+    fn shipped_kernel_monitor() -> (Vec<LogRule>, usize) {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("manifests/npd-ext-config.yaml");
+        let text = std::fs::read_to_string(&manifest).expect("the shipped ConfigMap");
+        let entry = crate::config::configmap::entries(&text)
+            .expect("the manifest parses")
+            .into_iter()
+            .find(|e| e.key == "kernel-monitor.json")
+            .expect("a kernel-monitor.json entry");
+        kernel_monitor(&manifest, &entry.text)
     }
 
     fn reasons(engine: &mut RuleEngine, rules: &[LogRule], line: &str) -> Vec<String> {
@@ -231,77 +240,102 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn stock_kernel_rules_on_real_lines() {
-        let (rules, size) = kernel_monitor();
-        let mut e = RuleEngine::new(&rules, size).expect("compiles");
-        let cases: &[(&str, &[&str])] = &[
-            // OOM kill, old kernels: two lines, the second matches.
-            (
-                "Out of memory: Kill process 1234 (java) score 987 or sacrifice child",
-                &[],
-            ),
-            (
-                "Killed process 1234 (java) total-vm:2345678kB, anon-rss:123456kB, file-rss:0kB",
-                &["OOMKilling"],
-            ),
-            // OOM kill, kernels 5.x and later: one line with more fields.
-            (
-                "Out of memory: Killed process 4321 (python3) total-vm:9876543kB, anon-rss:8765432kB, file-rss:0kB, shmem-rss:0kB, UID:1000 pgtables:17000kB oom_score_adj:0",
-                &["OOMKilling"],
-            ),
-            (
-                "INFO: task kworker/2:1:123 blocked for more than 120 seconds.",
-                &["TaskHung"],
-            ),
-            (
-                "INFO: task docker:1234 blocked for more than 120 seconds.",
-                &["TaskHung", "DockerHung"],
-            ),
-            (
-                "EXT4-fs error (device sda1): ext4_find_entry:1455: inode #2: comm ls: reading directory lblock 0",
-                &["Ext4Error"],
-            ),
-            (
-                "XFS (sdb1): Corruption of in-memory data detected.  Shutting down filesystem",
-                &["XfsHasShutdown"],
-            ),
-            (
-                "{1}[Hardware Error]: event severity: fatal",
-                &["CperHardwareErrorFatal"],
-            ),
-            (
-                "{2}[Hardware Error]: event severity: corrected",
-                &["CperHardwareErrorCorrected"],
-            ),
-            (
-                "unregister_netdevice: waiting for eth0 to become free. Usage count = 1",
-                &["UnregisterNetDevice"],
-            ),
-            // Benign lines.
-            (
-                "EXT4-fs (sda1): mounted filesystem with ordered data mode. Opts: (null)",
-                &[],
-            ),
-            ("Killed process 1234 (java)", &[]),
-            (
-                "{3}[Hardware Error]: event severity: fatal, but this line goes on",
-                &[],
-            ),
-            (
-                "NVRM: loading NVIDIA UNIX Open Kernel Module for x86_64  580.159.04",
-                &[],
-            ),
-        ];
-        for (line, want) in cases {
-            assert_eq!(reasons(&mut e, &rules, line), *want, "{line}");
+    type Cases = [(&'static str, &'static [&'static str])];
+
+    /// Real kernel lines, and the reasons both our kernel monitor and
+    /// upstream's stock one give each.
+    const KERNEL_LINES: &Cases = &[
+        // OOM kill, old kernels: two lines, the second matches.
+        (
+            "Out of memory: Kill process 1234 (java) score 987 or sacrifice child",
+            &[],
+        ),
+        (
+            "Killed process 1234 (java) total-vm:2345678kB, anon-rss:123456kB, file-rss:0kB",
+            &["OOMKilling"],
+        ),
+        // OOM kill, kernels 5.x and later: one line with more fields.
+        (
+            "Out of memory: Killed process 4321 (python3) total-vm:9876543kB, anon-rss:8765432kB, file-rss:0kB, shmem-rss:0kB, UID:1000 pgtables:17000kB oom_score_adj:0",
+            &["OOMKilling"],
+        ),
+        (
+            "INFO: task kworker/2:1:123 blocked for more than 120 seconds.",
+            &["TaskHung"],
+        ),
+        (
+            "EXT4-fs error (device sda1): ext4_find_entry:1455: inode #2: comm ls: reading directory lblock 0",
+            &["Ext4Error"],
+        ),
+        (
+            "Buffer I/O error on dev nvme0n1, logical block 42, async page read",
+            &["IOError"],
+        ),
+        (
+            "BUG: unable to handle kernel NULL pointer dereference at 0000000000000008",
+            &["KernelOops"],
+        ),
+        (
+            "XFS (sdb1): Corruption of in-memory data detected.  Shutting down filesystem",
+            &["XfsHasShutdown"],
+        ),
+        (
+            "{1}[Hardware Error]: event severity: fatal",
+            &["CperHardwareErrorFatal"],
+        ),
+        // Benign lines.
+        (
+            "EXT4-fs (sda1): mounted filesystem with ordered data mode. Opts: (null)",
+            &[],
+        ),
+        ("Killed process 1234 (java)", &[]),
+        (
+            "{3}[Hardware Error]: event severity: fatal, but this line goes on",
+            &[],
+        ),
+        (
+            "NVRM: loading NVIDIA UNIX Open Kernel Module for x86_64  580.159.04",
+            &[],
+        ),
+    ];
+
+    /// Runs `cases` through `rules`, in order, on one engine.
+    fn check_lines(rules: &[LogRule], size: usize, cases: &[&Cases]) {
+        let mut e = RuleEngine::new(rules, size).expect("compiles");
+        for (line, want) in cases.iter().copied().flatten() {
+            assert_eq!(reasons(&mut e, rules, line), *want, "{line}");
         }
     }
 
     #[test]
-    fn the_prefilter_knows_each_stock_rule_and_changes_no_answer() {
-        let (rules, size) = kernel_monitor();
-        let with = RuleEngine::new(&rules, size).expect("compiles");
+    fn shipped_kernel_rules_on_real_lines() {
+        let (rules, size) = shipped_kernel_monitor();
+        let ours: &Cases = &[
+            (
+                "INFO: task umount.aufs:1234 blocked for more than 120 seconds.",
+                &["TaskHung", "AUFSUmountHung"],
+            ),
+            (
+                "BUG: unable to handle kernel paging request at ffffc90000a5e000",
+                &["KernelOops"],
+            ),
+            (
+                "NVRM: Xid (PCI:0000:3b:00): 79, pid=1234, name=python3, GPU has fallen off the bus.",
+                &["NvidiaXidFromKernelLog"],
+            ),
+            // An XID NVML reports itself: left to the gpu-monitor.
+            (
+                "NVRM: Xid (PCI:0000:3b:00): 13, pid=1234, name=python3, Graphics Exception",
+                &[],
+            ),
+        ];
+        check_lines(&rules, size, &[KERNEL_LINES, ours]);
+    }
+
+    /// The prefilter on the kernel monitor's rules: one for each rule, and
+    /// only ever a shortcut.
+    fn prefilter_changes_no_answer(rules: &[LogRule], size: usize) {
+        let with = RuleEngine::new(rules, size).expect("compiles");
         assert!(with.prefilter.is_some(), "every stock rule has a literal");
         assert_eq!(
             required_literal("task [\\S ]+:\\w+ blocked for more than \\w+ seconds\\.").as_deref(),
@@ -310,7 +344,7 @@ mod tests {
         assert_eq!(required_literal("(?i)oops"), None);
         assert_eq!(required_literal("a|b"), None);
         // A literal that is only part of the pattern still finds the line.
-        let mut changed = rules.clone();
+        let mut changed = rules.to_vec();
         changed[0].pattern = "[Kk]illed [Pp]rocess \\d+".into();
         let mut e = RuleEngine::new(&changed, size).expect("compiles");
         assert!(e.prefilter.is_some());
@@ -321,6 +355,57 @@ mod tests {
         let mut e = RuleEngine::new(&changed, size).expect("compiles");
         assert!(e.prefilter.is_none());
         assert_eq!(e.push("abc123").len(), 1);
+    }
+
+    #[test]
+    fn the_prefilter_knows_each_shipped_rule_and_changes_no_answer() {
+        let (rules, size) = shipped_kernel_monitor();
+        prefilter_changes_no_answer(&rules, size);
+    }
+
+    mod compat {
+        use super::*;
+
+        include!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/common/compat.rs"
+        ));
+
+        /// Upstream NPD's stock kernel-monitor.json.
+        fn stock_kernel_monitor() -> (Vec<LogRule>, usize) {
+            let path = upstream("npd-configs/kernel-monitor.json");
+            let text = std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            kernel_monitor(&path, &text)
+        }
+
+        #[test]
+        #[ignore = "needs NPD_EXT_COMPAT_DIR (upstream NPD configs / H200 readings)"]
+        fn stock_kernel_rules_on_real_lines() {
+            let (rules, size) = stock_kernel_monitor();
+            let upstream_only: &Cases = &[
+                (
+                    "INFO: task docker:1234 blocked for more than 120 seconds.",
+                    &["TaskHung", "DockerHung"],
+                ),
+                (
+                    "{2}[Hardware Error]: event severity: corrected",
+                    &["CperHardwareErrorCorrected"],
+                ),
+                (
+                    "unregister_netdevice: waiting for eth0 to become free. Usage count = 1",
+                    &["UnregisterNetDevice"],
+                ),
+            ];
+            check_lines(&rules, size, &[KERNEL_LINES, upstream_only]);
+        }
+
+        #[test]
+        #[ignore = "needs NPD_EXT_COMPAT_DIR (upstream NPD configs / H200 readings)"]
+        fn the_prefilter_knows_each_stock_rule_and_changes_no_answer() {
+            let (rules, size) = stock_kernel_monitor();
+            prefilter_changes_no_answer(&rules, size);
+        }
     }
 
     #[test]
