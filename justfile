@@ -22,10 +22,10 @@ default:
 build-all-binaries:
     cargo build --release --locked
 
-# dist/linux-<arch>/ for each of PLATFORMS: the release binary, cross-compiled
-# (no emulation), with its applet symlinks. arm64 from amd64 needs
-# `rustup target add aarch64-unknown-linux-gnu` and Debian's gcc-aarch64-linux-gnu
-# (.cargo/config.toml names the linker); build on glibc 2.36 (bookworm) or older.
+# arm64 from amd64 needs `rustup target add aarch64-unknown-linux-gnu` and Debian's
+# gcc-aarch64-linux-gnu (.cargo/config.toml names the linker); build on glibc 2.36
+# (bookworm) or older, so the binary runs on cc-debian12.
+# dist/linux-<arch>/ for each of PLATFORMS: the release binary, cross-compiled, with its applet symlinks.
 dist:
     #!/usr/bin/env sh
     set -eu
@@ -51,8 +51,8 @@ docker-build-gpu: docker-build
 
 docker-build-all: docker-build docker-build-gpu
 
-# Both tags for every platform, pushed (buildx cannot load a multi-platform
-# image locally), from binaries cross-compiled by `just dist`.
+# buildx cannot load a multi-platform image locally, so it pushes.
+# Both tags for every platform, pushed, from binaries cross-compiled by `just dist`.
 docker-buildx-all: dist
     docker buildx build --platform {{PLATFORMS}} {{BUILD_ARGS}} --build-arg BINARY=host \
         -t {{NPD_IMAGE}}:{{TAG}} -t {{GPU_IMAGE}}:{{TAG}} --push .
@@ -63,8 +63,8 @@ docker-push:
 docker-push-all: docker-push
     {{CONTAINER_TOOL}} push {{GPU_IMAGE}}:{{TAG}}
 
-# Builds the image with podman on a stand-in base and runs both deployment
-# variants as pods (`podman kube play`); removes all it made.
+# scripts/image-test.sh: removes every container, pod, volume and image it made.
+# The image built with podman on a stand-in base, both deployment variants run as pods.
 image-test:
     scripts/image-test.sh
 

@@ -71,6 +71,9 @@ pause_before=$(podman images -q --filter reference='localhost/podman-pause')
 cleanup() {
   local rc=$?
   for y in "${played[@]}"; do [ -z "$y" ] || podman kube down "$y" >/dev/null 2>&1 || true; done
+  for p in $(cat "$work"/*/pods 2>/dev/null | awk '$1 == "pod" {print $2}' | sort -u); do
+    podman pod rm -f "$p" >/dev/null 2>&1 || true
+  done
   for i in "${images[@]}"; do podman rmi -f "$i" >/dev/null 2>&1 || true; done
   [ "$runtime_image" = "$standin" ] && podman rmi -f "$standin" >/dev/null 2>&1 || true
   for v in $(comm -13 <(echo "$volumes_before") <(podman volume ls -q | sort -u)); do
@@ -279,7 +282,15 @@ down() {
   done < <(grep '^grace ' "$dir/pods")
   [ ! -e "$socket" ] || fail "the socket $socket outlived the stop"
   say "the socket is removed"
-  podman kube down "$dir/pods.yaml" >/dev/null 2>&1 || fail "kube down $dir"
+  # podman 4.3's kube down of two pods once left one behind, empty (seen in
+  # 1 of 4 runs): its error is shown and the pods are removed by name.
+  if ! podman kube down "$dir/pods.yaml" >"$dir/down.log" 2>&1; then
+    say "podman kube down failed: $(grep -v 'msg="Removing timer' "$dir/down.log" | tr '\n' ' ')"
+    for p in $(awk '$1 == "pod" {print $2}' "$dir/pods"); do podman pod rm -f "$p" >/dev/null 2>&1 || true; done
+  fi
+  for p in $(awk '$1 == "pod" {print $2}' "$dir/pods"); do
+    if podman pod exists "$p"; then fail "pod $p outlived kube down"; fi
+  done
   played=("${played[@]/"$dir/pods.yaml"/}")
 }
 
