@@ -23,5 +23,11 @@ pub mod rpc;
 pub mod shutdown;
 pub mod supervisor;
 
+/// Where the unit tests' `compat` modules find upstream's files
+/// (`NPD_EXT_COMPAT_DIR`); the integration tests compile the same file.
+#[cfg(test)]
+#[path = "../tests/common/compat.rs"]
+pub(crate) mod compat_dir;
+
 /// The version every applet reports.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1013,11 +1013,7 @@ mod tests {
 
     mod compat {
         use super::*;
-
-        include!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/common/compat.rs"
-        ));
+        use crate::compat_dir::upstream;
 
         /// Real readings from an idle, healthy H200 (slowdown at 89 °C). In
         /// this VM NVLink answers `NotSupported` too: not a fault.

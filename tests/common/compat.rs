@@ -1,5 +1,5 @@
-// Also compiled into the unit tests' `compat` modules in src/ (through
-// `include!`), so it holds items only: no inner attributes or `//!` docs.
+// Also the library's `compat_dir` module for the unit tests in src/ (by
+// `#[path]` from src/lib.rs), so it names nothing outside std.
 
 use std::path::PathBuf;
 

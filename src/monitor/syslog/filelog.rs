@@ -466,11 +466,7 @@ mod tests {
 
     mod compat {
         use super::*;
-
-        include!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/common/compat.rs"
-        ));
+        use crate::compat_dir::upstream;
 
         #[test]
         #[ignore = "needs NPD_EXT_COMPAT_DIR (upstream NPD configs / H200 readings)"]

@@ -365,11 +365,7 @@ mod tests {
 
     mod compat {
         use super::*;
-
-        include!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/common/compat.rs"
-        ));
+        use crate::compat_dir::upstream;
 
         /// Upstream NPD's stock kernel-monitor.json.
         fn stock_kernel_monitor() -> (Vec<LogRule>, usize) {
