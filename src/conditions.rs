@@ -1,13 +1,30 @@
 //! The condition manager: owns the node's condition set. Enforces ownership
 //! (a monitor sets only the types it declared; kubelet-owned types never),
 //! computes `lastTransitionTime` itself, and says what changed.
+//!
+//! It is also the one place of the staleness model: a monitor confirms its
+//! conditions by reporting (a status, or "alive, still so"); one that says
+//! it cannot see ([`down`](ConditionManager::down)), or that has not
+//! confirmed within the period it promised
+//! ([`expire`](ConditionManager::expire)), has every condition it owns
+//! turned `Unknown` with a reason saying why. What it last said is held and
+//! comes back as soon as it confirms again. `lastUpdate` is the last
+//! confirmation, which the Kubernetes exporter writes as
+//! `lastHeartbeatTime`: nothing is heartbeated fresher than its source.
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
+use tokio::time::Instant;
 
-use crate::problem::{Condition, ConditionStatus, Event, Status, format_time, is_kubelet_owned};
+use crate::problem::{
+    Condition, ConditionStatus, Event, Severity, Status, format_time, is_kubelet_owned,
+};
+
+/// The reason of conditions whose monitor has not confirmed them within its
+/// period.
+pub const REASON_STALE: &str = "MonitorStale";
 
 /// Index of a monitor in the detector's list.
 pub type MonitorId = usize;
@@ -63,9 +80,29 @@ pub enum OwnershipError {
     },
 }
 
+/// How a monitor keeps its conditions current.
+#[derive(Debug, Default)]
+struct Watch {
+    /// The longest it may go without confirming (`None`: not watched).
+    period: Option<Duration>,
+    /// When it last confirmed (`None`: it has not reported yet).
+    confirmed: Option<Instant>,
+    /// While its conditions are held `Unknown` here: why, and what it last
+    /// said of each, to restore when it confirms again.
+    held: Option<Held>,
+}
+
+#[derive(Debug)]
+struct Held {
+    reason: String,
+    message: String,
+    said: Vec<Condition>,
+}
+
 #[derive(Debug, Default)]
 pub struct ConditionManager {
     sources: Vec<String>,
+    watches: Vec<Watch>,
     owners: BTreeMap<String, MonitorId>,
     conditions: BTreeMap<String, NodeCondition>,
     /// (monitor, type) pairs already logged as refused, so a plugin that keeps
@@ -93,6 +130,7 @@ impl ConditionManager {
     pub fn register(&mut self, source: &str, types: &[String]) -> (MonitorId, Vec<OwnershipError>) {
         let id = self.sources.len();
         self.sources.push(source.to_owned());
+        self.watches.push(Watch::default());
         let errors = self.claim(id, types);
         (id, errors)
     }
@@ -142,7 +180,7 @@ impl ConditionManager {
     /// Applies a monitor's status at `now`: owned conditions are written,
     /// others refused; events pass through with the monitor's source.
     pub fn apply(&mut self, id: MonitorId, status: &Status, now: SystemTime) -> Applied {
-        let mut out = Applied::default();
+        let mut out = self.confirm(id, now);
         let source = self.sources.get(id).cloned().unwrap_or_default();
         for c in &status.conditions {
             if self.owners.get(&c.type_) != Some(&id) {
@@ -214,17 +252,141 @@ impl ConditionManager {
         }
     }
 
-    /// The monitor is alive and its conditions still hold: `lastUpdate` moves,
-    /// nothing else. Returns whether it owns any written condition.
-    pub fn touch(&mut self, id: MonitorId, now: SystemTime) -> bool {
-        let mut any = false;
+    /// The monitor is alive and its conditions still hold: `lastUpdate`
+    /// moves, and conditions held `Unknown` here come back as it last said
+    /// them.
+    pub fn touch(&mut self, id: MonitorId, now: SystemTime) -> Applied {
+        let mut out = self.confirm(id, now);
         for c in self.conditions.values_mut() {
             if self.owners.get(&c.type_) == Some(&id) {
                 c.last_update = now;
-                any = true;
+                out.touched = true;
             }
         }
-        any
+        out
+    }
+
+    /// Records a confirmation; restores what was held `Unknown`.
+    fn confirm(&mut self, id: MonitorId, now: SystemTime) -> Applied {
+        let mut out = Applied::default();
+        let Some(w) = self.watches.get_mut(id) else {
+            return out;
+        };
+        w.confirmed = Some(Instant::now());
+        let Some(held) = w.held.take() else {
+            return out;
+        };
+        let source = self.source(id).to_owned();
+        for c in &held.said {
+            out.touched = true;
+            if let Some(p) = self.update(&source, c, now) {
+                out.published.push(p);
+            }
+        }
+        out
+    }
+
+    /// The monitor promises to confirm its conditions at least every
+    /// `period`; past it they are `Unknown` ([`expire`](Self::expire)).
+    pub fn expect_every(&mut self, id: MonitorId, period: Duration) {
+        if let Some(w) = self.watches.get_mut(id) {
+            w.period = Some(period);
+        }
+    }
+
+    /// The monitor cannot see: every condition it owns (written or not) is
+    /// `Unknown` with `reason` and `message`, with one warning event, until
+    /// it confirms again. Nothing changes if it is already down for the
+    /// same reason and message.
+    pub fn down(&mut self, id: MonitorId, reason: &str, message: &str, now: SystemTime) -> Applied {
+        let mut out = Applied::default();
+        let Some(w) = self.watches.get_mut(id) else {
+            return out;
+        };
+        if w.held
+            .as_ref()
+            .is_some_and(|h| h.reason == reason && h.message == message)
+        {
+            return out;
+        }
+        let types = self.owned_by(id);
+        if self.watches[id].held.is_none() {
+            let said = types
+                .iter()
+                .filter_map(|t| self.conditions.get(t))
+                .map(|c| {
+                    let mut k = Condition::new(&c.type_, c.status, &c.reason, &c.message);
+                    k.transition = Some(c.transition);
+                    k
+                })
+                .collect();
+            self.watches[id].held = Some(Held {
+                reason: String::new(),
+                message: String::new(),
+                said,
+            });
+        }
+        if let Some(h) = self.watches[id].held.as_mut() {
+            reason.clone_into(&mut h.reason);
+            message.clone_into(&mut h.message);
+        }
+        let source = self.source(id).to_owned();
+        for t in types {
+            out.touched = true;
+            let c = Condition::new(t, ConditionStatus::Unknown, reason, message);
+            if let Some(p) = self.update(&source, &c, now) {
+                out.published.push(p);
+            }
+        }
+        out.published.push(Published::Event {
+            source,
+            event: Event {
+                severity: Severity::Warn,
+                timestamp: now,
+                reason: reason.to_owned(),
+                message: message.to_owned(),
+            },
+        });
+        out
+    }
+
+    /// Turns `Unknown` the conditions of every monitor that reported once
+    /// and has not confirmed within its period since.
+    pub fn expire(&mut self, now: SystemTime) -> Applied {
+        let mut out = Applied::default();
+        let at = Instant::now();
+        let stale: Vec<(MonitorId, Duration, Duration)> = self
+            .watches
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| w.held.is_none())
+            .filter_map(|(id, w)| {
+                let (period, confirmed) = (w.period?, w.confirmed?);
+                let quiet = at.duration_since(confirmed);
+                (quiet >= period).then_some((id, period, quiet))
+            })
+            .collect();
+        for (id, period, quiet) in stale {
+            let message = format!(
+                "{} has not confirmed its conditions for {} s (it promised to every {} s)",
+                self.source(id),
+                quiet.as_secs(),
+                period.as_secs()
+            );
+            let a = self.down(id, REASON_STALE, &message, now);
+            out.touched |= a.touched;
+            out.published.extend(a.published);
+        }
+        out
+    }
+
+    /// When [`expire`](Self::expire) next has something to do.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.watches
+            .iter()
+            .filter(|w| w.held.is_none())
+            .filter_map(|w| Some(w.confirmed? + w.period?))
+            .min()
     }
 
     /// Current conditions, by type.

@@ -16,7 +16,6 @@ use crate::exporter;
 use crate::exporter::prometheus::Metrics;
 use crate::liveness::Liveness;
 use crate::monitor::{self, Report, Update};
-use crate::problem::{Condition, ConditionStatus, Event, Severity, Status};
 use crate::shutdown::Shutdown;
 use crate::supervisor::Supervisor;
 
@@ -123,6 +122,15 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
     if !problems.is_empty() {
         return Err(StartError::Ownership(problems));
     }
+    // How often each monitor confirms its conditions when all is well
+    // (external monitors keep their own rule: errorThreshold, then
+    // MonitorUnreachable).
+    for &id in &syslog_ids {
+        manager.expect_every(id, monitor::syslog::CONFIRM_PERIOD);
+    }
+    for (c, &id) in options.custom.iter().zip(&custom_ids) {
+        manager.expect_every(id, monitor::custom::confirm_period(c));
+    }
     for (source, reporting, rules) in options
         .syslog
         .iter()
@@ -197,17 +205,19 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
     }) = options.k8s
     {
         let k8s_metrics = exporter::k8s::K8sMetrics::register(&metrics.registry());
-        let (conditions, published, token) =
-            (conditions_rx.clone(), published_tx.clone(), token.clone());
-        sup.spawn_plain("kubernetes exporter", move || {
-            exporter::k8s::run(
-                client.clone(),
-                k8s.clone(),
-                conditions.clone(),
-                published.subscribe(),
-                k8s_metrics.clone(),
-                token.child_token(),
-            )
+        let writers = exporter::k8s::Writers::new(client, k8s, k8s_metrics);
+        // Each writer promises its first beat within a minute and a half
+        // (a turn of its loop and a bounded API call).
+        let first = Some(Duration::from_secs(90));
+        if writers.options().write_events {
+            let (w, published, token) = (writers.clone(), published_tx.clone(), token.clone());
+            sup.spawn("kubernetes events", first, move |pulse| {
+                w.events(published.subscribe(), pulse, token.child_token())
+            });
+        }
+        let (conditions, token) = (conditions_rx.clone(), token.clone());
+        sup.spawn("kubernetes conditions", first, move |pulse| {
+            writers.conditions(conditions.clone(), pulse, token.child_token())
         });
     }
     let mut queues = Vec::new();
@@ -216,22 +226,30 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
         for cfg in options.exporters {
             let q = exporter::external::Queue::new(&cfg.name, cfg.queue_size, m.clone());
             let (node, queue, token) = (options.node.clone(), q.clone(), token.clone());
-            sup.spawn_plain(format!("external exporter {}", cfg.name), move || {
-                exporter::external::run(
-                    cfg.clone(),
-                    node.clone(),
-                    queue.clone(),
-                    token.child_token(),
-                )
-            });
+            let first = Some(Duration::from_secs(90));
+            sup.spawn(
+                format!("external exporter {}", cfg.name),
+                first,
+                move |pulse| {
+                    exporter::external::run(
+                        cfg.clone(),
+                        node.clone(),
+                        queue.clone(),
+                        pulse,
+                        token.child_token(),
+                    )
+                },
+            );
             queues.push(q);
         }
     }
     if options.log_exporter {
         let (published, token) = (published_tx.clone(), token.clone());
-        sup.spawn_plain("log exporter", move || {
-            exporter::log::run(published.subscribe(), token.child_token())
-        });
+        sup.spawn(
+            "log exporter",
+            Some(Duration::from_secs(90)),
+            move |pulse| exporter::log::run(published.subscribe(), pulse, token.child_token()),
+        );
     }
 
     // The fan-in's state outlives a panicked run: the next one takes it
@@ -252,7 +270,8 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
         let token = fan_in_token.child_token();
         async move { fan_in(&mut *state.lock_owned().await, pulse, token).await }
     });
-    // Each monitor starts again from its configuration after a panic.
+    // Each monitor starts again from its configuration after a panic; one
+    // that panics or returns has its conditions Unknown until it reports.
     macro_rules! monitors {
         ($configs:expr, $ids:expr, $kind:literal, $run:path, $first:expr) => {
             for (cfg, id) in $configs.into_iter().zip($ids) {
@@ -262,18 +281,27 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
                 sup.spawn_with(
                     format!(concat!($kind, " {}"), cfg.source),
                     Some(first),
-                    move |pulse| $run(id, cfg.clone(), tx.clone(), pulse, token.child_token()),
+                    move |pulse| {
+                        let (cfg, tx, token) = (cfg.clone(), tx.clone(), token.child_token());
+                        async move {
+                            $run(id, cfg, tx.clone(), pulse, token.clone()).await;
+                            if !token.is_cancelled() {
+                                let update = Update::down(
+                                    monitor::REASON_MONITOR_STOPPED,
+                                    "the monitor stopped: its task returned",
+                                );
+                                let _ = tx.send(Report { monitor: id, update }).await;
+                            }
+                        }
+                    },
                     move |message| {
                         let down = down.clone();
                         async move {
-                            let update =
-                                Update::Down(format!("its task panicked ({message}) and restarts"));
-                            let _ = down
-                                .send(Report {
-                                    monitor: id,
-                                    update,
-                                })
-                                .await;
+                            let update = Update::down(
+                                monitor::REASON_MONITOR_RESTARTING,
+                                format!("the monitor stopped: its task panicked ({message}) and restarts"),
+                            );
+                            let _ = down.send(Report { monitor: id, update }).await;
                         }
                     },
                 );
@@ -340,34 +368,6 @@ struct Outputs {
     conditions: watch::Sender<Arc<Vec<NodeCondition>>>,
 }
 
-/// A monitor whose task is down: every condition it owns is Unknown until
-/// its restarted task reports again, with one warning saying why.
-fn down(manager: &ConditionManager, id: crate::conditions::MonitorId, why: &str) -> Status {
-    let now = SystemTime::now();
-    let message = format!("the monitor stopped: {why}");
-    Status {
-        source: manager.source(id).to_owned(),
-        events: vec![Event {
-            severity: Severity::Warn,
-            timestamp: now,
-            reason: monitor::REASON_MONITOR_RESTARTING.into(),
-            message: message.clone(),
-        }],
-        conditions: manager
-            .owned_by(id)
-            .into_iter()
-            .map(|t| {
-                Condition::new(
-                    t,
-                    ConditionStatus::Unknown,
-                    monitor::REASON_MONITOR_RESTARTING,
-                    message.clone(),
-                )
-            })
-            .collect(),
-    }
-}
-
 /// What the fan-in keeps across restarts.
 struct FanIn {
     manager: ConditionManager,
@@ -394,51 +394,67 @@ async fn fan_in(
     let mut tick = tokio::time::interval(FAN_IN_BEAT);
     loop {
         pulse.beat(FAN_IN_BEAT * 2);
+        let expiry = manager.next_expiry();
         let report = tokio::select! {
             r = rx.recv() => match r { Some(r) => r, None => break },
             _ = tick.tick() => continue,
-            () = token.cancelled() => break,
-        };
-        let status = match report.update {
-            Update::Status(status) => status,
-            Update::Down(why) => down(manager, report.monitor, &why),
-            Update::Alive => {
-                if manager.touch(report.monitor, SystemTime::now()) {
-                    conditions.send_replace(Arc::new(manager.snapshot()));
-                }
+            () = crate::shutdown::sleep_until_opt(expiry) => {
+                let applied = manager.expire(SystemTime::now());
+                publish(manager, applied, metrics, published, conditions);
                 continue;
             }
+            () = token.cancelled() => break,
+        };
+        let now = SystemTime::now();
+        let id = report.monitor;
+        let applied = match report.update {
+            Update::Status(status) => {
+                for q in exporters.iter() {
+                    q.push(manager.source(id), &status);
+                }
+                manager.apply(id, &status, now)
+            }
+            Update::Down { reason, message } => manager.down(id, &reason, &message, now),
+            Update::Alive => manager.touch(id, now),
             Update::Trimmed(t) => {
-                metrics.trimmed(manager.source(report.monitor), &t);
+                metrics.trimmed(manager.source(id), &t);
                 continue;
             }
             Update::Adopt(types) => {
-                for e in manager.claim(report.monitor, &types) {
+                for e in manager.claim(id, &types) {
                     tracing::warn!("cannot adopt a condition type the plugin announced: {e}");
                 }
                 continue;
             }
         };
-        let applied = manager.apply(report.monitor, &status, SystemTime::now());
-        for q in exporters.iter() {
-            q.push(manager.source(report.monitor), &status);
-        }
-        for p in applied.published {
-            metrics.observe(&p);
-            // No subscriber is fine: exporters may be disabled.
-            let _ = published.send(p);
-        }
-        // After the events: whoever sees the new conditions can also see
-        // what came with them.
-        if applied.touched {
-            conditions.send_replace(Arc::new(manager.snapshot()));
-        }
+        publish(manager, applied, metrics, published, conditions);
+    }
+}
+
+/// Hands on what a change produced: metrics, then the broadcast of
+/// transitions and events, then (after the events, so that whoever sees
+/// the new conditions can also see what came with them) the conditions.
+fn publish(
+    manager: &ConditionManager,
+    applied: crate::conditions::Applied,
+    metrics: &mut Metrics,
+    published: &broadcast::Sender<Published>,
+    conditions: &watch::Sender<Arc<Vec<NodeCondition>>>,
+) {
+    for p in applied.published {
+        metrics.observe(&p);
+        // No subscriber is fine: exporters may be disabled.
+        let _ = published.send(p);
+    }
+    if applied.touched {
+        conditions.send_replace(Arc::new(manager.snapshot()));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::problem::{Condition, ConditionStatus, Status};
 
     #[test]
     fn a_monitor_that_is_down_has_all_its_conditions_unknown_until_it_reports() {
@@ -446,11 +462,7 @@ mod tests {
         let (gpu, _) = m.register("gpu-monitor", &["GPULost".into(), "GPUMissing".into()]);
         let (other, _) = m.register("kernel-monitor", &["KernelDeadlock".into()]);
         let now = SystemTime::now();
-        for (id, t) in [
-            (gpu, "GPULost"),
-            (gpu, "GPUMissing"),
-            (other, "KernelDeadlock"),
-        ] {
+        for (id, t) in [(gpu, "GPULost"), (other, "KernelDeadlock")] {
             let s = Status {
                 source: m.source(id).to_owned(),
                 events: vec![],
@@ -458,25 +470,34 @@ mod tests {
             };
             m.apply(id, &s, now);
         }
-        let status = down(&m, gpu, "its task panicked (boom) and restarts");
-        let applied = m.apply(gpu, &status, now);
+        let message = "the monitor stopped: its task panicked (boom) and restarts";
+        let applied = m.down(gpu, monitor::REASON_MONITOR_RESTARTING, message, now);
         assert!(applied.touched);
         let snap = m.snapshot();
         for t in ["GPULost", "GPUMissing"] {
-            let c = snap.iter().find(|c| c.type_ == t).expect("present");
+            let c = snap
+                .iter()
+                .find(|c| c.type_ == t)
+                .expect("present, written or not");
             assert_eq!(c.status, ConditionStatus::Unknown, "{t}");
             assert_eq!(c.reason, monitor::REASON_MONITOR_RESTARTING);
-            assert_eq!(
-                c.message,
-                "the monitor stopped: its task panicked (boom) and restarts"
-            );
+            assert_eq!(c.message, message);
         }
         let k = snap
             .iter()
             .find(|c| c.type_ == "KernelDeadlock")
             .expect("present");
         assert_eq!(k.status, ConditionStatus::False, "other monitors untouched");
-        assert_eq!(status.events.len(), 1);
-        assert_eq!(status.events[0].severity, Severity::Warn);
+        let events: Vec<_> = applied
+            .published
+            .iter()
+            .filter(|p| matches!(p, Published::Event { .. }))
+            .collect();
+        assert_eq!(events.len(), 1, "one warning");
+        // The same again: nothing new.
+        assert_eq!(
+            m.down(gpu, monitor::REASON_MONITOR_RESTARTING, message, now),
+            crate::conditions::Applied::default()
+        );
     }
 }

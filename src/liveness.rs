@@ -16,6 +16,10 @@ struct Entry {
     last_panic: String,
     /// While a panicked task waits for its restart: when that is due.
     restart_at: Option<Instant>,
+    /// The task runs but cannot do its job, and says why (unhealthy).
+    failing: Option<String>,
+    /// The task does its job only in part, and says why (still healthy).
+    degraded: Option<String>,
 }
 
 /// The registry, shared by the tasks and the health endpoint.
@@ -58,6 +62,8 @@ impl Liveness {
             panics: 0,
             last_panic: String::new(),
             restart_at: None,
+            failing: None,
+            degraded: None,
         });
         Slot {
             registry: self.clone(),
@@ -80,6 +86,8 @@ impl Liveness {
                         e.panics,
                         at.saturating_duration_since(now).as_secs()
                     ))
+                } else if let Some(why) = &e.failing {
+                    Some(format!("{} ({why})", e.name))
                 } else if e.ended {
                     Some(format!("{} (stopped)", e.name))
                 } else if e.deadline.is_some_and(|d| now >= d) {
@@ -88,6 +96,15 @@ impl Liveness {
                     None
                 }
             })
+            .collect()
+    }
+
+    /// Tasks that work only in part, with why.
+    pub fn degraded(&self) -> Vec<String> {
+        self.lock()
+            .iter()
+            .filter(|e| !e.ended && e.failing.is_none())
+            .filter_map(|e| Some(format!("{} ({})", e.name, e.degraded.as_ref()?)))
             .collect()
     }
 
@@ -127,6 +144,8 @@ impl Slot {
             e.deadline = first.map(|f| Instant::now() + f);
             e.ended = false;
             e.restart_at = None;
+            e.failing = None;
+            e.degraded = None;
         });
         Pulse {
             registry: self.registry.clone(),
@@ -149,7 +168,21 @@ impl Pulse {
     pub fn beat(&self, next: Duration) {
         self.registry.with(self.index, |e| {
             e.deadline = Some(Instant::now() + next);
+            e.failing = None;
         });
+    }
+
+    /// The task runs but cannot do its job: unhealthy, with `why`, until
+    /// its next [`beat`](Self::beat).
+    pub fn fail(&self, why: impl Into<String>) {
+        let why = why.into();
+        self.registry.with(self.index, |e| e.failing = Some(why));
+    }
+
+    /// The task does its job only in part (`None`: fully again); shown by
+    /// `/healthz` without failing it.
+    pub fn degrade(&self, why: Option<String>) {
+        self.registry.with(self.index, |e| e.degraded = why);
     }
 }
 
@@ -173,6 +206,21 @@ mod tests {
         assert!(l.stalled().is_empty());
         drop(a);
         assert_eq!(l.stalled(), vec!["a (stopped)".to_owned()]);
+    }
+
+    #[test]
+    fn a_failing_task_is_stalled_with_its_reason_until_it_beats() {
+        let l = Liveness::new();
+        let p = l.register("k8s", Duration::from_secs(60));
+        p.degrade(Some("writes failing".into()));
+        assert!(l.stalled().is_empty());
+        assert_eq!(l.degraded(), vec!["k8s (writes failing)".to_owned()]);
+        p.fail("node \"x\" not found");
+        assert_eq!(l.stalled(), vec!["k8s (node \"x\" not found)".to_owned()]);
+        assert!(l.degraded().is_empty());
+        p.beat(Duration::from_secs(60));
+        p.degrade(None);
+        assert!(l.stalled().is_empty() && l.degraded().is_empty());
     }
 
     #[test]

@@ -414,15 +414,19 @@ fn poc_ignored(sink: &mut Sink, f: &Found<'_>, spelling: &str, how: &str) {
     }
 }
 
+/// The most a count (`maxAttempts`, `errorThreshold`) may be: far past any
+/// use, and small enough that sums of counts cannot overflow.
+pub const MAX_COUNT: u32 = 10_000;
+
 fn read_count(sink: &mut Sink, f: &Found<'_>) -> Option<u32> {
     let v = walk::unsigned(sink, f)?;
     match u32::try_from(v) {
-        Ok(v) if v >= 1 => Some(v),
+        Ok(v) if (1..=MAX_COUNT).contains(&v) => Some(v),
         _ => {
             sink.error(
                 f.node.pos,
                 &f.key,
-                format!("must be between 1 and {}, found {v}", u32::MAX),
+                format!("must be between 1 and {MAX_COUNT}, found {v}"),
             );
             None
         }

@@ -6,7 +6,10 @@
 //! Each exporter has a bounded queue: while its plugin is slow or away the
 //! oldest statuses are dropped first (the newest say most about the node)
 //! and counted in `npd_ext_external_exporter_dropped_total`. A failed call is
-//! retried with backoff; the detector never waits for an exporter.
+//! retried with backoff; a status the plugin refuses (`success: false`)
+//! [`MAX_REFUSALS`] times is given up, counted in
+//! `npd_ext_external_exporter_given_up_total`, so it does not hold up the
+//! statuses behind it. The detector never waits for an exporter.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -32,6 +35,7 @@ pub struct ExporterMetrics {
     pub sent: IntCounterVec,
     pub dropped: IntCounterVec,
     pub failed: IntCounterVec,
+    pub given_up: IntCounterVec,
 }
 
 impl ExporterMetrics {
@@ -53,6 +57,10 @@ impl ExporterMetrics {
             failed: counter(
                 "npd_ext_external_exporter_failed_calls_total",
                 "ExportProblems calls that failed (and were retried).",
+            ),
+            given_up: counter(
+                "npd_ext_external_exporter_given_up_total",
+                "Statuses given up after the plugin refused them (success: false) MAX_REFUSALS times.",
             ),
         }
     }
@@ -120,22 +128,35 @@ impl Queue {
     }
 }
 
+/// Attempts at one status the plugin refuses (`success: false`) before it
+/// is given up, counted in `npd_ext_external_exporter_given_up_total`.
+pub const MAX_REFUSALS: u32 = 3;
+
+/// How often the loop turns at the least while the queue is empty.
+const IDLE_TURN: Duration = Duration::from_secs(30);
+
 /// Sends the queue's statuses to the plugin until `token` is cancelled.
 pub async fn run(
     cfg: ExternalExporterConfig,
     node: String,
     queue: Arc<Queue>,
+    pulse: crate::liveness::Pulse,
     token: CancellationToken,
 ) {
     let mut client = ExternalExporterClient::new(lazy_channel(&cfg.socket_path));
     let mut backoff = Backoff::new(Duration::from_millis(200), MAX_BACKOFF, 2.0);
+    // The status at the front and how often the plugin refused it.
+    let mut refusals: (i64, u32) = (0, 0);
     tracing::info!(exporter = %cfg.name, socket = %cfg.socket_path.display(), "external exporter started");
     loop {
+        pulse.beat(IDLE_TURN.max(MAX_BACKOFF) + cfg.timeout * 2);
         let Some((seq, source, status)) = queue.front() else {
             tokio::select! {
-                () = queue.ready.notified() => continue,
+                () = queue.ready.notified() => {}
+                () = tokio::time::sleep(IDLE_TURN) => {}
                 () = token.cancelled() => return,
             }
+            continue;
         };
         let mut request = tonic::Request::new(pb::ExportRequest {
             status: Some(pb::Status::from(&status)),
@@ -149,9 +170,13 @@ pub async fn run(
             r = call => r,
             () = token.cancelled() => return,
         };
+        let mut refused = false;
         let error = match outcome {
             Ok(Ok(r)) if r.get_ref().success => None,
-            Ok(Ok(r)) => Some(format!("the plugin refused it: {}", r.get_ref().error)),
+            Ok(Ok(r)) => {
+                refused = true;
+                Some(format!("the plugin refused it: {}", r.get_ref().error))
+            }
             Ok(Err(e)) => Some(describe(&e)),
             Err(_) => Some(format!("no answer within {:?}", cfg.timeout)),
         };
@@ -174,6 +199,26 @@ pub async fn run(
                     .failed
                     .with_label_values(&[cfg.name.as_str()])
                     .inc();
+                if refused {
+                    refusals = if refusals.0 == seq {
+                        (seq, refusals.1 + 1)
+                    } else {
+                        (seq, 1)
+                    };
+                    if refusals.1 >= MAX_REFUSALS {
+                        // Sending it again will not change the plugin's mind;
+                        // the statuses behind it must not wait for ever.
+                        tracing::error!(exporter = %cfg.name, sequence = seq, "the plugin refused a status {MAX_REFUSALS} times; giving it up: {why}");
+                        queue
+                            .metrics
+                            .given_up
+                            .with_label_values(&[cfg.name.as_str()])
+                            .inc();
+                        queue.done(seq);
+                        backoff.reset();
+                        continue;
+                    }
+                }
                 let wait = backoff.next_delay();
                 let failures = backoff.failures();
                 if failures == 1 || failures.is_power_of_two() {

@@ -75,15 +75,17 @@ fn route(method: &Method, path: &str, state: &State) -> Response<Full<Bytes>> {
         "/healthz" => {
             let stalled = state.liveness.stalled();
             if stalled.is_empty() {
-                let recovered = state.liveness.recovered();
-                if recovered.is_empty() {
-                    text(StatusCode::OK, "ok\n".into())
-                } else {
-                    text(
-                        StatusCode::OK,
-                        format!("ok; recovered: {}\n", recovered.join(", ")),
-                    )
+                let mut body = String::from("ok");
+                for (what, list) in [
+                    ("degraded", state.liveness.degraded()),
+                    ("recovered", state.liveness.recovered()),
+                ] {
+                    if !list.is_empty() {
+                        body.push_str(&format!("; {what}: {}", list.join(", ")));
+                    }
                 }
+                body.push('\n');
+                text(StatusCode::OK, body)
             } else {
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,

@@ -6,10 +6,19 @@ use tokio_util::sync::CancellationToken;
 use crate::conditions::Published;
 use crate::problem::Severity;
 
-pub async fn run(mut rx: broadcast::Receiver<Published>, token: CancellationToken) {
+/// How often the exporter's loop turns at the least (and beats).
+const TURN: std::time::Duration = std::time::Duration::from_secs(30);
+
+pub async fn run(
+    mut rx: broadcast::Receiver<Published>,
+    pulse: crate::liveness::Pulse,
+    token: CancellationToken,
+) {
     loop {
+        pulse.beat(TURN * 3);
         let item = tokio::select! {
             r = rx.recv() => r,
+            () = tokio::time::sleep(TURN) => continue,
             () = token.cancelled() => return,
         };
         match item {

@@ -320,6 +320,25 @@ impl PluginState {
     }
 }
 
+/// The longest a healthy monitor goes between two finished runs: its
+/// slowest rule's interval and timeout, and some slack.
+fn cycle(cfg: &CustomPluginConfig) -> Duration {
+    cfg.rules
+        .iter()
+        .map(|r| {
+            r.invoke_interval.unwrap_or(cfg.invoke_interval) + r.timeout.unwrap_or(cfg.timeout)
+        })
+        .max()
+        .unwrap_or(cfg.invoke_interval + cfg.timeout)
+        + Duration::from_secs(30)
+}
+
+/// How often the monitor confirms its conditions (each finished run does):
+/// past it, the condition manager holds them `Unknown`.
+pub fn confirm_period(cfg: &CustomPluginConfig) -> Duration {
+    cycle(cfg) * 2
+}
+
 /// Runs one custom plugin monitor until `token` is cancelled.
 pub async fn run(
     id: MonitorId,
@@ -392,13 +411,7 @@ pub async fn run(
         launch(i, &mut running);
     }
     tracing::info!(monitor = %cfg.source, config = %cfg.file.display(), rules = n, "custom plugin monitor started");
-    let beat = intervals
-        .iter()
-        .max()
-        .copied()
-        .unwrap_or(cfg.invoke_interval)
-        + cfg.timeout
-        + Duration::from_secs(30);
+    let beat = cycle(&cfg);
     loop {
         pulse.beat(beat * 2);
         let next = due.iter().min().copied();
@@ -423,9 +436,9 @@ pub async fn run(
                     }
                     continue;
                 }
-                if let Some(s) = applied
-                    && reports.send(report(s)).await.is_err()
-                {
+                // A run that changed nothing confirms what stands.
+                let update = applied.map_or(Update::Alive, Update::Status);
+                if reports.send(Report { monitor: id, update }).await.is_err() {
                     break;
                 }
             }

@@ -162,14 +162,14 @@ impl Runner {
                 End::Cancelled => break,
                 End::Failed(e) => e,
             };
-            self.failures += 1;
+            self.failures = self.failures.saturating_add(1);
             let threshold = self.config.health_check.error_threshold;
             tracing::warn!(monitor = %source, %socket, failures = self.failures, "plugin call failed: {error}");
             if self.failures >= threshold && !self.unreachable {
                 self.unreachable = true;
                 self.mark_unreachable(&error).await;
             }
-            if self.failures == threshold + self.config.retry.max_attempts {
+            if self.failures == threshold.saturating_add(self.config.retry.max_attempts) {
                 tracing::error!(
                     monitor = %source, %socket, failures = self.failures,
                     "plugin still unreachable; retrying every {:?} at most, conditions stay Unknown",

@@ -24,13 +24,28 @@ pub enum Update {
     /// What the plugin's last status had over the limits (for the metrics;
     /// sent before that status).
     Trimmed(crate::rpc::Trimmed),
-    /// The monitor's task stopped (it panicked and waits to be restarted):
-    /// its conditions are no longer known. Sent by the supervisor.
-    Down(String),
+    /// The monitor cannot see (its source is unreadable, or its task
+    /// stopped): its conditions are `Unknown` with this reason and message
+    /// until it confirms them again.
+    Down { reason: String, message: String },
 }
 
-/// The reason of conditions whose monitor's task is down (see `Update::Down`).
+impl Update {
+    pub fn down(reason: &str, message: impl Into<String>) -> Self {
+        Self::Down {
+            reason: reason.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The reason of conditions whose monitor's task panicked and waits to be
+/// restarted.
 pub const REASON_MONITOR_RESTARTING: &str = "MonitorRestarting";
+/// The reason of conditions whose monitor's task returned.
+pub const REASON_MONITOR_STOPPED: &str = "MonitorStopped";
+/// The reason of conditions whose log source cannot be read.
+pub const REASON_SOURCE_UNREADABLE: &str = "LogSourceUnreadable";
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Report {

@@ -10,6 +10,10 @@
 //! - Events in both API groups (`/api/v1/...` and
 //!   `/apis/events.k8s.io/v1/...`): POST (409 when the name exists), PATCH
 //!   (strategic or merge patch; 404 when missing), GET;
+//! - every body decoded as its k8s-openapi type and validated as the real
+//!   server does (tests/common/api_rules.rs): 400 for a POST body that
+//!   does not decode, 422 `Invalid` with causes for one that fails
+//!   validation or a PATCH whose result does not decode;
 //! - injectable faults (status codes, 429 with `Retry-After`, dropped
 //!   connections, latency) matched by method and path;
 //! - a log of every request.
@@ -27,6 +31,8 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
+
+use super::api_rules as rules;
 
 pub const STRATEGIC: &str = "application/strategic-merge-patch+json";
 pub const MERGE: &str = "application/merge-patch+json";
@@ -358,9 +364,7 @@ fn route(
                     status_body(400, "BadRequest", "the patch is not a JSON object"),
                 );
             }
-            st.rv += 1;
-            let rv = st.rv;
-            let Some(node) = st.nodes.get_mut(*name) else {
+            let Some(old) = st.nodes.get(*name) else {
                 return (
                     404,
                     status_body(404, "NotFound", &format!("nodes \"{name}\" not found")),
@@ -368,9 +372,15 @@ fn route(
             };
             // The status subresource only takes status.
             let patch = json!({ "status": body.get("status").cloned().unwrap_or(Value::Null) });
-            merge(node, &patch, content_type == Some(STRATEGIC), "");
-            node["metadata"]["resourceVersion"] = Value::String(rv.to_string());
-            (200, node.clone())
+            let mut node = old.clone();
+            merge(&mut node, &patch, content_type == Some(STRATEGIC), "");
+            if let Err(why) = rules::decode_node(&node) {
+                return (422, rules::invalid_patch(&why));
+            }
+            st.rv += 1;
+            node["metadata"]["resourceVersion"] = Value::String(st.rv.to_string());
+            st.nodes.insert((*name).to_owned(), node.clone());
+            (200, node)
         }
         (&Method::POST, [.., "namespaces", _ns, "events"]) => {
             let Some(name) = body["metadata"]["name"]
@@ -387,24 +397,36 @@ fn route(
                     status_body(422, "Invalid", "metadata.name: Required value"),
                 );
             };
-            // The API server's validation of events.k8s.io/v1 Events.
-            if body["reason"].as_str().is_some_and(|r| r.len() > 128) {
+            if path.starts_with("/apis/events.k8s.io/v1/") {
+                let event = match rules::decode_event(&body) {
+                    Ok(e) => e,
+                    Err(why) => {
+                        return (
+                            400,
+                            status_body(
+                                400,
+                                "BadRequest",
+                                &format!(
+                                    "Event in version \"v1\" cannot be handled as a Event: {why}"
+                                ),
+                            ),
+                        );
+                    }
+                };
+                let ns = parts[parts.len() - 2];
+                let errors = rules::validate_event_create(&event, ns);
+                if !errors.is_empty() {
+                    return (422, rules::invalid("Event", &name, &errors));
+                }
+            } else if let Err(e) =
+                serde_json::from_value::<k8s_openapi::api::core::v1::Event>(body.clone())
+            {
                 return (
-                    422,
+                    400,
                     status_body(
-                        422,
-                        "Invalid",
-                        "reason: Too long: may not be longer than 128",
-                    ),
-                );
-            }
-            if body["note"].as_str().is_some_and(|n| n.len() > 1024) {
-                return (
-                    422,
-                    status_body(
-                        422,
-                        "Invalid",
-                        "note: Too long: may not be longer than 1024",
+                        400,
+                        "BadRequest",
+                        &format!("Event in version \"v1\" cannot be handled as a Event: {e}"),
                     ),
                 );
             }
@@ -429,19 +451,29 @@ fn route(
         (&Method::PATCH, [.., "namespaces", _ns, "events", name]) => {
             let collection = path[..path.len() - name.len() - 1].to_owned();
             let key = (collection, (*name).to_owned());
-            st.rv += 1;
-            let rv = st.rv;
-            match st.events.get_mut(&key) {
-                Some(ev) => {
-                    merge(ev, &body, content_type == Some(STRATEGIC), "");
-                    ev["metadata"]["resourceVersion"] = Value::String(rv.to_string());
-                    (200, ev.clone())
-                }
-                None => (
+            let Some(old) = st.events.get(&key) else {
+                return (
                     404,
                     status_body(404, "NotFound", &format!("events \"{name}\" not found")),
-                ),
+                );
+            };
+            let mut ev = old.clone();
+            merge(&mut ev, &body, content_type == Some(STRATEGIC), "");
+            if path.starts_with("/apis/events.k8s.io/v1/") {
+                let new = match rules::decode_event(&ev) {
+                    Ok(e) => e,
+                    Err(why) => return (422, rules::invalid_patch(&why)),
+                };
+                let before = rules::decode_event(old).expect("stored Events decode");
+                let errors = rules::validate_event_update(&new, &before);
+                if !errors.is_empty() {
+                    return (422, rules::invalid("Event", name, &errors));
+                }
             }
+            st.rv += 1;
+            ev["metadata"]["resourceVersion"] = Value::String(st.rv.to_string());
+            st.events.insert(key, ev.clone());
+            (200, ev)
         }
         (&Method::GET, [.., "namespaces", _ns, "events", name]) => {
             let collection = path[..path.len() - name.len() - 1].to_owned();

@@ -118,7 +118,8 @@ impl LogState {
         })
     }
 
-    /// The status a fresh monitor sends: every condition `False`.
+    /// The conditions as the rules keep them, without events: at start
+    /// every condition `False`.
     pub fn initial(&self) -> Status {
         self.status(Vec::new())
     }
@@ -227,8 +228,64 @@ impl LogState {
     }
 }
 
-/// How often a monitor with a healthy source promises to beat.
+/// How often a monitor with a healthy source promises to beat, and
+/// confirms its conditions to the condition manager.
 const BEAT: Duration = Duration::from_secs(30);
+
+/// How often the monitor confirms its conditions while its source is
+/// readable: past it, the condition manager holds them `Unknown`.
+pub const CONFIRM_PERIOD: Duration = Duration::from_secs(75);
+
+/// A source that went down counts as unreadable (its conditions `Unknown`)
+/// unless within this long it is back and stays up for [`STABLE`]: a
+/// journalctl restarted once, a rotated file, is not a flap of every
+/// condition; one that keeps dying is.
+pub const DOWN_GRACE: Duration = Duration::from_secs(20);
+pub const STABLE: Duration = Duration::from_secs(10);
+
+/// Whether the source can be read, debounced.
+#[derive(Debug, Default)]
+struct Source {
+    /// Up since (`None`: down, or not yet up).
+    up_since: Option<tokio::time::Instant>,
+    /// Down and not yet back for long: when it counts as unreadable.
+    unreadable_at: Option<tokio::time::Instant>,
+    /// Why it went down last.
+    why: String,
+    /// Conditions are reported `Unknown` for it.
+    reported_down: bool,
+    /// Its first status has been sent (after it was first readable).
+    reported: bool,
+}
+
+impl Source {
+    fn up(&mut self) {
+        self.up_since = Some(tokio::time::Instant::now());
+    }
+
+    fn down(&mut self, why: String) {
+        self.up_since = None;
+        self.why = why;
+        self.unreadable_at
+            .get_or_insert_with(|| tokio::time::Instant::now() + DOWN_GRACE);
+    }
+
+    /// Up for long enough that an earlier down is forgotten.
+    fn stable(&self) -> bool {
+        self.up_since
+            .is_some_and(|t| t.elapsed() >= STABLE || self.unreadable_at.is_none())
+    }
+
+    /// When to look again: the grace running out, or the source becoming stable.
+    fn next_check(&self) -> Option<tokio::time::Instant> {
+        match (self.unreadable_at, self.up_since) {
+            (Some(_), Some(up)) if !self.reported_down => Some(up + STABLE),
+            (Some(at), None) if !self.reported_down => Some(at),
+            (Some(_), Some(up)) => Some(up + STABLE),
+            _ => None,
+        }
+    }
+}
 
 /// Runs one system log monitor until `token` is cancelled.
 pub async fn run(
@@ -252,13 +309,18 @@ pub async fn run(
             return;
         }
     };
-    let report = |status| Report {
-        monitor: id,
-        update: Update::Status(status),
+    let send = |update| {
+        let reports = reports.clone();
+        async move {
+            reports
+                .send(Report {
+                    monitor: id,
+                    update,
+                })
+                .await
+                .is_ok()
+        }
     };
-    if reports.send(report(state.initial())).await.is_err() {
-        return;
-    }
     let (tx, mut rx) = mpsc::channel::<Feed>(8);
     let stop = token.child_token();
     let spawned = match plugin {
@@ -271,10 +333,16 @@ pub async fn run(
         return;
     }
     tracing::info!(monitor = %source, config = %file, plugin = ?plugin, rules = cfg.rules.len(), "system log monitor started");
-    let mut up = false;
+    let mut src = Source::default();
     let mut tick = tokio::time::interval(BEAT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first status (every condition False, as NPD starts them) waits
+    // until the source is readable. Nothing of a source never read is known: its conditions are Unknown
+    // after the grace, as for one that went down.
+    src.unreadable_at = Some(tokio::time::Instant::now() + DOWN_GRACE);
+    src.why = "the log source has not been readable yet".into();
     loop {
-        if up {
+        if src.up_since.is_some() {
             pulse.beat(BEAT * 2);
         }
         let resolve_at = state.next_resolve().map(|t| {
@@ -284,10 +352,21 @@ pub async fn run(
         });
         let feed = tokio::select! {
             f = rx.recv() => match f { Some(f) => f, None => break },
-            _ = tick.tick() => continue,
+            _ = tick.tick() => {
+                if src.reported && !src.reported_down && src.up_since.is_some() && !send(Update::Alive).await {
+                    break;
+                }
+                continue;
+            }
+            () = crate::shutdown::sleep_until_opt(src.next_check()) => {
+                if !settle(&mut src, &state, &source, &send).await {
+                    break;
+                }
+                continue;
+            }
             () = crate::shutdown::sleep_until_opt(resolve_at) => {
                 if let Some(s) = state.resolve(SystemTime::now())
-                    && reports.send(report(s)).await.is_err()
+                    && !send(Update::Status(s)).await
                 {
                     break;
                 }
@@ -297,13 +376,19 @@ pub async fn run(
         };
         match feed {
             Feed::Lines(lines) => {
+                if !src.reported {
+                    src.reported = true;
+                    if !send(Update::Status(state.initial())).await {
+                        break;
+                    }
+                }
                 let now = SystemTime::now();
                 for (at, text) in lines.iter() {
                     if at < start {
                         continue;
                     }
                     for s in state.push(at, text, now) {
-                        if reports.send(report(s)).await.is_err() {
+                        if !send(Update::Status(s)).await {
                             return;
                         }
                     }
@@ -314,22 +399,58 @@ pub async fn run(
                 "kernel log records were overwritten before they were read; rules did not see them"
             ),
             Feed::Up => {
-                if !up {
+                if src.up_since.is_none() {
                     tracing::info!(monitor = %source, "log source is readable");
                 }
-                up = true;
+                src.up();
+                if !src.reported {
+                    src.reported = true;
+                    if !send(Update::Status(state.initial())).await {
+                        break;
+                    }
+                }
             }
             Feed::Down(why) => {
-                if up {
+                if src.up_since.is_some() {
                     tracing::error!(monitor = %source, "log source lost: {why}; retrying every {}s", RESTART_EVERY.as_secs());
                 } else {
                     tracing::error!(monitor = %source, "cannot read the log source: {why}; retrying every {}s", RESTART_EVERY.as_secs());
                 }
-                up = false;
+                src.down(why);
             }
         }
     }
     stop.cancel();
+}
+
+/// After the grace or the stable time: reports the source unreadable
+/// (every condition `Unknown`, saying why) or readable again (the
+/// conditions as the rules keep them). False when the detector is gone.
+async fn settle<F, Fut>(src: &mut Source, state: &LogState, source: &str, send: &F) -> bool
+where
+    F: Fn(Update) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    if src.stable() {
+        src.unreadable_at = None;
+        if std::mem::take(&mut src.reported_down) {
+            tracing::info!(monitor = %source, "log source readable again; conditions are known again");
+            src.reported = true;
+            return send(Update::Status(state.initial())).await;
+        }
+        return true;
+    }
+    if src.up_since.is_none() && !src.reported_down {
+        src.reported_down = true;
+        let message = format!("{source} cannot read its log: {}", src.why);
+        return send(Update::down(
+            crate::monitor::REASON_SOURCE_UNREADABLE,
+            message,
+        ))
+        .await;
+    }
+    // Up again, not yet stable: looked at again when it is.
+    true
 }
 
 /// Sleeps `d` in short steps; false when `stop` was cancelled meanwhile.
