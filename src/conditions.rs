@@ -180,7 +180,7 @@ impl ConditionManager {
     /// Applies a monitor's status at `now`: owned conditions are written,
     /// others refused; events pass through with the monitor's source.
     pub fn apply(&mut self, id: MonitorId, status: &Status, now: SystemTime) -> Applied {
-        let mut out = self.confirm(id, now);
+        let mut out = self.confirm(id, now, |t| status.conditions.iter().any(|c| c.type_ == t));
         let source = self.sources.get(id).cloned().unwrap_or_default();
         for c in &status.conditions {
             if self.owners.get(&c.type_) != Some(&id) {
@@ -196,7 +196,7 @@ impl ConditionManager {
                 continue;
             }
             out.touched = true;
-            if let Some(p) = self.update(&source, c, now) {
+            if let Some(p) = self.update(&source, c, now, true) {
                 out.published.push(p);
             }
         }
@@ -209,10 +209,20 @@ impl ConditionManager {
         out
     }
 
-    fn update(&mut self, source: &str, c: &Condition, now: SystemTime) -> Option<Published> {
+    /// Writes `c`; `lastUpdate` moves unless `confirmed` is false (the
+    /// manager's own `Unknown` confirms nothing).
+    fn update(
+        &mut self,
+        source: &str,
+        c: &Condition,
+        now: SystemTime,
+        confirmed: bool,
+    ) -> Option<Published> {
         match self.conditions.get_mut(&c.type_) {
             Some(existing) => {
-                existing.last_update = now;
+                if confirmed {
+                    existing.last_update = now;
+                }
                 if existing.status == c.status
                     && existing.reason == c.reason
                     && existing.message == c.message
@@ -256,7 +266,7 @@ impl ConditionManager {
     /// moves, and conditions held `Unknown` here come back as it last said
     /// them.
     pub fn touch(&mut self, id: MonitorId, now: SystemTime) -> Applied {
-        let mut out = self.confirm(id, now);
+        let mut out = self.confirm(id, now, |_| false);
         for c in self.conditions.values_mut() {
             if self.owners.get(&c.type_) == Some(&id) {
                 c.last_update = now;
@@ -266,8 +276,14 @@ impl ConditionManager {
         out
     }
 
-    /// Records a confirmation; restores what was held `Unknown`.
-    fn confirm(&mut self, id: MonitorId, now: SystemTime) -> Applied {
+    /// Records a confirmation; restores what was held `Unknown` (but the
+    /// types `said_now`, which the confirming status sets itself).
+    fn confirm(
+        &mut self,
+        id: MonitorId,
+        now: SystemTime,
+        said_now: impl Fn(&str) -> bool,
+    ) -> Applied {
         let mut out = Applied::default();
         let Some(w) = self.watches.get_mut(id) else {
             return out;
@@ -277,9 +293,9 @@ impl ConditionManager {
             return out;
         };
         let source = self.source(id).to_owned();
-        for c in &held.said {
+        for c in held.said.iter().filter(|c| !said_now(&c.type_)) {
             out.touched = true;
-            if let Some(p) = self.update(&source, c, now) {
+            if let Some(p) = self.update(&source, c, now, true) {
                 out.published.push(p);
             }
         }
@@ -334,7 +350,7 @@ impl ConditionManager {
         for t in types {
             out.touched = true;
             let c = Condition::new(t, ConditionStatus::Unknown, reason, message);
-            if let Some(p) = self.update(&source, &c, now) {
+            if let Some(p) = self.update(&source, &c, now, false) {
                 out.published.push(p);
             }
         }
@@ -491,5 +507,116 @@ mod tests {
             t2,
         );
         assert!(r.published.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_monitor_that_does_not_confirm_within_its_period_goes_unknown_and_comes_back() {
+        let mut m = ConditionManager::new();
+        let (a, _) = m.register("kernel-monitor", &["KernelDeadlock".into()]);
+        let (b, _) = m.register("other", &["Y".into()]);
+        m.expect_every(a, Duration::from_secs(75));
+        let t0 = SystemTime::now();
+        m.apply(
+            a,
+            &status(vec![cond(
+                "KernelDeadlock",
+                ConditionStatus::False,
+                "KernelHasNoDeadlock",
+            )]),
+            t0,
+        );
+        m.apply(b, &status(vec![cond("Y", ConditionStatus::True, "y")]), t0);
+        let due = m.next_expiry().expect("watched");
+        assert_eq!(due.duration_since(Instant::now()), Duration::from_secs(75));
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let t1 = t0 + Duration::from_secs(60);
+        assert!(
+            m.touch(a, t1).published.is_empty(),
+            "confirmed: nothing changes"
+        );
+        tokio::time::advance(Duration::from_secs(74)).await;
+        assert_eq!(m.expire(t1), Applied::default(), "within its period");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let t2 = t1 + Duration::from_secs(75);
+        let r = m.expire(t2);
+        let snap = m.snapshot();
+        let k = snap
+            .iter()
+            .find(|c| c.type_ == "KernelDeadlock")
+            .expect("k");
+        assert_eq!(
+            (k.status, k.reason.as_str()),
+            (ConditionStatus::Unknown, REASON_STALE)
+        );
+        assert_eq!(
+            k.message,
+            "kernel-monitor has not confirmed its conditions for 75 s (it promised to every 75 s)"
+        );
+        assert_eq!(k.last_update, t1, "its last confirmation, not the expiry");
+        assert_eq!(
+            r.published.len(),
+            2,
+            "the change and one warning: {:?}",
+            r.published
+        );
+        assert!(
+            snap.iter()
+                .any(|c| c.type_ == "Y" && c.status == ConditionStatus::True),
+            "an unwatched monitor is untouched"
+        );
+        assert!(
+            m.next_expiry().is_none() && m.expire(t2) == Applied::default(),
+            "once"
+        );
+        // Alive again: what it last said is back, with a new transition.
+        let t3 = t2 + Duration::from_secs(5);
+        let r = m.touch(a, t3);
+        assert_eq!(r.published.len(), 1);
+        let k = m
+            .snapshot()
+            .into_iter()
+            .find(|c| c.type_ == "KernelDeadlock")
+            .expect("k");
+        assert_eq!(
+            (k.status, k.reason.as_str(), k.transition),
+            (ConditionStatus::False, "KernelHasNoDeadlock", t3)
+        );
+    }
+
+    #[test]
+    fn a_source_that_cannot_see_makes_even_unwritten_conditions_unknown() {
+        let mut m = ConditionManager::new();
+        let (a, _) = m.register(
+            "journal",
+            &["KernelDeadlock".into(), "ReadonlyFilesystem".into()],
+        );
+        let now = SystemTime::now();
+        let why = "journal cannot read its log: /bin/false exited (exit status: 1)";
+        let r = m.down(a, "LogSourceUnreadable", why, now);
+        assert!(r.touched);
+        let snap = m.snapshot();
+        assert_eq!(snap.len(), 2);
+        assert!(snap.iter().all(|c| c.status == ConditionStatus::Unknown
+            && c.reason == "LogSourceUnreadable"
+            && c.message == why));
+        // Another reason: the conditions say the new one.
+        m.down(a, "MonitorStopped", "stopped", now);
+        assert!(m.snapshot().iter().all(|c| c.reason == "MonitorStopped"));
+        // Its status, once it can see: known again.
+        m.apply(
+            a,
+            &status(vec![cond("KernelDeadlock", ConditionStatus::False, "ok")]),
+            now,
+        );
+        let snap = m.snapshot();
+        assert!(
+            snap.iter()
+                .any(|c| c.type_ == "KernelDeadlock" && c.status == ConditionStatus::False)
+        );
+        assert!(
+            snap.iter()
+                .any(|c| c.type_ == "ReadonlyFilesystem" && c.status == ConditionStatus::Unknown),
+            "never said: still not known"
+        );
     }
 }

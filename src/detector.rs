@@ -156,8 +156,8 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
     let liveness = Liveness::new();
     let sup = Supervisor::new(shutdown, &liveness).with_metrics(&metrics.registry());
     let token = shutdown.token().clone();
-    let (report_tx, report_rx) = mpsc::channel::<Report>(1024);
-    let (published_tx, _) = broadcast::channel(1024);
+    let (report_tx, report_rx) = mpsc::channel::<Report>(REPORTS_CAPACITY);
+    let (published_tx, _) = broadcast::channel(PUBLISHED_CAPACITY);
     let (conditions_tx, conditions_rx) = watch::channel(Arc::new(Vec::new()));
 
     let http_addr = match options.http {
@@ -338,6 +338,13 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
         supervisor: sup,
     })
 }
+
+/// Reports the monitors' channel to the fan-in holds (a monitor waits
+/// when it is full).
+pub const REPORTS_CAPACITY: usize = 1024;
+/// Transitions and events the broadcast to exporters holds; one that falls
+/// further behind loses the oldest and counts them.
+pub const PUBLISHED_CAPACITY: usize = 1024;
 
 const FAN_IN_BEAT: Duration = Duration::from_secs(30);
 

@@ -514,17 +514,20 @@ pub(super) async fn write_events(
         // by CALL_TIMEOUT beside it.
         pulse.beat(SWEEP_EVERY * 3);
         let now = Instant::now();
+        if retry_at.is_some_and(|t| t <= now) {
+            retry_at = None;
+        }
         let regarding = node.borrow().clone();
         if in_flight.is_none()
-            && retry_at.is_none_or(|t| t <= now)
+            && retry_at.is_none()
             && let Some(regarding) = &regarding
             && let Some(job) = agg.next_job(now, &opts, regarding)
         {
-            retry_at = None;
             in_flight = Some(Box::pin(job.run(api.clone(), limiter.clone())));
         }
+        // The next write is due when its entry is, and not before a backoff ends.
         let wake = match (&regarding, in_flight.is_some()) {
-            (Some(_), false) => retry_at.or(agg.next_due()),
+            (Some(_), false) => agg.next_due().map(|d| retry_at.map_or(d, |r| d.max(r))),
             _ => None,
         };
         tokio::select! {
