@@ -403,7 +403,16 @@ async fn fan_in(
         pulse.beat(FAN_IN_BEAT * 2);
         let expiry = manager.next_expiry();
         let report = tokio::select! {
-            r = rx.recv() => match r { Some(r) => r, None => break },
+            r = rx.recv() => match r {
+                Some(r) => r,
+                // No monitor left to report (or none configured): nothing
+                // more to do but stay up for the exporters.
+                None => {
+                    pulse.beat(Duration::MAX);
+                    token.cancelled().await;
+                    break;
+                }
+            },
             _ = tick.tick() => continue,
             () = crate::shutdown::sleep_until_opt(expiry) => {
                 let applied = manager.expire(SystemTime::now());

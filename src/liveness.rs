@@ -167,7 +167,7 @@ impl Pulse {
     /// The task made progress and promises to beat again within `next`.
     pub fn beat(&self, next: Duration) {
         self.registry.with(self.index, |e| {
-            e.deadline = Some(Instant::now() + next);
+            e.deadline = Instant::now().checked_add(next);
             e.failing = None;
         });
     }

@@ -23,6 +23,8 @@ use tokio_util::sync::CancellationToken;
 struct Recorder {
     got: Arc<Mutex<Vec<pb::ExportRequest>>>,
     delay: Duration,
+    /// A sequence number it always refuses (`success: false`).
+    refuse: Option<i64>,
 }
 
 #[tonic::async_trait]
@@ -34,10 +36,15 @@ impl ExternalExporter for Recorder {
         tokio::time::sleep(self.delay).await;
         let r = request.into_inner();
         let conditions = r.status.as_ref().map_or(0, |s| s.conditions.len());
+        let refused = self.refuse == Some(r.sequence);
         self.got.lock().expect("lock").push(r);
         Ok(tonic::Response::new(pb::ExportResponse {
-            success: true,
-            error: String::new(),
+            success: !refused,
+            error: if refused {
+                "cannot store it".into()
+            } else {
+                String::new()
+            },
             events_exported: 0,
             conditions_exported: i32::try_from(conditions).unwrap_or_default(),
         }))
@@ -169,6 +176,61 @@ async fn every_status_reaches_the_exporter_with_a_sequence_and_overflow_is_count
         .map(|r| r.sequence)
         .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    shutdown.token().cancel();
+    token.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_the_plugin_keeps_refusing_is_given_up_and_the_rest_go_on() {
+    let dir = common::tempdir();
+    let token = CancellationToken::new();
+    let picky = Recorder {
+        refuse: Some(1),
+        ..Recorder::default()
+    };
+    serve(&dir.path().join("picky.sock"), picky.clone(), token.clone());
+    let shutdown = Shutdown::new();
+    let d = detector::start(
+        DetectorOptions {
+            custom: vec![flipping_monitor(dir.path())],
+            exporters: vec![ExternalExporterConfig::new(
+                "picky",
+                dir.path().join("picky.sock"),
+            )],
+            node: "gpu-node-17".into(),
+            metrics: Some(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
+            ..DetectorOptions::default()
+        },
+        &shutdown,
+    )
+    .expect("detector starts");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !picky
+        .got
+        .lock()
+        .expect("lock")
+        .iter()
+        .any(|r| r.sequence >= 3)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the queue stayed blocked"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let tries = picky
+        .got
+        .lock()
+        .expect("lock")
+        .iter()
+        .filter(|r| r.sequence == 1)
+        .count();
+    assert_eq!(tries as u32, npd_ext::exporter::external::MAX_REFUSALS);
+    let (_, text) = common::http_get(d.metrics_addr.expect("metrics"), "/metrics").await;
+    assert!(
+        text.contains(r#"npd_ext_external_exporter_given_up_total{exporter="picky"} 1"#),
+        "{text}"
+    );
     shutdown.token().cancel();
     token.cancel();
 }

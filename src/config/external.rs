@@ -684,6 +684,28 @@ mod tests {
     }
 
     #[test]
+    fn counts_are_bounded_so_their_sums_cannot_overflow() {
+        let c = check_str(
+            r#"{"plugin":"external","source":"g","pluginConfig":{"socketPath":"/s","retryPolicy":{"maxAttempts":4294967295},"healthCheck":{"errorThreshold":4294967295}}}"#,
+        );
+        let all: Vec<String> = c.errors().map(ToString::to_string).collect();
+        assert_eq!(all.len(), 2, "{all:?}");
+        for (key, line) in [
+            ("pluginConfig.retryPolicy.maxAttempts", &all[0]),
+            ("pluginConfig.healthCheck.errorThreshold", &all[1]),
+        ] {
+            assert!(
+                line.contains(&format!("{key}: must be between 1 and 10000, found 4294967295")),
+                "{line}"
+            );
+        }
+        let ok = check_str(
+            r#"{"plugin":"external","source":"g","pluginConfig":{"socketPath":"/s","retryPolicy":{"maxAttempts":10000},"healthCheck":{"errorThreshold":10000}}}"#,
+        );
+        assert!(ok.config.is_some(), "{:?}", ok.diagnostics);
+    }
+
+    #[test]
     fn two_spellings_at_once_is_an_error() {
         let c = check_str(
             r#"{"plugin":"external","source":"g","pluginConfig":{"socketPath":"/a","socketAddress":"/b"}}"#,
