@@ -417,26 +417,9 @@ async fn the_detector_binary_reports_to_the_api_server() {
     )
     .expect("config");
     let bin = env!("CARGO_BIN_EXE_npd-ext");
-    let mut child = std::process::Command::new(bin)
-        .args([
-            "detector",
-            "--port",
-            "0",
-            "--prometheus-port",
-            "0",
-            "--hostname-override",
-            NODE,
-        ])
-        .arg(format!(
-            "--apiserver-override={}?inClusterConfig=false",
-            api.url()
-        ))
+    let mut child = common::k8s_harness::detector_binary(&api, dir.path())
         .arg("--config.custom-plugin-monitor")
         .arg(&cfg)
-        .env_remove("KUBECONFIG")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env("HOME", dir.path())
-        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("detector starts");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

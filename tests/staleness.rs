@@ -234,27 +234,10 @@ async fn a_journal_whose_journalctl_keeps_dying_is_unknown_on_the_node() {
         ),
     )
     .expect("config");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_npd-ext"))
-        .args([
-            "detector",
-            "--port",
-            "0",
-            "--prometheus-port",
-            "0",
-            "--hostname-override",
-            NODE,
-        ])
-        .arg(format!(
-            "--apiserver-override={}?inClusterConfig=false",
-            api.url()
-        ))
+    let mut child = common::k8s_harness::detector_binary(&api, dir.path())
         .arg("--config.system-log-monitor")
         .arg(&cfg)
         .env("NPD_EXT_JOURNALCTL", "/bin/false")
-        .env_remove("KUBECONFIG")
-        .env_remove("KUBERNETES_SERVICE_HOST")
-        .env("HOME", dir.path())
-        .stderr(std::process::Stdio::null())
         .spawn()
         .expect("detector starts");
     let c = poll(

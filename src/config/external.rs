@@ -695,7 +695,9 @@ mod tests {
             ("pluginConfig.healthCheck.errorThreshold", &all[1]),
         ] {
             assert!(
-                line.contains(&format!("{key}: must be between 1 and 10000, found 4294967295")),
+                line.contains(&format!(
+                    "{key}: must be between 1 and 10000, found 4294967295"
+                )),
                 "{line}"
             );
         }

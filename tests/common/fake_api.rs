@@ -221,31 +221,35 @@ impl FakeApi {
         content_type: &str,
         body: &Value,
     ) -> (u16, Value) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let body = body.to_string();
-        let mut s = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .expect("connect");
         let req = format!(
             "{method} {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
             self.addr,
             body.len()
         );
-        s.write_all(req.as_bytes()).await.expect("write");
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.expect("read");
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let code = text
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .expect("status line");
-        let body = text
-            .split_once("\r\n\r\n")
-            .and_then(|(_, b)| serde_json::from_str(b).ok())
-            .unwrap_or(Value::Null);
-        (code, body)
+        let (code, body) = exchange(self.addr, &req).await;
+        (code, serde_json::from_str(&body).unwrap_or(Value::Null))
     }
+}
+
+/// One HTTP/1.1 request over a fresh connection: the status code and body.
+pub async fn exchange(addr: SocketAddr, request: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(request.as_bytes()).await.expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
 }
 
 fn status_body(code: u16, reason: &str, message: &str) -> Value {

@@ -108,3 +108,28 @@ pub async fn run_until(limit: Duration, what: &str, mut cond: impl FnMut() -> bo
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `npd-ext detector` reporting as [`NODE`] to `api`, its ports picked by
+/// the system, with no cluster configuration from the environment (`home`
+/// as its HOME). The caller adds the monitors.
+pub fn detector_binary(api: &FakeApi, home: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_npd-ext"));
+    cmd.args([
+        "detector",
+        "--port",
+        "0",
+        "--prometheus-port",
+        "0",
+        "--hostname-override",
+        NODE,
+    ])
+    .arg(format!(
+        "--apiserver-override={}?inClusterConfig=false",
+        api.url()
+    ))
+    .env_remove("KUBECONFIG")
+    .env_remove("KUBERNETES_SERVICE_HOST")
+    .env("HOME", home)
+    .stderr(std::process::Stdio::null());
+    cmd
+}

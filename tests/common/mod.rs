@@ -16,7 +16,6 @@ use npd_ext::gpu::plugin::{Plugin, PluginOptions};
 use npd_ext::gpu::{Observation, sim};
 use npd_ext::problem::ConditionStatus;
 use npd_ext::shutdown::Shutdown;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -132,22 +131,8 @@ pub fn has(conds: &[NodeCondition], t: &str, status: ConditionStatus) -> bool {
 
 /// GET over a fresh connection; returns status code and body.
 pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (code, body)
+    fake_api::exchange(addr, &req).await
 }
 
 /// `/conditions` as parsed JSON.

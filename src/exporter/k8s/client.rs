@@ -48,6 +48,19 @@ impl Failure {
     }
 }
 
+/// An API call bounded by [`CALL_TIMEOUT`](super::CALL_TIMEOUT).
+pub async fn bounded<T>(
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, kube::Error> {
+    tokio::time::timeout(super::CALL_TIMEOUT, call)
+        .await
+        .unwrap_or_else(|_| {
+            Err(kube::Error::Service(
+                format!("no answer within {:?}", super::CALL_TIMEOUT).into(),
+            ))
+        })
+}
+
 /// A client for the exporter: kube's own retry layer is off, since the
 /// exporter retries with its own backoff and keeps only the latest state
 /// (two layers of retries would multiply the requests of an outage).

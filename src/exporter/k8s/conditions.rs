@@ -27,7 +27,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::client::Failure;
+use super::client::{Failure, bounded};
 use super::limiter::{Bucket, Limiter, backoff, jittered};
 use super::{CALL_TIMEOUT, Ctx, K8sMetrics, K8sOptions};
 use crate::conditions::NodeCondition;
@@ -44,17 +44,6 @@ type Adopted = HashMap<String, (String, Time)>;
 /// The longest the loop waits without turning (and beating).
 const IDLE_TURN: Duration = Duration::from_secs(60);
 
-/// An API call bounded by [`CALL_TIMEOUT`].
-async fn bounded<T>(call: impl Future<Output = Result<T, kube::Error>>) -> Result<T, kube::Error> {
-    tokio::time::timeout(CALL_TIMEOUT, call)
-        .await
-        .unwrap_or_else(|_| {
-            Err(kube::Error::Service(
-                format!("no answer within {CALL_TIMEOUT:?}").into(),
-            ))
-        })
-}
-
 async fn fetch_node(
     nodes: &Api<Node>,
     opts: &K8sOptions,
@@ -66,7 +55,11 @@ async fn fetch_node(
     let started = Instant::now();
     let mut failures: u32 = 0;
     loop {
-        pulse.beat(opts.wait_interval.max(Duration::from_secs(30)) + CALL_TIMEOUT * 2);
+        // Past the wait the task is failing, and says why (a beat would
+        // clear that).
+        if started.elapsed() < opts.wait_timeout {
+            pulse.beat(opts.wait_interval + CALL_TIMEOUT * 2);
+        }
         limiter.acquire().await;
         let e = match bounded(nodes.get(&opts.node)).await {
             Ok(node) => {
@@ -125,14 +118,6 @@ async fn fetch_node(
         tokio::select! {
             () = tokio::time::sleep(every) => {}
             () = token.cancelled() => return None,
-        }
-        if !waiting {
-            // Keep the failure standing across the wait (beat clears it).
-            pulse.fail(format!(
-                "cannot read Node {:?} for {} s: {why}",
-                opts.node,
-                started.elapsed().as_secs()
-            ));
         }
     }
 }

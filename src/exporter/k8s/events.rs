@@ -44,9 +44,9 @@ use tokio::sync::{broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::client::Failure;
+use super::client::{Failure, bounded};
 use super::limiter::{Limiter, backoff};
-use super::{CALL_TIMEOUT, Ctx, K8sMetrics, K8sOptions};
+use super::{Ctx, K8sMetrics, K8sOptions};
 use crate::conditions::Published;
 use crate::liveness::Pulse;
 use crate::problem::{Event, Severity, cut};
@@ -60,8 +60,10 @@ pub const FLUSH_EVERY: Duration = Duration::from_secs(60);
 pub const SIMILAR_LIMIT: usize = 10;
 /// (source, reason) groups kept at once.
 pub const MAX_GROUPS: usize = 256;
-/// How often forgotten and expired entries are swept.
+/// How often forgotten and expired entries are swept while there are any.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
+/// How often the writer's loop turns (and beats) when it holds nothing.
+const IDLE_TURN: Duration = Duration::from_secs(60);
 
 const NOTE_LIMIT: usize = 1024;
 const REASON_LIMIT: usize = 128;
@@ -469,12 +471,7 @@ impl Job {
                     .map(drop),
             }
         };
-        let result = match tokio::time::timeout(CALL_TIMEOUT, call).await {
-            Ok(r) => r,
-            Err(_) => Err(kube::Error::Service(
-                format!("no answer within {CALL_TIMEOUT:?}").into(),
-            )),
-        };
+        let result = bounded(call).await;
         (self, result)
     }
 
@@ -507,12 +504,12 @@ pub(super) async fn write_events(
     let mut node_open = true;
     let mut retry_at: Option<Instant> = None;
     let mut backoff = backoff();
-    let mut sweep = tokio::time::interval(SWEEP_EVERY);
-    sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_sweep = Instant::now() + IDLE_TURN;
     loop {
-        // The loop turns at least every SWEEP_EVERY, and a write is bounded
-        // by CALL_TIMEOUT beside it.
-        pulse.beat(SWEEP_EVERY * 3);
+        // The loop turns at least every IDLE_TURN (every SWEEP_EVERY while
+        // it holds anything), and a write is bounded by CALL_TIMEOUT
+        // beside it.
+        pulse.beat(IDLE_TURN * 2);
         let now = Instant::now();
         if retry_at.is_some_and(|t| t <= now) {
             retry_at = None;
@@ -559,9 +556,11 @@ pub(super) async fn write_events(
             }
             r = node.changed(), if node_open => node_open = r.is_ok(),
             () = crate::shutdown::sleep_until_opt(wake) => {}
-            _ = sweep.tick() => {
+            () = tokio::time::sleep_until(next_sweep) => {
                 let mut drops = Drops::default();
                 agg.sweep(Instant::now(), &mut drops);
+                let held = agg.size().0 > 0;
+                next_sweep = Instant::now() + if held { SWEEP_EVERY } else { IDLE_TURN };
                 count_drops(&metrics, &drops);
             }
             () = token.cancelled() => return,

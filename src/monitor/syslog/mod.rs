@@ -569,4 +569,31 @@ mod tests {
             boot + Duration::from_secs(3500)
         );
     }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_source_restarted_once_is_no_flap_one_that_keeps_dying_is_unreadable() {
+        use tokio::time::{Instant, advance};
+        // Down once, back within the grace and stable: forgotten.
+        let mut s = Source::default();
+        s.up();
+        s.down("journalctl exited".into());
+        assert_eq!(s.next_check(), Some(Instant::now() + DOWN_GRACE));
+        advance(RESTART_EVERY).await;
+        s.up();
+        assert_eq!(s.next_check(), Some(Instant::now() + STABLE));
+        advance(STABLE).await;
+        assert!(s.stable());
+        // Dying again at once after every restart: unreadable after the grace.
+        let mut s = Source::default();
+        s.up();
+        s.down("journalctl exited".into());
+        let at = Instant::now() + DOWN_GRACE;
+        for _ in 0..3 {
+            advance(RESTART_EVERY).await;
+            s.up();
+            s.down("journalctl exited".into());
+        }
+        assert_eq!(s.next_check(), Some(at), "the grace does not restart");
+        assert!(!s.stable());
+    }
 }
