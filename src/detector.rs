@@ -171,9 +171,18 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
                 liveness: liveness.clone(),
             };
             let token = token.clone();
-            sup.spawn_plain("http server", move || {
-                exporter::http::serve(Arc::clone(&listener), state.clone(), token.child_token())
-            });
+            sup.spawn(
+                "http server",
+                Some(Duration::from_secs(150)),
+                move |pulse| {
+                    exporter::http::serve(
+                        Arc::clone(&listener),
+                        state.clone(),
+                        Some(pulse),
+                        token.child_token(),
+                    )
+                },
+            );
             tracing::info!(%addr, "serving /healthz and /conditions");
             Some(addr)
         }
@@ -187,13 +196,18 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
                 Arc::new(tokio::net::TcpListener::from_std(listener).map_err(StartError::Http)?);
             let registry = metrics.registry();
             let token = token.clone();
-            sup.spawn_plain("metrics server", move || {
-                exporter::prometheus::serve(
-                    Arc::clone(&listener),
-                    registry.clone(),
-                    token.child_token(),
-                )
-            });
+            sup.spawn(
+                "metrics server",
+                Some(Duration::from_secs(150)),
+                move |pulse| {
+                    exporter::prometheus::serve(
+                        Arc::clone(&listener),
+                        registry.clone(),
+                        Some(pulse),
+                        token.child_token(),
+                    )
+                },
+            );
             tracing::info!(%addr, "serving /metrics");
             Some(addr)
         }

@@ -299,7 +299,7 @@ mod tests {
             *r.status_mut() = code;
             r
         };
-        let server = tokio::spawn(serve_with(Arc::new(listener), route, token.clone()));
+        let server = tokio::spawn(serve_with(Arc::new(listener), route, None, token.clone()));
         let t = Duration::from_secs(5);
         assert_eq!(
             http_get(&format!("http://{addr}/healthz"), t).await,

@@ -13,7 +13,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::conditions::NodeCondition;
-use crate::liveness::Liveness;
+use crate::liveness::{Liveness, Pulse};
 
 #[derive(Clone, Debug)]
 pub struct State {
@@ -21,24 +21,42 @@ pub struct State {
     pub liveness: Liveness,
 }
 
-pub async fn serve(listener: Arc<TcpListener>, state: State, token: CancellationToken) {
+pub async fn serve(
+    listener: Arc<TcpListener>,
+    state: State,
+    pulse: Option<Pulse>,
+    token: CancellationToken,
+) {
     serve_with(
         listener,
         move |method: &Method, path: &str| route(method, path, &state),
+        pulse,
         token,
     )
     .await;
 }
 
+/// How often an idle server's accept loop turns (and beats).
+const TURN: Duration = Duration::from_secs(60);
+
 /// Serves GET requests with `route` until `token` is cancelled (HTTP/1.1,
 /// a header deadline so an idle client cannot hold a connection). The
-/// listener is shared so that a restarted server takes it over.
-pub(crate) async fn serve_with<F>(listener: Arc<TcpListener>, route: F, token: CancellationToken)
-where
+/// listener is shared so that a restarted server takes it over. With a
+/// `pulse`, the accept loop beats it.
+pub(crate) async fn serve_with<F>(
+    listener: Arc<TcpListener>,
+    route: F,
+    pulse: Option<Pulse>,
+    token: CancellationToken,
+) where
     F: Fn(&Method, &str) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
 {
     loop {
+        if let Some(p) = &pulse {
+            p.beat(TURN * 2);
+        }
         let (stream, _) = tokio::select! {
+            () = tokio::time::sleep(TURN) => continue,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {

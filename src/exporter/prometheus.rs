@@ -190,6 +190,7 @@ pub fn render(registry: &Registry) -> Result<String, prometheus::Error> {
 pub async fn serve(
     listener: std::sync::Arc<TcpListener>,
     registry: Registry,
+    pulse: Option<crate::liveness::Pulse>,
     token: CancellationToken,
 ) {
     serve_with(
@@ -215,6 +216,7 @@ pub async fn serve(
                 Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
             }
         },
+        pulse,
         token,
     )
     .await;
