@@ -21,7 +21,7 @@ done
 echo "commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD || echo '+dirty') on $(uname -m), $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(date -u +%FT%TZ)"
 cargo build --release --locked --quiet
 echo "== release binary: $(stat -c %s target/release/npd-ext) bytes"
-for bench in skeleton gpu filelog; do
+for bench in skeleton gpu filelog events; do
   echo "== cargo bench --bench $bench $quick"
   cargo bench --locked --bench "$bench" -- $quick 2>/dev/null | grep -vE '^(running|test result|$)'
 done
