@@ -7,8 +7,9 @@
 //! it cannot see ([`down`](ConditionManager::down)), or that has not
 //! confirmed within the period it promised
 //! ([`expire`](ConditionManager::expire)), has every condition it owns
-//! turned `Unknown` with a reason saying why. What it last said is held and
-//! comes back as soon as it confirms again. `lastUpdate` is the last
+//! turned `Unknown` with a reason saying why, until a status of its says
+//! them again; a monitor that only went quiet has what it last said back as
+//! soon as it confirms. A status with events only confirms nothing. `lastUpdate` is the last
 //! confirmation, which the Kubernetes exporter writes as
 //! `lastHeartbeatTime`: nothing is heartbeated fresher than its source.
 
@@ -97,6 +98,11 @@ struct Held {
     reason: String,
     message: String,
     said: Vec<Condition>,
+    /// Whether a confirmation brings back what it said: only when the
+    /// monitor merely went quiet ([`expire`](ConditionManager::expire)). A
+    /// monitor that said it cannot see, or whose task stopped, must say its
+    /// conditions anew in a status; "alive, still so" cannot.
+    restore: bool,
 }
 
 #[derive(Debug, Default)]
@@ -179,8 +185,18 @@ impl ConditionManager {
 
     /// Applies a monitor's status at `now`: owned conditions are written,
     /// others refused; events pass through with the monitor's source.
+    /// A status without conditions (events only) confirms nothing.
     pub fn apply(&mut self, id: MonitorId, status: &Status, now: SystemTime) -> Applied {
-        let mut out = self.confirm(id, now, |t| status.conditions.iter().any(|c| c.type_ == t));
+        let mut out = if status.conditions.is_empty() {
+            Applied::default()
+        } else {
+            self.confirm(
+                id,
+                now,
+                |t| status.conditions.iter().any(|c| c.type_ == t),
+                true,
+            )
+        };
         let source = self.sources.get(id).cloned().unwrap_or_default();
         for c in &status.conditions {
             if self.owners.get(&c.type_) != Some(&id) {
@@ -266,7 +282,11 @@ impl ConditionManager {
     /// moves, and conditions held `Unknown` here come back as it last said
     /// them.
     pub fn touch(&mut self, id: MonitorId, now: SystemTime) -> Applied {
-        let mut out = self.confirm(id, now, |_| false);
+        let mut out = self.confirm(id, now, |_| false, false);
+        if self.watches.get(id).is_some_and(|w| w.held.is_some()) {
+            // Held Unknown until a status says otherwise: nothing to confirm.
+            return out;
+        }
         for c in self.conditions.values_mut() {
             if self.owners.get(&c.type_) == Some(&id) {
                 c.last_update = now;
@@ -276,22 +296,31 @@ impl ConditionManager {
         out
     }
 
-    /// Records a confirmation; restores what was held `Unknown` (but the
-    /// types `said_now`, which the confirming status sets itself).
+    /// Records a confirmation (`by_status`: a status with conditions, else
+    /// "alive, still so") and ends a hold it may end, restoring what a
+    /// quiet monitor last said (but the types `said_now`, which the
+    /// confirming status sets itself).
     fn confirm(
         &mut self,
         id: MonitorId,
         now: SystemTime,
         said_now: impl Fn(&str) -> bool,
+        by_status: bool,
     ) -> Applied {
         let mut out = Applied::default();
         let Some(w) = self.watches.get_mut(id) else {
             return out;
         };
         w.confirmed = Some(Instant::now());
+        if !by_status && w.held.as_ref().is_some_and(|h| !h.restore) {
+            return out;
+        }
         let Some(held) = w.held.take() else {
             return out;
         };
+        if !held.restore {
+            return out;
+        }
         let source = self.source(id).to_owned();
         for c in held.said.iter().filter(|c| !said_now(&c.type_)) {
             out.touched = true;
@@ -315,6 +344,17 @@ impl ConditionManager {
     /// it confirms again. Nothing changes if it is already down for the
     /// same reason and message.
     pub fn down(&mut self, id: MonitorId, reason: &str, message: &str, now: SystemTime) -> Applied {
+        self.hold(id, reason, message, now, false)
+    }
+
+    fn hold(
+        &mut self,
+        id: MonitorId,
+        reason: &str,
+        message: &str,
+        now: SystemTime,
+        restore: bool,
+    ) -> Applied {
         let mut out = Applied::default();
         let Some(w) = self.watches.get_mut(id) else {
             return out;
@@ -340,11 +380,15 @@ impl ConditionManager {
                 reason: String::new(),
                 message: String::new(),
                 said,
+                restore,
             });
         }
         if let Some(h) = self.watches[id].held.as_mut() {
             reason.clone_into(&mut h.reason);
             message.clone_into(&mut h.message);
+            // Once it said it cannot see, going quiet does not make it
+            // restorable.
+            h.restore &= restore;
         }
         let source = self.source(id).to_owned();
         for t in types {
@@ -389,7 +433,7 @@ impl ConditionManager {
                 quiet.as_secs(),
                 period.as_secs()
             );
-            let a = self.down(id, REASON_STALE, &message, now);
+            let a = self.hold(id, REASON_STALE, &message, now, true);
             out.touched |= a.touched;
             out.published.extend(a.published);
         }
@@ -602,6 +646,27 @@ mod tests {
         // Another reason: the conditions say the new one.
         m.down(a, "MonitorStopped", "stopped", now);
         assert!(m.snapshot().iter().all(|c| c.reason == "MonitorStopped"));
+        // "Alive, still so" cannot say what it does not know: still Unknown,
+        // and not confirmed.
+        let later = now + Duration::from_secs(30);
+        assert!(m.touch(a, later).published.is_empty());
+        assert!(
+            m.snapshot()
+                .iter()
+                .all(|c| c.status == ConditionStatus::Unknown && c.last_update == now)
+        );
+        // Nor can a status of events only.
+        let events_only = Status {
+            source: "journal".into(),
+            events: vec![],
+            conditions: vec![],
+        };
+        m.apply(a, &events_only, later);
+        assert!(
+            m.snapshot()
+                .iter()
+                .all(|c| c.status == ConditionStatus::Unknown)
+        );
         // Its status, once it can see: known again.
         m.apply(
             a,
@@ -618,5 +683,35 @@ mod tests {
                 .any(|c| c.type_ == "ReadonlyFilesystem" && c.status == ConditionStatus::Unknown),
             "never said: still not known"
         );
+    }
+
+    #[test]
+    fn a_restarted_monitor_does_not_get_its_old_values_back_by_being_alive() {
+        let mut m = ConditionManager::new();
+        let (a, _) = m.register("gpu", &["GPULost".into()]);
+        let now = SystemTime::now();
+        m.apply(
+            a,
+            &status(vec![cond("GPULost", ConditionStatus::True, "Lost")]),
+            now,
+        );
+        m.down(
+            a,
+            "MonitorRestarting",
+            "the monitor stopped: its task panicked (x) and restarts",
+            now,
+        );
+        m.touch(a, now);
+        let c = &m.snapshot()[0];
+        assert_eq!(
+            (c.status, c.reason.as_str()),
+            (ConditionStatus::Unknown, "MonitorRestarting")
+        );
+        m.apply(
+            a,
+            &status(vec![cond("GPULost", ConditionStatus::False, "Fine")]),
+            now,
+        );
+        assert_eq!(m.snapshot()[0].status, ConditionStatus::False);
     }
 }

@@ -430,3 +430,50 @@ async fn the_heartbeat_says_when_the_owner_last_confirmed_not_when_it_was_writte
     );
     ex.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_create_that_timed_out_but_was_stored_is_not_written_twice() {
+    let api = FakeApi::start().await;
+    let ex = started(&api).await;
+    // The server stores the Event but answers after the call's deadline.
+    api.fault(
+        Some(Method::POST),
+        "/events",
+        Fault::Late(npd_ext::exporter::k8s::CALL_TIMEOUT + Duration::from_secs(5)),
+        Some(1),
+    );
+    ex.events
+        .send(published(
+            "kernel-monitor",
+            "OOMKilling",
+            "Killed process 7",
+        ))
+        .expect("subscriber");
+    run_until(Duration::from_secs(120), "the retry", || {
+        api.count(&Method::POST, "/events") == 2
+    })
+    .await;
+    run_until(Duration::from_secs(5), "the retry's answer", || {
+        api.log()
+            .iter()
+            .filter(|l| l.method == Method::POST)
+            .count()
+            == 2
+            && api.log().iter().any(|l| l.status == 409)
+    })
+    .await;
+    ex.events
+        .send(published(
+            "kernel-monitor",
+            "OOMKilling",
+            "Killed process 7",
+        ))
+        .expect("subscriber");
+    run_until(FLUSH_EVERY * 2, "a count of 2", || {
+        total_count(&api, "OOMKilling") == 2
+    })
+    .await;
+    assert_eq!(api.events().len(), 1, "one Event, not two");
+    assert_eq!(ex.metric("npd_ext_events_dropped_total", &[]), 0);
+    ex.stop().await;
+}

@@ -59,6 +59,9 @@ pub enum Fault {
     Drop,
     /// Answer normally, after a delay.
     Delay(Duration),
+    /// Do the request at once, answer it after a delay (a write that is
+    /// stored although the client gave up waiting).
+    Late(Duration),
 }
 
 #[derive(Clone, Debug)]
@@ -360,10 +363,13 @@ async fn handle(
             return r;
         }
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
-        None => {}
+        Some(Fault::Late(_)) | None => {}
     }
     let (code, out) = route(state, &method, &path, content_type.as_deref(), body.clone());
     log(code);
+    if let Some(Fault::Late(d)) = fault {
+        tokio::time::sleep(d).await;
+    }
     respond(code, &out)
 }
 

@@ -6,6 +6,9 @@ use std::time::Duration;
 
 use kube::Client;
 
+/// The longest `Retry-After` the exporter waits.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
+
 /// Why an API call failed, as the exporter acts on it.
 #[derive(Debug)]
 pub enum Failure {
@@ -31,7 +34,9 @@ impl Failure {
                 .details
                 .as_ref()
                 .map_or(1, |d| d.retry_after_seconds.max(1));
-            Self::After(Duration::from_secs(u64::from(secs)))
+            // Honoured, within reason: a server asking for hours is not
+            // obeyed for longer than MAX_RETRY_AFTER.
+            Self::After(Duration::from_secs(u64::from(secs)).min(MAX_RETRY_AFTER))
         } else if s.is_forbidden() {
             Self::Forbidden(s.message.clone())
         } else if s.is_not_found() {

@@ -33,6 +33,7 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -40,13 +41,13 @@ use k8s_openapi::api::events::v1::{Event as K8sEvent, EventSeries};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use serde::Serialize;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Mutex, broadcast, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::client::{Failure, bounded};
 use super::limiter::{Limiter, backoff};
-use super::{Ctx, K8sMetrics, K8sOptions};
+use super::{CALL_TIMEOUT, Ctx, K8sMetrics, K8sOptions};
 use crate::conditions::Published;
 use crate::liveness::Pulse;
 use crate::problem::{Event, Severity, cut};
@@ -75,11 +76,14 @@ const COMBINED: &str = "(combined from similar events): ";
 struct Entry {
     /// Hash of the message (`None`: the combined entry).
     hash: Option<u64>,
-    /// The note, kept only until the Event is created.
+    /// The note (kept: an Event gone from the server is written anew).
     note: String,
     severity: Severity,
     /// The Event, once created.
     name: Option<String>,
+    /// The name its create uses, kept across retries (a create that timed
+    /// out may have been stored: its retry then meets AlreadyExists).
+    creating: Option<String>,
     /// Occurrences counted into this Event, written or not.
     count: u64,
     /// Of them, what the API server has.
@@ -102,6 +106,7 @@ impl Entry {
             note,
             severity: e.severity,
             name: None,
+            creating: None,
             count: 0,
             written: 0,
             unwritten_since: None,
@@ -124,9 +129,17 @@ impl Entry {
         self.count - self.written
     }
 
-    /// When its next write is due, if it has anything to write.
+    /// When its next write is due, if it has anything to write that can
+    /// still be written within the window (a call may take CALL_TIMEOUT);
+    /// what cannot is left to the sweep, which drops it.
     fn due(&self) -> Option<Instant> {
         if self.in_flight || self.unwritten() == 0 {
+            return None;
+        }
+        if self
+            .unwritten_since
+            .is_some_and(|t| t + AGGREGATE_WINDOW <= Instant::now() + CALL_TIMEOUT)
+        {
             return None;
         }
         Some(match (self.name.as_ref(), self.written_at) {
@@ -266,6 +279,7 @@ impl Aggregator {
         let oldest = self
             .groups
             .iter()
+            .filter(|(_, g)| !g.entries.iter().any(|x| x.in_flight))
             .min_by_key(|(_, g)| g.seen)
             .map(|(k, _)| k.clone());
         if let Some(g) = oldest.and_then(|k| self.groups.remove(&k)) {
@@ -280,7 +294,7 @@ impl Aggregator {
             g.entries.retain_mut(|x| {
                 if !x.in_flight
                     && x.unwritten_since
-                        .is_some_and(|t| now.duration_since(t) >= AGGREGATE_WINDOW)
+                        .is_some_and(|t| t + AGGREGATE_WINDOW <= now + CALL_TIMEOUT)
                 {
                     drops.expired += x.unwritten();
                     x.count = x.written;
@@ -301,6 +315,16 @@ impl Aggregator {
             .values()
             .flat_map(|g| g.entries.iter().filter_map(Entry::due))
             .min()
+    }
+
+    /// After a panic of the writer: no write is in flight any more; what
+    /// those writes carried is unwritten again, as of now.
+    pub fn recover(&mut self, now: Instant) {
+        for x in self.groups.values_mut().flat_map(|g| g.entries.iter_mut()) {
+            if std::mem::take(&mut x.in_flight) && x.unwritten() > 0 {
+                x.unwritten_since.get_or_insert(now);
+            }
+        }
     }
 
     /// Groups and entries held (for tests and the memory benchmark).
@@ -340,7 +364,15 @@ impl Aggregator {
                 name: name.clone(),
                 series,
             },
-            (_, series) => Op::Create(Box::new(new_event(opts, regarding, &key.1, x, series))),
+            (_, series) => {
+                let name = x
+                    .creating
+                    .get_or_insert_with(|| event_name(&opts.node))
+                    .clone();
+                Op::Create(Box::new(new_event(
+                    opts, regarding, &key.1, &name, x, series,
+                )))
+            }
         };
         Some(Job {
             slot: Slot {
@@ -375,7 +407,7 @@ impl Aggregator {
             Outcome::Written => {
                 if let Op::Create(body) = &job.op {
                     x.name = body.metadata.name.clone();
-                    x.note = String::new();
+                    x.creating = None;
                 }
                 x.written = job.count;
                 x.written_at = Some(now);
@@ -384,6 +416,7 @@ impl Aggregator {
             Outcome::Gone => {
                 // What the cluster never saw goes into a new Event.
                 x.name = None;
+                x.creating = None;
                 x.count -= x.written;
                 x.written = 0;
                 x.first = x.last;
@@ -426,12 +459,13 @@ fn new_event(
     opts: &K8sOptions,
     regarding: &ObjectReference,
     reason: &str,
+    name: &str,
     x: &Entry,
     series: Option<EventSeries>,
 ) -> K8sEvent {
     K8sEvent {
         metadata: ObjectMeta {
-            name: Some(event_name(&opts.node)),
+            name: Some(name.to_owned()),
             namespace: Some(opts.event_namespace.clone()),
             ..ObjectMeta::default()
         },
@@ -489,6 +523,7 @@ type InFlight = Pin<Box<dyn Future<Output = (Job, Result<(), kube::Error>)> + Se
 pub(super) async fn write_events(
     api: Api<K8sEvent>,
     ctx: Ctx,
+    state: Arc<Mutex<Aggregator>>,
     mut rx: broadcast::Receiver<Published>,
     mut node: watch::Receiver<Option<ObjectReference>>,
     pulse: Pulse,
@@ -499,7 +534,9 @@ pub(super) async fn write_events(
         limiter,
         metrics,
     } = ctx;
-    let mut agg = Aggregator::new();
+    // The aggregation outlives a panicked run: the next one takes it over.
+    let mut agg = state.lock_owned().await;
+    agg.recover(Instant::now());
     let mut in_flight: Option<InFlight> = None;
     let mut node_open = true;
     let mut retry_at: Option<Instant> = None;
@@ -600,11 +637,16 @@ fn judge(
         }
         Err(e) => e,
     };
+    // A create that timed out may have been stored: its retry (same name)
+    // finds it there, and it is written.
+    if matches!(job.op, Op::Create(_))
+        && matches!(&err, kube::Error::Api(s) if s.is_already_exists())
+    {
+        metrics.request(op, "ok");
+        return Outcome::Written;
+    }
     metrics.request(op, "error");
     let failure = Failure::of(&err);
-    let delay = backoff.next_delay();
-    let failures = backoff.failures();
-    let loud = failures == 1 || failures.is_power_of_two();
     match failure {
         Failure::NotFound(_) if matches!(job.op, Op::Series { .. }) => return Outcome::Gone,
         Failure::Refused(m) => {
@@ -613,6 +655,12 @@ fn judge(
             );
             return Outcome::Refused;
         }
+        _ => {}
+    }
+    let delay = backoff.next_delay();
+    let failures = backoff.failures();
+    let loud = failures == 1 || failures.is_power_of_two();
+    match failure {
         Failure::After(d) => *retry_at = Some(Instant::now() + d),
         Failure::Forbidden(m) => {
             if loud {
@@ -623,7 +671,7 @@ fn judge(
             }
             *retry_at = Some(Instant::now() + delay);
         }
-        Failure::NotFound(m) | Failure::Other(m) => {
+        Failure::NotFound(m) | Failure::Refused(m) | Failure::Other(m) => {
             if loud {
                 tracing::warn!(failures, "cannot write an Event ({op}): {m}; retrying");
             }
@@ -781,9 +829,50 @@ mod tests {
         agg.complete(&job, &Outcome::Gone, at);
         let ops = write_all(&mut agg, at);
         assert!(
-            matches!(&ops[..], [Op::Create(b)] if b.series.as_ref().map(|s| s.count) == Some(3)),
+            matches!(&ops[..], [Op::Create(b)] if b.series.as_ref().map(|s| s.count) == Some(3)
+                && b.note.as_deref() == Some("x")),
             "{ops:?}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retried_create_keeps_its_name_and_nothing_is_sent_too_late_to_land_in_time() {
+        let mut agg = Aggregator::new();
+        let mut drops = Drops::default();
+        let t0 = Instant::now();
+        agg.observe("m", &event("R", "x"), t0, &mut drops);
+        let regarding = ObjectReference::default();
+        let first = agg.next_job(t0, &opts(), &regarding).expect("due");
+        agg.complete(&first, &Outcome::Retry, t0);
+        let again = agg.next_job(t0, &opts(), &regarding).expect("due");
+        let name = |j: &Job| match &j.op {
+            Op::Create(b) => b.metadata.name.clone(),
+            Op::Series { .. } => None,
+        };
+        assert_eq!(name(&first), name(&again), "a retry is the same Event");
+        agg.complete(&again, &Outcome::Retry, t0);
+        // A call may take CALL_TIMEOUT: none starts that late in the window.
+        tokio::time::advance(AGGREGATE_WINDOW - CALL_TIMEOUT).await;
+        let late = Instant::now();
+        assert!(agg.next_due().is_none());
+        assert!(agg.next_job(late, &opts(), &regarding).is_none());
+        agg.sweep(late, &mut drops);
+        assert_eq!(drops.expired, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn after_a_panic_of_the_writer_what_was_in_flight_is_unwritten_again() {
+        let mut agg = Aggregator::new();
+        let mut drops = Drops::default();
+        let t0 = Instant::now();
+        agg.observe("m", &event("R", "x"), t0, &mut drops);
+        let job = agg
+            .next_job(t0, &opts(), &ObjectReference::default())
+            .expect("due");
+        drop(job); // the run that held it panicked
+        assert!(agg.next_due().is_none(), "in flight");
+        agg.recover(t0);
+        assert_eq!(write_all(&mut agg, t0).len(), 1);
     }
 
     #[test]

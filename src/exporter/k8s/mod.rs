@@ -138,6 +138,8 @@ pub struct Writers {
     client: Client,
     ctx: Ctx,
     node_tx: Arc<watch::Sender<Option<ObjectReference>>>,
+    /// The events writer's aggregation, kept across its restarts.
+    events: Arc<tokio::sync::Mutex<events::Aggregator>>,
 }
 
 /// What both writers take: the options, the shared rate limit, the metrics.
@@ -168,6 +170,7 @@ impl Writers {
                 metrics,
             },
             node_tx: Arc::new(node_tx),
+            events: Arc::new(tokio::sync::Mutex::new(events::Aggregator::new())),
         }
     }
 
@@ -202,6 +205,7 @@ impl Writers {
         events::write_events(
             Api::namespaced(self.client.clone(), &self.ctx.opts.event_namespace),
             self.ctx.clone(),
+            Arc::clone(&self.events),
             events,
             self.node_tx.subscribe(),
             pulse,

@@ -276,6 +276,16 @@ impl Source {
             .is_some_and(|t| t.elapsed() >= STABLE || self.unreadable_at.is_none())
     }
 
+    /// A status as it may go out: while the source is reported unreadable
+    /// its conditions stay with the rules (they go out, all of them, once
+    /// the source is stable again) and only its events are sent.
+    fn gate(&self, mut s: Status) -> Update {
+        if self.reported_down {
+            s.conditions.clear();
+        }
+        Update::Status(s)
+    }
+
     /// When to look again: the grace running out, or the source becoming stable.
     fn next_check(&self) -> Option<tokio::time::Instant> {
         match (self.unreadable_at, self.up_since) {
@@ -366,7 +376,7 @@ pub async fn run(
             }
             () = crate::shutdown::sleep_until_opt(resolve_at) => {
                 if let Some(s) = state.resolve(SystemTime::now())
-                    && !send(Update::Status(s)).await
+                    && !send(src.gate(s)).await
                 {
                     break;
                 }
@@ -378,7 +388,7 @@ pub async fn run(
             Feed::Lines(lines) => {
                 if !src.reported {
                     src.reported = true;
-                    if !send(Update::Status(state.initial())).await {
+                    if !send(src.gate(state.initial())).await {
                         break;
                     }
                 }
@@ -388,7 +398,7 @@ pub async fn run(
                         continue;
                     }
                     for s in state.push(at, text, now) {
-                        if !send(Update::Status(s)).await {
+                        if !send(src.gate(s)).await {
                             return;
                         }
                     }
@@ -405,7 +415,7 @@ pub async fn run(
                 src.up();
                 if !src.reported {
                     src.reported = true;
-                    if !send(Update::Status(state.initial())).await {
+                    if !send(src.gate(state.initial())).await {
                         break;
                     }
                 }
