@@ -551,35 +551,46 @@ pub(super) async fn write_events(
         if retry_at.is_some_and(|t| t <= now) {
             retry_at = None;
         }
-        let regarding = node.borrow().clone();
-        if in_flight.is_none()
-            && retry_at.is_none()
-            && let Some(regarding) = &regarding
-            && let Some(job) = agg.next_job(now, &opts, regarding)
-        {
-            in_flight = Some(Box::pin(job.run(api.clone(), limiter.clone())));
+        let known = node.borrow().is_some();
+        if in_flight.is_none() && retry_at.is_none() {
+            let job = match &*node.borrow() {
+                Some(regarding) => agg.next_job(now, &opts, regarding),
+                None => None,
+            };
+            if let Some(job) = job {
+                in_flight = Some(Box::pin(job.run(api.clone(), limiter.clone())));
+            }
         }
         // The next write is due when its entry is, and not before a backoff ends.
-        let wake = match (&regarding, in_flight.is_some()) {
-            (Some(_), false) => agg.next_due().map(|d| retry_at.map_or(d, |r| d.max(r))),
+        let wake = match (known, in_flight.is_some()) {
+            (true, false) => agg.next_due().map(|d| retry_at.map_or(d, |r| d.max(r))),
             _ => None,
         };
         tokio::select! {
-            r = rx.recv() => match r {
-                Ok(Published::Event { source, event }) => {
-                    let mut drops = Drops::default();
-                    if agg.observe(&source, &event, Instant::now(), &mut drops) {
-                        metrics.folded.with_label_values(&[cut(&event.reason, REASON_LIMIT)]).inc();
+            r = rx.recv() => {
+                // Whatever else is waiting is taken in the same turn: a storm
+                // costs one pass of the loop per batch, not per event.
+                let mut next = Some(r);
+                let mut taken = 0;
+                while let Some(r) = next.take() {
+                    if !intake(&mut agg, r, &metrics) {
+                        return;
                     }
-                    count_drops(&metrics, &drops);
+                    taken += 1;
+                    if taken < INTAKE_BATCH {
+                        next = match rx.try_recv() {
+                            Ok(p) => Some(Ok(p)),
+                            Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                                Some(Err(broadcast::error::RecvError::Lagged(n)))
+                            }
+                            Err(broadcast::error::TryRecvError::Closed) => {
+                                Some(Err(broadcast::error::RecvError::Closed))
+                            }
+                            Err(broadcast::error::TryRecvError::Empty) => None,
+                        };
+                    }
                 }
-                Ok(Published::Condition { .. }) => {}
-                Err(broadcast::error::RecvError::Lagged(n)) => {
-                    metrics.dropped.with_label_values(&["lagged"]).inc_by(n);
-                    tracing::warn!(skipped = n, "the Kubernetes event writer fell behind the detector; {n} updates were dropped");
-                }
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
+            }
             (job, result) = async {
                 match in_flight.as_mut() {
                     Some(f) => f.await,
@@ -603,6 +614,39 @@ pub(super) async fn write_events(
             () = token.cancelled() => return,
         }
     }
+}
+
+/// Events taken off the broadcast in one turn of the writer's loop at most.
+const INTAKE_BATCH: usize = 1024;
+
+/// Takes one item off the broadcast; false when it is closed.
+fn intake(
+    agg: &mut Aggregator,
+    r: Result<Published, broadcast::error::RecvError>,
+    metrics: &K8sMetrics,
+) -> bool {
+    match r {
+        Ok(Published::Event { source, event }) => {
+            let mut drops = Drops::default();
+            if agg.observe(&source, &event, Instant::now(), &mut drops) {
+                metrics
+                    .folded
+                    .with_label_values(&[cut(&event.reason, REASON_LIMIT)])
+                    .inc();
+            }
+            count_drops(metrics, &drops);
+        }
+        Ok(Published::Condition { .. }) => {}
+        Err(broadcast::error::RecvError::Lagged(n)) => {
+            metrics.dropped.with_label_values(&["lagged"]).inc_by(n);
+            tracing::warn!(
+                skipped = n,
+                "the Kubernetes event writer fell behind the detector; {n} updates were dropped"
+            );
+        }
+        Err(broadcast::error::RecvError::Closed) => return false,
+    }
+    true
 }
 
 fn count_drops(metrics: &K8sMetrics, d: &Drops) {

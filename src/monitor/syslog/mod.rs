@@ -347,7 +347,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(BEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // The first status (every condition False, as NPD starts them) waits
-    // until the source is readable. Nothing of a source never read is known: its conditions are Unknown
+    // until the source has been read: lines, or up for STABLE. Nothing of a source never read is known: its conditions are Unknown
     // after the grace, as for one that went down.
     src.unreadable_at = Some(tokio::time::Instant::now() + DOWN_GRACE);
     src.why = "the log source has not been readable yet".into();
@@ -412,13 +412,10 @@ pub async fn run(
                 if src.up_since.is_none() {
                     tracing::info!(monitor = %source, "log source is readable");
                 }
+                // The first status waits for lines, or for the source to
+                // stay up for STABLE: a journalctl that starts and dies at
+                // once has read nothing.
                 src.up();
-                if !src.reported {
-                    src.reported = true;
-                    if !send(src.gate(state.initial())).await {
-                        break;
-                    }
-                }
             }
             Feed::Down(why) => {
                 if src.up_since.is_some() {
@@ -443,6 +440,11 @@ where
 {
     if src.stable() {
         src.unreadable_at = None;
+        if !src.reported {
+            src.reported = true;
+            src.reported_down = false;
+            return send(Update::Status(state.initial())).await;
+        }
         if std::mem::take(&mut src.reported_down) {
             tracing::info!(monitor = %source, "log source readable again; conditions are known again");
             src.reported = true;
