@@ -4,12 +4,14 @@
 //! - [`client`]: the API client from NPD's flags, and how a failed call is read;
 //! - [`limiter`]: the client-side rate limit and the backoff of failed writes;
 //! - [`conditions`]: reading the Node and patching `nodes/<node>/status`;
-//! - [`events`]: aggregating events (identical and similar ones counted,
-//!   bounded, never late) and writing them.
+//! - [`aggregate`]: aggregating events (identical and similar ones counted,
+//!   bounded, never late);
+//! - [`events`]: the writer that feeds the aggregation and writes Events.
 //!
 //! Both writers run beside each other; the conditions task hands the
 //! events task the Node's reference once it has read it.
 
+pub mod aggregate;
 pub mod client;
 pub mod conditions;
 pub mod events;
@@ -25,9 +27,9 @@ use prometheus::{IntCounterVec, IntGauge, Registry};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use aggregate::{AGGREGATE_WINDOW, FLUSH_EVERY, MAX_GROUPS, SIMILAR_LIMIT};
 pub use client::{client, client_config};
 pub use conditions::{SYNC_BURST, SYNC_REFILL};
-pub use events::{AGGREGATE_WINDOW, FLUSH_EVERY, MAX_GROUPS, SIMILAR_LIMIT};
 
 use crate::conditions::{NodeCondition, Published};
 use crate::liveness::Pulse;
@@ -139,7 +141,7 @@ pub struct Writers {
     ctx: Ctx,
     node_tx: Arc<watch::Sender<Option<ObjectReference>>>,
     /// The events writer's aggregation, kept across its restarts.
-    events: Arc<tokio::sync::Mutex<events::Aggregator>>,
+    events: Arc<tokio::sync::Mutex<aggregate::Aggregator>>,
 }
 
 /// What both writers take: the options, the shared rate limit, the metrics.
@@ -170,7 +172,7 @@ impl Writers {
                 metrics,
             },
             node_tx: Arc::new(node_tx),
-            events: Arc::new(tokio::sync::Mutex::new(events::Aggregator::new())),
+            events: Arc::new(tokio::sync::Mutex::new(aggregate::Aggregator::new())),
         }
     }
 
