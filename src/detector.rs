@@ -219,14 +219,15 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
     }) = options.k8s
     {
         let k8s_metrics = exporter::k8s::K8sMetrics::register(&metrics.registry());
-        let writers = exporter::k8s::Writers::new(client, k8s, k8s_metrics);
+        let writers =
+            exporter::k8s::Writers::new(client, k8s, k8s_metrics, published_tx.subscribe());
         // Each writer promises its first beat within a minute and a half
         // (a turn of its loop and a bounded API call).
         let first = Some(Duration::from_secs(90));
         if writers.options().write_events {
-            let (w, published, token) = (writers.clone(), published_tx.clone(), token.clone());
+            let (w, token) = (writers.clone(), token.clone());
             sup.spawn("kubernetes events", first, move |pulse| {
-                w.events(published.subscribe(), pulse, token.child_token())
+                w.events(pulse, token.child_token())
             });
         }
         let (conditions, token) = (conditions_rx.clone(), token.clone());

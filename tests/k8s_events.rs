@@ -477,3 +477,63 @@ async fn a_create_that_timed_out_but_was_stored_is_not_written_twice() {
     assert_eq!(ex.metric("npd_ext_events_dropped_total", &[]), 0);
     ex.stop().await;
 }
+
+#[tokio::test(start_paused = true)]
+async fn what_is_published_while_the_writer_is_down_is_taken_by_its_next_run() {
+    use npd_ext::exporter::k8s::{K8sMetrics, Writers};
+    let api = FakeApi::start().await;
+    api.add_node(NODE);
+    let (tx, _) = tokio::sync::broadcast::channel(npd_ext::detector::PUBLISHED_CAPACITY);
+    let registry = prometheus::Registry::new();
+    let client = npd_ext::exporter::k8s::client(kube::Config::new(api.url().parse().expect("url")))
+        .expect("client");
+    let writers = Writers::new(
+        client,
+        common::k8s_harness::options(),
+        K8sMetrics::register(&registry),
+        tx.subscribe(),
+    );
+    let (conditions_tx, conditions) = tokio::sync::watch::channel(std::sync::Arc::new(vec![]));
+    let liveness = npd_ext::liveness::Liveness::new();
+    let token = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(writers.conditions(conditions, liveness.slot("c").pulse(None), token.clone()));
+    let run = tokio_util::sync::CancellationToken::new();
+    let first = tokio::spawn(writers.events(liveness.slot("e").pulse(None), run.clone()));
+    tx.send(published(
+        "kernel-monitor",
+        "OOMKilling",
+        "Killed process 1",
+    ))
+    .expect("subscriber");
+    run_until(Duration::from_secs(5), "the first Event", || {
+        api.events().len() == 1
+    })
+    .await;
+    // The writer stops (as a panicked one would), things happen, it runs again.
+    run.cancel();
+    first.await.expect("ends");
+    for _ in 0..4 {
+        tx.send(published(
+            "kernel-monitor",
+            "OOMKilling",
+            "Killed process 1",
+        ))
+        .expect("subscriber");
+    }
+    tx.send(published("kernel-monitor", "TaskHung", "task x:1 blocked"))
+        .expect("subscriber");
+    let again = tokio_util::sync::CancellationToken::new();
+    tokio::spawn(writers.events(liveness.slot("e2").pulse(None), again.clone()));
+    run_until(FLUSH_EVERY * 2, "all of it written", || {
+        total_count(&api, "OOMKilling") == 5 && total_count(&api, "TaskHung") == 1
+    })
+    .await;
+    assert_eq!(
+        api.events().len(),
+        2,
+        "the first Event's count grew: no second one"
+    );
+    again.cancel();
+    token.cancel();
+    drop(conditions_tx);
+}

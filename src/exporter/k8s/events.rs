@@ -83,8 +83,7 @@ type InFlight = Pin<Box<dyn Future<Output = (Job, Result<(), kube::Error>)> + Se
 pub(super) async fn write_events(
     api: Api<K8sEvent>,
     ctx: Ctx,
-    state: Arc<Mutex<Aggregator>>,
-    mut rx: broadcast::Receiver<Published>,
+    state: Arc<Mutex<Intake>>,
     mut node: watch::Receiver<Option<ObjectReference>>,
     pulse: Pulse,
     token: CancellationToken,
@@ -95,7 +94,8 @@ pub(super) async fn write_events(
         metrics,
     } = ctx;
     // The aggregation outlives a panicked run: the next one takes it over.
-    let mut agg = state.lock_owned().await;
+    let mut kept = state.lock_owned().await;
+    let Intake { agg, rx } = &mut *kept;
     agg.recover(Instant::now());
     let mut in_flight: Option<InFlight> = None;
     let mut node_open = true;
@@ -133,7 +133,7 @@ pub(super) async fn write_events(
                 let mut next = Some(r);
                 let mut taken = 0;
                 while let Some(r) = next.take() {
-                    if !intake(&mut agg, r, &metrics) {
+                    if !intake(agg, r, &metrics) {
                         return;
                     }
                     taken += 1;
@@ -172,6 +172,23 @@ pub(super) async fn write_events(
                 count_drops(&metrics, &drops);
             }
             () = token.cancelled() => return,
+        }
+    }
+}
+
+/// What the writer keeps across its restarts: its subscription to the
+/// detector's broadcast, and the aggregation.
+#[derive(Debug)]
+pub struct Intake {
+    agg: Aggregator,
+    rx: broadcast::Receiver<Published>,
+}
+
+impl Intake {
+    pub fn new(rx: broadcast::Receiver<Published>) -> Self {
+        Self {
+            agg: Aggregator::new(),
+            rx,
         }
     }
 }

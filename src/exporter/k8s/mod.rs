@@ -140,8 +140,10 @@ pub struct Writers {
     client: Client,
     ctx: Ctx,
     node_tx: Arc<watch::Sender<Option<ObjectReference>>>,
-    /// The events writer's aggregation, kept across its restarts.
-    events: Arc<tokio::sync::Mutex<aggregate::Aggregator>>,
+    /// The events writer's subscription and aggregation, kept across its
+    /// restarts (what is published while it waits to restart is taken, or
+    /// counted as lagged, by the next run).
+    events: Arc<tokio::sync::Mutex<events::Intake>>,
 }
 
 /// What both writers take: the options, the shared rate limit, the metrics.
@@ -161,7 +163,14 @@ impl std::fmt::Debug for Writers {
 }
 
 impl Writers {
-    pub fn new(client: Client, opts: K8sOptions, metrics: K8sMetrics) -> Self {
+    /// `events`: the subscription to the detector's broadcast the events
+    /// writer reads.
+    pub fn new(
+        client: Client,
+        opts: K8sOptions,
+        metrics: K8sMetrics,
+        events: broadcast::Receiver<Published>,
+    ) -> Self {
         let limiter = Limiter::new(opts.qps, opts.burst);
         let (node_tx, _) = watch::channel(None);
         Self {
@@ -172,7 +181,7 @@ impl Writers {
                 metrics,
             },
             node_tx: Arc::new(node_tx),
-            events: Arc::new(tokio::sync::Mutex::new(aggregate::Aggregator::new())),
+            events: Arc::new(tokio::sync::Mutex::new(events::Intake::new(events))),
         }
     }
 
@@ -200,7 +209,6 @@ impl Writers {
     /// Writes the events, once the Node has been read.
     pub fn events(
         &self,
-        events: broadcast::Receiver<Published>,
         pulse: Pulse,
         token: CancellationToken,
     ) -> impl Future<Output = ()> + Send + use<> {
@@ -208,7 +216,6 @@ impl Writers {
             Api::namespaced(self.client.clone(), &self.ctx.opts.event_namespace),
             self.ctx.clone(),
             Arc::clone(&self.events),
-            events,
             self.node_tx.subscribe(),
             pulse,
             token,
@@ -227,11 +234,11 @@ pub async fn run(
     token: CancellationToken,
 ) {
     let liveness = crate::liveness::Liveness::new();
-    let writers = Writers::new(client, opts, metrics);
+    let writers = Writers::new(client, opts, metrics, events);
     let mut tasks = tokio::task::JoinSet::new();
     if writers.ctx.opts.write_events {
         let pulse = liveness.slot("kubernetes events").pulse(None);
-        tasks.spawn(writers.events(events, pulse, token.clone()));
+        tasks.spawn(writers.events(pulse, token.clone()));
     }
     let pulse = liveness.slot("kubernetes conditions").pulse(None);
     tasks.spawn(writers.conditions(conditions, pulse, token.clone()));
