@@ -267,3 +267,50 @@ async fn a_journal_whose_journalctl_keeps_dying_is_unknown_on_the_node() {
         .status();
     assert!(child.wait().expect("exit").success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_that_is_away_is_degraded_not_a_restart() {
+    let api = FakeApi::start().await;
+    api.add_node(NODE);
+    api.fault(
+        Some(hyper::Method::GET),
+        "/nodes/",
+        common::fake_api::Fault::Status(503),
+        None,
+    );
+    let config = kube::Config::new(api.url().parse().expect("url"));
+    let mut opts = options();
+    opts.wait_timeout = Duration::from_secs(1);
+    opts.wait_interval = Duration::from_millis(100);
+    let (shutdown, d) = start(DetectorOptions {
+        k8s: Some(k8s::K8sExporter {
+            client: k8s::client(config).expect("client"),
+            options: opts,
+        }),
+        node: NODE.into(),
+        ..DetectorOptions::default()
+    });
+    let http = d.http_addr.expect("http");
+    let body = poll(Duration::from_secs(10), "a degraded /healthz", async || {
+        let (code, body) = common::http_get(http, "/healthz").await;
+        assert_eq!(
+            code, 200,
+            "a server that is away is no reason to restart: {body}"
+        );
+        body.contains("degraded: kubernetes conditions (cannot read Node")
+            .then_some(body)
+    })
+    .await;
+    assert!(body.contains("503"), "{body}");
+    api.clear_faults();
+    poll(
+        Duration::from_secs(40),
+        "/healthz no longer degraded",
+        async || {
+            let (code, body) = common::http_get(http, "/healthz").await;
+            (code == 200 && body == "ok\n").then_some(())
+        },
+    )
+    .await;
+    shutdown.token().cancel();
+}

@@ -10,9 +10,10 @@
 //! `lastHeartbeatTime` is when the owning monitor last confirmed the
 //! condition (the condition manager's `lastUpdate`), never the time of the
 //! write: a heartbeat does not make a condition look fresher than its
-//! source. A Node that cannot be read for `--apiserver-wait-timeout` fails
-//! `/healthz` with why; writes failing for that long show on `/healthz` as
-//! degraded, and on `npd_ext_k8s_conditions_in_sync`.
+//! source. A Node that does not exist, or may not be read, for
+//! `--apiserver-wait-timeout` fails `/healthz` with why (the deployment is
+//! wrong); a server that is away that long, or writes failing that long,
+//! show on `/healthz` as degraded, and on `npd_ext_k8s_conditions_in_sync`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -64,6 +65,7 @@ async fn fetch_node(
         let e = match bounded(nodes.get(&opts.node)).await {
             Ok(node) => {
                 metrics.request("get_node", "ok");
+                pulse.degrade(None);
                 let adopted = node
                     .status
                     .as_ref()
@@ -83,27 +85,43 @@ async fn fetch_node(
         };
         metrics.request("get_node", "error");
         failures = failures.saturating_add(1);
-        let why = match Failure::of(&e) {
-            Failure::Forbidden(m) => format!(
-                "forbidden: the service account needs `get` on `nodes` (manifests/rbac.yaml): {m}"
+        // A wrong name or a missing permission is the deployment's to fix
+        // (a restart by the liveness probe makes it plain); a server that is
+        // away is waited for.
+        let (why, misconfigured) = match Failure::of(&e) {
+            Failure::Forbidden(m) => (
+                format!(
+                    "forbidden: the service account needs `get` on `nodes` (manifests/rbac.yaml): {m}"
+                ),
+                true,
             ),
-            Failure::NotFound(_) => format!(
-                "node {:?} does not exist (set --hostname-override or NODE_NAME to the Node's name)",
-                opts.node
+            Failure::NotFound(_) => (
+                format!(
+                    "node {:?} does not exist (set --hostname-override or NODE_NAME to the Node's name)",
+                    opts.node
+                ),
+                true,
             ),
-            Failure::After(_) | Failure::Refused(_) | Failure::Other(_) => e.to_string(),
+            Failure::After(_) | Failure::Refused(_) | Failure::Other(_) => (e.to_string(), false),
         };
         let waited = started.elapsed();
         let waiting = waited < opts.wait_timeout;
         if waiting {
             tracing::warn!(node = %opts.node, "cannot read the Node: {why}; retrying");
         } else {
-            // Past the wait: unhealthy, saying why, and logged less and less often.
-            pulse.fail(format!(
+            // Past the wait: unhealthy (misconfigured) or degraded (the
+            // server is away), saying why, and logged less and less often.
+            let state = format!(
                 "cannot read Node {:?} for {} s: {why}",
                 opts.node,
                 waited.as_secs()
-            ));
+            );
+            if misconfigured {
+                pulse.fail(state);
+            } else {
+                pulse.beat(opts.wait_interval.max(Duration::from_secs(30)) + CALL_TIMEOUT * 2);
+                pulse.degrade(Some(state));
+            }
             if failures.is_power_of_two() {
                 tracing::error!(node = %opts.node, failures, "cannot read the Node for {} s: {why}; nothing reaches the cluster; retrying", waited.as_secs());
             }
