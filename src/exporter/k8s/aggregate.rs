@@ -54,11 +54,12 @@ struct Entry {
     /// The note (kept: an Event gone from the server is written anew).
     note: String,
     severity: Severity,
-    /// The Event, once created.
+    /// The Event's name, chosen at its first create and kept across retries
+    /// (a create that timed out may have been stored: its retry then meets
+    /// AlreadyExists).
     name: Option<String>,
-    /// The name its create uses, kept across retries (a create that timed
-    /// out may have been stored: its retry then meets AlreadyExists).
-    creating: Option<String>,
+    /// The API server has the Event.
+    created: bool,
     /// Occurrences counted into this Event, written or not.
     count: u64,
     /// Of them, what the API server has.
@@ -81,7 +82,7 @@ impl Entry {
             note,
             severity: e.severity,
             name: None,
-            creating: None,
+            created: false,
             count: 0,
             written: 0,
             unwritten_since: None,
@@ -104,22 +105,23 @@ impl Entry {
         self.count - self.written
     }
 
+    /// Its unwritten occurrences can no longer be written within the
+    /// window by `now` (a call may take CALL_TIMEOUT).
+    fn too_late(&self, now: Instant) -> bool {
+        self.unwritten_since
+            .is_some_and(|t| t + AGGREGATE_WINDOW <= now + CALL_TIMEOUT)
+    }
+
     /// When its next write is due, if it has anything to write that can
-    /// still be written within the window (a call may take CALL_TIMEOUT);
-    /// what cannot is left to the sweep, which drops it.
-    fn due(&self) -> Option<Instant> {
-        if self.in_flight || self.unwritten() == 0 {
+    /// still land within the window; what cannot is left to the sweep,
+    /// which drops it.
+    fn due(&self, now: Instant) -> Option<Instant> {
+        if self.in_flight || self.unwritten() == 0 || self.too_late(now) {
             return None;
         }
-        if self
-            .unwritten_since
-            .is_some_and(|t| t + AGGREGATE_WINDOW <= Instant::now() + CALL_TIMEOUT)
-        {
-            return None;
-        }
-        Some(match (self.name.as_ref(), self.written_at) {
-            (Some(_), Some(at)) => at + FLUSH_EVERY,
-            _ => self.unwritten_since.unwrap_or_else(Instant::now),
+        Some(match self.written_at {
+            Some(at) if self.created => at + FLUSH_EVERY,
+            _ => self.unwritten_since.unwrap_or(now),
         })
     }
 }
@@ -220,18 +222,18 @@ impl Aggregator {
                 None
             }
             None => {
-                let note = format!("{COMBINED}{}", e.message);
-                let note = cut(&note, NOTE_LIMIT).to_owned();
+                let combined = |m: &str| cut(&format!("{COMBINED}{m}"), NOTE_LIMIT).to_owned();
                 match group.entries.iter().position(|x| x.hash.is_none()) {
                     Some(i) => {
                         let c = &mut group.entries[i];
-                        if c.name.is_none() {
+                        if !c.created {
                             // Not written yet: it will carry the latest message.
-                            c.note = note;
+                            c.note = combined(&e.message);
                         }
                         Some(i)
                     }
                     None => {
+                        let note = combined(&e.message);
                         group.entries.push(Entry::new(None, note, e, now));
                         Some(group.entries.len() - 1)
                     }
@@ -261,18 +263,14 @@ impl Aggregator {
     pub fn sweep(&mut self, now: Instant, drops: &mut Drops) {
         self.groups.retain(|_, g| {
             g.entries.retain_mut(|x| {
-                if !x.in_flight
-                    && x.unwritten_since
-                        .is_some_and(|t| t + AGGREGATE_WINDOW <= now + CALL_TIMEOUT)
-                {
+                if !x.in_flight && x.too_late(now) {
                     drops.expired += x.unwritten();
                     x.count = x.written;
                     x.unwritten_since = None;
                 }
                 x.in_flight
                     || x.unwritten() > 0
-                    || now.duration_since(x.seen) < AGGREGATE_WINDOW
-                        && (x.name.is_some() || x.count > 0)
+                    || now.duration_since(x.seen) < AGGREGATE_WINDOW && (x.created || x.count > 0)
             });
             !g.entries.is_empty()
         });
@@ -280,9 +278,10 @@ impl Aggregator {
 
     /// The earliest time some entry has a write due.
     pub fn next_due(&self) -> Option<Instant> {
+        let now = Instant::now();
         self.groups
             .values()
-            .flat_map(|g| g.entries.iter().filter_map(Entry::due))
+            .flat_map(|g| g.entries.iter().filter_map(|x| x.due(now)))
             .min()
     }
 
@@ -317,7 +316,7 @@ impl Aggregator {
                 g.entries
                     .iter()
                     .enumerate()
-                    .filter_map(move |(i, x)| Some((x.due()?, k, i)))
+                    .filter_map(move |(i, x)| Some((x.due(now)?, k, i)))
             })
             .filter(|(due, _, _)| *due <= now)
             .min_by_key(|(due, _, _)| *due)
@@ -328,20 +327,12 @@ impl Aggregator {
             count: i32::try_from(x.count).unwrap_or(i32::MAX),
             last_observed_time: micro(x.last),
         });
-        let op = match (&x.name, series) {
-            (Some(name), Some(series)) => Op::Series {
-                name: name.clone(),
-                series,
-            },
-            (_, series) => {
-                let name = x
-                    .creating
-                    .get_or_insert_with(|| event_name(&opts.node))
-                    .clone();
-                Op::Create(Box::new(new_event(
-                    opts, regarding, &key.1, &name, x, series,
-                )))
-            }
+        let name = x.name.get_or_insert_with(|| event_name(&opts.node)).clone();
+        let op = match series {
+            Some(series) if x.created => Op::Series { name, series },
+            series => Op::Create(Box::new(new_event(
+                opts, regarding, &key.1, &name, x, series,
+            ))),
         };
         Some(Job {
             slot: Slot {
@@ -374,10 +365,7 @@ impl Aggregator {
         };
         match outcome {
             Outcome::Written => {
-                if let Op::Create(body) = &job.op {
-                    x.name = body.metadata.name.clone();
-                    x.creating = None;
-                }
+                x.created = true;
                 x.written = job.count;
                 x.written_at = Some(now);
                 0
@@ -385,7 +373,7 @@ impl Aggregator {
             Outcome::Gone => {
                 // What the cluster never saw goes into a new Event.
                 x.name = None;
-                x.creating = None;
+                x.created = false;
                 x.count -= x.written;
                 x.written = 0;
                 x.first = x.last;
@@ -406,10 +394,7 @@ impl Aggregator {
 }
 
 pub(super) fn micro(t: SystemTime) -> MicroTime {
-    MicroTime(
-        k8s_openapi::jiff::Timestamp::try_from(t)
-            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-    )
+    MicroTime(super::timestamp(t))
 }
 
 /// A new Event's name: the node's name and the time in nanoseconds, cut to

@@ -153,10 +153,7 @@ struct ConditionsPatch {
 }
 
 fn time(t: SystemTime) -> Time {
-    Time(
-        k8s_openapi::jiff::Timestamp::try_from(t)
-            .unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH),
-    )
+    Time(super::timestamp(t))
 }
 
 /// The PATCH body: our conditions, with kept transition times and the

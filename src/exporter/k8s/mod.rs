@@ -35,6 +35,11 @@ use crate::conditions::{NodeCondition, Published};
 use crate::liveness::Pulse;
 use limiter::Limiter;
 
+/// A time as k8s-openapi holds it (`Time`, `MicroTime`).
+fn timestamp(t: std::time::SystemTime) -> k8s_openapi::jiff::Timestamp {
+    k8s_openapi::jiff::Timestamp::try_from(t).unwrap_or(k8s_openapi::jiff::Timestamp::UNIX_EPOCH)
+}
+
 /// Longest backoff between failed writes.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(60);
 /// Longest one API call may take before it counts as failed.
