@@ -126,6 +126,35 @@ pub struct Applied {
     pub touched: bool,
 }
 
+impl NodeCondition {
+    /// The condition as its monitor would say it.
+    pub fn said(&self) -> Condition {
+        let mut c = Condition::new(&self.type_, self.status, &self.reason, &self.message);
+        c.transition = Some(self.transition);
+        c
+    }
+}
+
+impl Applied {
+    /// What the manager itself changed for monitor `source` (its conditions
+    /// held `Unknown`, with the warning), as a status for the external
+    /// exporters, which see every status.
+    pub fn as_status(&self, source: &str) -> Status {
+        let mut status = Status {
+            source: source.to_owned(),
+            events: Vec::new(),
+            conditions: Vec::new(),
+        };
+        for p in &self.published {
+            match p {
+                Published::Condition { condition, .. } => status.conditions.push(condition.said()),
+                Published::Event { event, .. } => status.events.push(event.clone()),
+            }
+        }
+        status
+    }
+}
+
 impl ConditionManager {
     pub fn new() -> Self {
         Self::default()
@@ -370,11 +399,7 @@ impl ConditionManager {
             let said = types
                 .iter()
                 .filter_map(|t| self.conditions.get(t))
-                .map(|c| {
-                    let mut k = Condition::new(&c.type_, c.status, &c.reason, &c.message);
-                    k.transition = Some(c.transition);
-                    k
-                })
+                .map(NodeCondition::said)
                 .collect();
             self.watches[id].held = Some(Held {
                 reason: String::new(),

@@ -445,7 +445,16 @@ async fn fan_in(
                 }
                 manager.apply(id, &status, now)
             }
-            Update::Down { reason, message } => manager.down(id, &reason, &message, now),
+            Update::Down { reason, message } => {
+                let applied = manager.down(id, &reason, &message, now);
+                if !applied.published.is_empty() {
+                    let status = applied.as_status(manager.source(id));
+                    for q in exporters.iter() {
+                        q.push(manager.source(id), &status);
+                    }
+                }
+                applied
+            }
             Update::Alive => manager.touch(id, now),
             Update::Trimmed(t) => {
                 metrics.trimmed(manager.source(id), &t);
@@ -525,6 +534,16 @@ mod tests {
             .filter(|p| matches!(p, Published::Event { .. }))
             .collect();
         assert_eq!(events.len(), 1, "one warning");
+        // The external exporters' view of it: every condition Unknown, the warning.
+        let status = applied.as_status("gpu-monitor");
+        assert_eq!(status.conditions.len(), 2);
+        assert!(
+            status
+                .conditions
+                .iter()
+                .all(|c| c.status == ConditionStatus::Unknown && c.message == message)
+        );
+        assert_eq!(status.events.len(), 1);
         // The same again: nothing new.
         assert_eq!(
             m.down(gpu, monitor::REASON_MONITOR_RESTARTING, message, now),
