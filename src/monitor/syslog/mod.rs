@@ -259,6 +259,16 @@ struct Source {
 }
 
 impl Source {
+    /// A source not read yet: nothing of it is known, so its conditions are
+    /// `Unknown` after the grace, as for one that went down.
+    fn unread() -> Self {
+        Self {
+            unreadable_at: Some(tokio::time::Instant::now() + DOWN_GRACE),
+            why: "the log source has not been readable yet".into(),
+            ..Self::default()
+        }
+    }
+
     fn up(&mut self) {
         self.up_since = Some(tokio::time::Instant::now());
     }
@@ -289,9 +299,8 @@ impl Source {
     /// When to look again: the grace running out, or the source becoming stable.
     fn next_check(&self) -> Option<tokio::time::Instant> {
         match (self.unreadable_at, self.up_since) {
-            (Some(_), Some(up)) if !self.reported_down => Some(up + STABLE),
-            (Some(at), None) if !self.reported_down => Some(at),
             (Some(_), Some(up)) => Some(up + STABLE),
+            (Some(at), None) if !self.reported_down => Some(at),
             _ => None,
         }
     }
@@ -343,14 +352,11 @@ pub async fn run(
         return;
     }
     tracing::info!(monitor = %source, config = %file, plugin = ?plugin, rules = cfg.rules.len(), "system log monitor started");
-    let mut src = Source::default();
+    // The first status (every condition False, as NPD starts them) waits
+    // until the source has been read: lines, or up for STABLE.
+    let mut src = Source::unread();
     let mut tick = tokio::time::interval(BEAT);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The first status (every condition False, as NPD starts them) waits
-    // until the source has been read: lines, or up for STABLE. Nothing of a source never read is known: its conditions are Unknown
-    // after the grace, as for one that went down.
-    src.unreadable_at = Some(tokio::time::Instant::now() + DOWN_GRACE);
-    src.why = "the log source has not been readable yet".into();
     loop {
         if src.up_since.is_some() {
             pulse.beat(BEAT * 2);
@@ -440,17 +446,15 @@ where
 {
     if src.stable() {
         src.unreadable_at = None;
-        if !src.reported {
-            src.reported = true;
-            src.reported_down = false;
-            return send(Update::Status(state.initial())).await;
+        let first = !std::mem::replace(&mut src.reported, true);
+        let was_down = std::mem::take(&mut src.reported_down);
+        if !(first || was_down) {
+            return true;
         }
-        if std::mem::take(&mut src.reported_down) {
+        if !first {
             tracing::info!(monitor = %source, "log source readable again; conditions are known again");
-            src.reported = true;
-            return send(Update::Status(state.initial())).await;
         }
-        return true;
+        return send(Update::Status(state.initial())).await;
     }
     if src.up_since.is_none() && !src.reported_down {
         src.reported_down = true;
