@@ -20,6 +20,8 @@
 mod api_rules;
 #[path = "../tests/common/fake_api.rs"]
 mod fake_api;
+#[path = "common/proc.rs"]
+mod proc;
 
 use std::io::Write;
 use std::path::Path;
@@ -27,6 +29,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fake_api::FakeApi;
+use proc::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_npd-ext");
 const NODE: &str = "gpu-node-17";
@@ -47,44 +50,17 @@ fn config(log: &Path) -> String {
 }
 
 fn ticks(pid: u32) -> u64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(") ").map_or("", |(_, r)| r);
-    let f: Vec<u64> = after
-        .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // utime, stime: fields 14 and 15, i.e. 12 and 13 after the command.
-    f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)
+    proc::cpu_ticks(pid)
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    proc::status_kib(pid, "VmRSS:")
 }
 
 fn metric(port: u16, series: &str) -> Option<f64> {
-    use std::io::Read;
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines()
+    proc::metrics_text(port)?
+        .lines()
         .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
 }
 
 struct Detector {

@@ -16,11 +16,14 @@
 #![allow(clippy::expect_used, clippy::panic)] // test code: a failed expectation is the test failing
 
 use std::collections::BTreeMap;
-use std::io::{BufWriter, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "common/proc.rs"]
+mod proc;
+use proc::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_npd-ext");
 
@@ -221,19 +224,8 @@ fn write_log(path: &Path, lines: usize, problems: &[(&str, &str)]) -> BTreeMap<S
     expected
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 fn scrape(port: u16) -> Option<BTreeMap<String, u64>> {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
+    let body = proc::metrics_text(port)?;
     Some(
         body.lines()
             .filter_map(|l| l.strip_prefix("problem_counter{reason=\""))
@@ -246,26 +238,9 @@ fn scrape(port: u16) -> Option<BTreeMap<String, u64>> {
 }
 
 fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    // Fields 14 and 15 (utime, stime), counted after the command name.
-    let ticks: f64 =
-        fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0);
-    ticks / 100.0
+    proc::cpu_ticks(pid) as f64 / 100.0
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
+    proc::status_kib(pid, "VmHWM:")
 }
