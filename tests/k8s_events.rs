@@ -30,6 +30,13 @@ fn published(source: &str, reason: &str, message: &str) -> Published {
     }
 }
 
+/// One event from `source` into the exporter's broadcast.
+fn emit(ex: &Exporter, source: &str, reason: &str, message: &str) {
+    ex.events
+        .send(published(source, reason, message))
+        .expect("subscriber");
+}
+
 /// An Event as the exporter writes it.
 fn good_event(name: &str) -> Value {
     json!({
@@ -208,13 +215,12 @@ async fn one_line_eight_times_over_90_s_reaches_the_cluster_with_a_count_of_8() 
     let api = FakeApi::start().await;
     let ex = started(&api).await;
     for _ in 0..8 {
-        ex.events
-            .send(published(
-                "kernel-monitor",
-                "OOMKilling",
-                "Killed process 4242 (python3)",
-            ))
-            .expect("subscriber");
+        emit(
+            &ex,
+            "kernel-monitor",
+            "OOMKilling",
+            "Killed process 4242 (python3)",
+        );
         tokio::time::sleep(Duration::from_secs(90) / 7).await;
     }
     run_until(FLUSH_EVERY * 3, "a count of 8", || {
@@ -252,17 +258,14 @@ async fn two_hundred_distinct_oom_kills_are_a_dozen_events_counting_all_of_them(
             10_000 + i,
             4_000_000 + i
         );
-        ex.events
-            .send(published("kernel-monitor", "OOMKilling", &m))
-            .expect("subscriber");
+        emit(&ex, "kernel-monitor", "OOMKilling", &m);
     }
-    ex.events
-        .send(published(
-            "kernel-monitor",
-            "TaskHung",
-            "INFO: task jbd2/sda1-8:412 blocked for more than 120 seconds.",
-        ))
-        .expect("subscriber");
+    emit(
+        &ex,
+        "kernel-monitor",
+        "TaskHung",
+        "INFO: task jbd2/sda1-8:412 blocked for more than 120 seconds.",
+    );
     run_until(FLUSH_EVERY * 2, "all 200 counted", || {
         total_count(&api, "OOMKilling") == 200
     })
@@ -324,13 +327,12 @@ async fn a_burst_of_10_000_at_production_size_is_counted_or_shows_as_lagged() {
     let ex = started(&api).await;
     // Faster than any writer: the broadcast (the detector's size) overflows.
     for i in 0..10_000 {
-        ex.events
-            .send(published(
-                "gpu-monitor",
-                "XID79",
-                &format!("gpu={} XID 79 (fallen off the bus)", i % 8),
-            ))
-            .expect("subscriber");
+        emit(
+            &ex,
+            "gpu-monitor",
+            "XID79",
+            &format!("gpu={} XID 79 (fallen off the bus)", i % 8),
+        );
     }
     let lagged = || ex.metric("npd_ext_events_dropped_total", &[("reason", "lagged")]);
     run_until(FLUSH_EVERY * 3, "every occurrence accounted for", || {
@@ -349,13 +351,12 @@ async fn an_event_not_written_within_its_window_is_dropped_not_written_late() {
     let ex = started(&api).await;
     api.fault(Some(Method::POST), "/events", Fault::Status(503), None);
     for i in 0..3 {
-        ex.events
-            .send(published(
-                "kernel-monitor",
-                "OOMKilling",
-                &format!("Killed process {i}"),
-            ))
-            .expect("subscriber");
+        emit(
+            &ex,
+            "kernel-monitor",
+            "OOMKilling",
+            &format!("Killed process {i}"),
+        );
     }
     run_until(Duration::from_secs(10), "a failed create", || {
         api.count(&Method::POST, "/events") >= 1
@@ -392,13 +393,7 @@ async fn an_event_not_written_within_its_window_is_dropped_not_written_late() {
         3
     );
     // A fresh one after the outage is written at once.
-    ex.events
-        .send(published(
-            "kernel-monitor",
-            "OOMKilling",
-            "Killed process 99",
-        ))
-        .expect("subscriber");
+    emit(&ex, "kernel-monitor", "OOMKilling", "Killed process 99");
     run_until(Duration::from_secs(5), "the fresh Event", || {
         api.events().len() == 1
     })
@@ -442,13 +437,7 @@ async fn a_create_that_timed_out_but_was_stored_is_not_written_twice() {
         Fault::Late(npd_ext::exporter::k8s::CALL_TIMEOUT + Duration::from_secs(5)),
         Some(1),
     );
-    ex.events
-        .send(published(
-            "kernel-monitor",
-            "OOMKilling",
-            "Killed process 7",
-        ))
-        .expect("subscriber");
+    emit(&ex, "kernel-monitor", "OOMKilling", "Killed process 7");
     run_until(Duration::from_secs(120), "the retry", || {
         api.count(&Method::POST, "/events") == 2
     })
@@ -462,13 +451,7 @@ async fn a_create_that_timed_out_but_was_stored_is_not_written_twice() {
             && api.log().iter().any(|l| l.status == 409)
     })
     .await;
-    ex.events
-        .send(published(
-            "kernel-monitor",
-            "OOMKilling",
-            "Killed process 7",
-        ))
-        .expect("subscriber");
+    emit(&ex, "kernel-monitor", "OOMKilling", "Killed process 7");
     run_until(FLUSH_EVERY * 2, "a count of 2", || {
         total_count(&api, "OOMKilling") == 2
     })
