@@ -88,6 +88,27 @@ fn flipping_monitor(dir: &Path) -> custom::CustomPluginConfig {
         .expect("valid")
 }
 
+/// A detector with the flipping monitor, serving `/metrics`, exporting to
+/// `exporters`.
+fn start_exporting(
+    dir: &Path,
+    exporters: Vec<ExternalExporterConfig>,
+) -> (Shutdown, detector::Detector) {
+    let shutdown = Shutdown::new();
+    let d = detector::start(
+        DetectorOptions {
+            custom: vec![flipping_monitor(dir)],
+            exporters,
+            node: "gpu-node-17".into(),
+            metrics: Some(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
+            ..DetectorOptions::default()
+        },
+        &shutdown,
+    )
+    .expect("detector starts");
+    (shutdown, d)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_status_reaches_the_exporter_with_a_sequence_and_overflow_is_counted() {
     let dir = common::tempdir();
@@ -101,21 +122,13 @@ async fn every_status_reaches_the_exporter_with_a_sequence_and_overflow_is_count
     serve(&dir.path().join("slow.sock"), slow.clone(), token.clone());
     let mut slow_cfg = ExternalExporterConfig::new("slow", dir.path().join("slow.sock"));
     slow_cfg.queue_size = 2;
-    let shutdown = Shutdown::new();
-    let d = detector::start(
-        DetectorOptions {
-            custom: vec![flipping_monitor(dir.path())],
-            exporters: vec![
-                ExternalExporterConfig::new("fast", dir.path().join("fast.sock")),
-                slow_cfg,
-            ],
-            node: "gpu-node-17".into(),
-            metrics: Some(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
-            ..DetectorOptions::default()
-        },
-        &shutdown,
-    )
-    .expect("detector starts");
+    let (shutdown, d) = start_exporting(
+        dir.path(),
+        vec![
+            ExternalExporterConfig::new("fast", dir.path().join("fast.sock")),
+            slow_cfg,
+        ],
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while fast.got.lock().expect("lock").len() < 10 {
         assert!(
@@ -189,21 +202,13 @@ async fn a_status_the_plugin_keeps_refusing_is_given_up_and_the_rest_go_on() {
         ..Recorder::default()
     };
     serve(&dir.path().join("picky.sock"), picky.clone(), token.clone());
-    let shutdown = Shutdown::new();
-    let d = detector::start(
-        DetectorOptions {
-            custom: vec![flipping_monitor(dir.path())],
-            exporters: vec![ExternalExporterConfig::new(
-                "picky",
-                dir.path().join("picky.sock"),
-            )],
-            node: "gpu-node-17".into(),
-            metrics: Some(std::net::TcpListener::bind("127.0.0.1:0").expect("bind")),
-            ..DetectorOptions::default()
-        },
-        &shutdown,
-    )
-    .expect("detector starts");
+    let (shutdown, d) = start_exporting(
+        dir.path(),
+        vec![ExternalExporterConfig::new(
+            "picky",
+            dir.path().join("picky.sock"),
+        )],
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !picky
         .got
