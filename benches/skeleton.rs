@@ -37,6 +37,7 @@ fn main() {
                 grace: Duration::from_secs(1),
                 watch_health: true,
                 allowed_uids: npd_ext::rpc::server::default_allowed_uids(),
+                liveness: npd_ext::liveness::Liveness::new(),
             },
         )
         .expect("bind");

@@ -37,6 +37,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             grace: DEFAULT_GRACE,
             watch_health: true,
             allowed_uids: crate::rpc::server::default_allowed_uids(),
+            liveness: crate::liveness::Liveness::new(),
         },
     )?;
     let observations = plugin.observations();
@@ -86,6 +87,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         },
         observations,
         shutdown.token().child_token(),
+        None,
     ));
 
     let start = Instant::now();

@@ -1,6 +1,7 @@
 //! `npd-ext gpu-monitor`: the GPU external monitor plugin.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 
@@ -28,6 +29,8 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
     shutdown
         .listen_for_signals()
         .context("cannot install signal handlers")?;
+    // The backends and the health model beat here; gRPC health follows it.
+    let liveness = Liveness::new();
     let plugin = Plugin::bind(
         &args.socket,
         PluginOptions {
@@ -43,6 +46,7 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
             } else {
                 args.allowed_uids.clone()
             },
+            liveness: liveness.clone(),
         },
     )
     .context("cannot serve the plugin socket")?;
@@ -57,7 +61,10 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
     // A backend that panics starts again after a backoff; until it does,
     // the health model hears that readings stopped (its restart says
     // `Responsive` again), so old readings are not reported as fresh.
-    let sup = Supervisor::new(&shutdown, &Liveness::new());
+    let sup = Supervisor::new(&shutdown, &liveness);
+    // A backend's first beat comes after a session start (two call
+    // deadlines) at most; it then promises its own.
+    let first_beat = Some(args.nvml_timeout * 3 + args.poll_interval + Duration::from_secs(10));
     let token = shutdown.token().clone();
     let tx = plugin.observations();
     let backend_down = |name: &'static str| {
@@ -83,15 +90,17 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
             };
             let gpus = args.sim_gpus;
             let (tx, token) = (tx.clone(), token.clone());
-            sup.spawn_plain_with(
+            sup.spawn_with(
                 "sim backend",
-                move || {
+                first_beat,
+                move |pulse| {
                     sim::run(
                         scenario.clone(),
                         gpus,
                         options,
                         tx.clone(),
                         token.child_token(),
+                        Some(pulse),
                     )
                 },
                 backend_down("sim backend"),
@@ -108,9 +117,10 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
                 dev_root: PathBuf::from("/dev"),
             };
             let (tx, token) = (tx.clone(), token.clone());
-            sup.spawn_plain_with(
+            sup.spawn_with(
                 "nvml backend",
-                move || nvml::run(options.clone(), tx.clone(), token.child_token()),
+                first_beat,
+                move |pulse| nvml::run(options.clone(), tx.clone(), token.child_token(), pulse),
                 backend_down("NVML backend"),
             );
         }
@@ -131,9 +141,18 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
             state_dir: Some(args.state_dir.clone()),
             boot_id: kmsg::boot_id(),
         };
-        sup.spawn_plain("kernel-log reader", move || {
-            kmsg::run(options.clone(), tx.clone(), token.child_token())
-        });
+        sup.spawn(
+            "kernel-log reader",
+            Some(Duration::from_secs(60)),
+            move |pulse| {
+                kmsg::run(
+                    options.clone(),
+                    tx.clone(),
+                    token.child_token(),
+                    Some(pulse),
+                )
+            },
+        );
     }
     let result = plugin.serve(shutdown.token().clone()).await;
     shutdown.drain(args.shutdown_grace).await;

@@ -25,7 +25,7 @@ pub const DEFAULT_SLOWDOWN_CELSIUS: i32 = 89;
 /// A throttling GPU must cool this far below slowdown before it counts as clear.
 pub const THERMAL_HYSTERESIS_CELSIUS: i32 = 5;
 /// Recent events kept for clients that have not yet seen them.
-const EVENT_BACKLOG: usize = 64;
+pub const EVENT_BACKLOG: usize = 64;
 /// The same XID on the same GPU from NVML and from the kernel log within
 /// this interval is one report.
 const XID_CORRELATION: Duration = Duration::from_secs(10);
@@ -557,6 +557,7 @@ impl HealthModel {
                 let pos = self.position_for_pci(*pci);
                 self.xid(pos, *xid, Some(detail), *at, *replay);
             }
+            Observation::KernelXidUnknownGpu { .. } => {}
             Observation::KernelGpuInit { pci, at, replay } => {
                 // Only a GPU we know: an init line for a new address is just a driver load.
                 if let Some(pos) = self.position_of_pci(*pci) {

@@ -4,18 +4,34 @@
 //! neither re-reports nor misses a line. NVML alone misses XIDs 79, 119 and
 //! 120; the kernel log has them all, with their text.
 //!
+//! Only the kernel speaks: records of any other facility (anyone with root
+//! can write a "user" record to `/dev/kmsg`) are skipped. A fallen-off-the-bus
+//! report whose line names no address takes the GPU an NVRM line named just
+//! before it (the driver's three-line probe report names it on its first
+//! line); one with no address anywhere still counts, for an unknown GPU.
+//! The phrasings, with their sources: `tests/fixtures/kmsg/fallen-off-the-bus.kmsg`.
+//!
 //! `path` may also be a regular file or FIFO holding records in the same
 //! format, one per line (tests and replays).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::Observation;
 use crate::kmsg;
+use crate::liveness::Pulse;
+
+/// The kernel's syslog facility (`LOG_KERN`).
+const FACILITY_KERNEL: u8 = 0;
+/// An address an NVRM line names holds for a report without one within
+/// this many lines after it.
+const NAMED_FOR_LINES: u8 = 3;
+/// The reader promises a beat within this (it beats at least every half).
+const READER_BEAT: Duration = Duration::from_secs(60);
 
 // ---------------------------------------------------------------------------
 // Records and lines
@@ -70,9 +86,12 @@ pub enum KernelLine {
         xid: u32,
         detail: String,
     },
-    /// `NVRM: GPU 0000:61:00.0: GPU has fallen off the bus.` or the
-    /// multi-line "The NVIDIA GPU … has fallen off the bus" record.
-    FellOffBus { pci: PciAddr },
+    /// Any phrasing of "fallen off the bus" outside an XID line; `pci`
+    /// when the line itself names the GPU.
+    FellOffBus { pci: Option<PciAddr> },
+    /// `NVRM: The NVIDIA GPU 0000:b3:00.0`: the first line of the driver's
+    /// probe report, whose last line says "fallen off the bus".
+    Names { pci: PciAddr },
     /// `NVRM: GPU at PCI:0000:61:00: GPU-<uuid>`: the driver (re)initialised
     /// the GPU, at load or after a reset — evidence that reset-class faults
     /// logged before it are gone.
@@ -130,15 +149,67 @@ pub fn parse_line(text: &str) -> Option<KernelLine> {
         });
     }
     if nvrm.contains("fallen off the bus") {
-        let addr = nvrm
-            .strip_prefix("The NVIDIA GPU ")
-            .or_else(|| nvrm.strip_prefix("GPU "))?;
-        let addr = addr.split([' ', ':']).take(3).collect::<Vec<_>>().join(":");
         return Some(KernelLine::FellOffBus {
-            pci: PciAddr::parse(&addr)?,
+            pci: first_address(nvrm),
+        });
+    }
+    if let Some(rest) = nvrm.strip_prefix("The NVIDIA GPU ") {
+        return Some(KernelLine::Names {
+            pci: first_address(rest)?,
         });
     }
     None
+}
+
+/// The first word shaped like a PCI address with a domain
+/// (`0000:3b:00.0`, `PCI:0000:3b:00:`), as NVRM lines write them.
+fn first_address(text: &str) -> Option<PciAddr> {
+    text.split_whitespace().find_map(|word| {
+        let word = word.trim_start_matches('(').trim_start_matches("PCI:");
+        let word = word.trim_end_matches([':', '.', ',', ')']);
+        (word.matches(':').count() == 2)
+            .then(|| PciAddr::parse(word))
+            .flatten()
+    })
+}
+
+/// The lines of one record: inside `/dev/kmsg` the kernel escapes the
+/// newlines of a multi-line message (the driver's probe report) as `\x0a`.
+pub fn record_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.split("\\x0a").flat_map(|l| l.split('\n'))
+}
+
+/// Joins what the driver says over several lines: a fallen-off-the-bus line
+/// without an address takes the GPU an NVRM line named just before.
+#[derive(Debug, Default)]
+pub struct Reports {
+    /// The GPU the last NVRM lines named, and for how many more lines.
+    named: Option<(PciAddr, u8)>,
+}
+
+impl Reports {
+    /// What one line says, with the address filled in where it can be.
+    pub fn line(&mut self, text: &str) -> Option<KernelLine> {
+        let line = parse_line(text);
+        let named = self.named.take().filter(|(_, left)| *left > 0);
+        let remember = |pci| Some((pci, NAMED_FOR_LINES));
+        match &line {
+            Some(KernelLine::Names { pci }) | Some(KernelLine::GpuInit { pci }) => {
+                self.named = remember(*pci);
+            }
+            Some(KernelLine::Xid { pci, .. }) => self.named = remember(*pci),
+            Some(KernelLine::FellOffBus { pci: Some(pci) }) => self.named = remember(*pci),
+            Some(KernelLine::FellOffBus { pci: None }) => {
+                return Some(KernelLine::FellOffBus {
+                    pci: named.map(|(pci, _)| pci),
+                });
+            }
+            Some(KernelLine::SXid { .. }) | None => {
+                self.named = named.map(|(pci, left)| (pci, left - 1));
+            }
+        }
+        line
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -207,8 +278,14 @@ pub struct KmsgOptions {
     pub boot_id: String,
 }
 
-/// Reads records until `token` is cancelled, sending what the driver said.
-pub async fn run(options: KmsgOptions, tx: mpsc::Sender<Observation>, token: CancellationToken) {
+/// Reads records until `token` is cancelled, sending what the driver said,
+/// and beating `pulse` while it keeps up (not while the model takes nothing).
+pub async fn run(
+    options: KmsgOptions,
+    tx: mpsc::Sender<Observation>,
+    token: CancellationToken,
+    pulse: Option<Pulse>,
+) {
     // Opening (a FIFO blocks until a writer comes) and reading block: they
     // get a thread of their own, which ends with the process or at the first
     // record after the receiver is gone.
@@ -224,9 +301,15 @@ pub async fn run(options: KmsgOptions, tx: mpsc::Sender<Observation>, token: Can
     let mut position = Position::load(options.state_dir.as_deref(), &options.boot_id);
     tracing::info!(path = %options.path.display(), after_seq = ?position.seq, "reading kernel log for XIDs");
     let mut unsaved = 0u32;
+    let mut reports = Reports::default();
+    let mut beat = tokio::time::interval(READER_BEAT / 2);
     loop {
+        if let Some(p) = &pulse {
+            p.beat(READER_BEAT);
+        }
         let record = tokio::select! {
             r = rec_rx.recv() => match r { Some(r) => r, None => break },
+            _ = beat.tick() => continue,
             () = token.cancelled() => break,
         };
         let record = match record {
@@ -254,50 +337,80 @@ pub async fn run(options: KmsgOptions, tx: mpsc::Sender<Observation>, token: Can
             position.seq = Some(record.seq);
             unsaved += 1;
         }
-        if let Some(line) = parse_line(&record.text) {
-            let at = SystemTime::now();
-            let obs = match line {
-                KernelLine::Xid { pci, xid, detail } => Observation::KernelXid {
-                    pci,
-                    xid,
-                    detail,
-                    at,
-                    replay,
-                },
-                KernelLine::FellOffBus { pci } => Observation::KernelXid {
-                    pci,
-                    xid: 79,
-                    detail: "GPU has fallen off the bus".into(),
-                    at,
-                    replay,
-                },
-                KernelLine::GpuInit { pci } => Observation::KernelGpuInit { pci, at, replay },
-                KernelLine::SXid {
-                    pci,
-                    sxid,
-                    fatal,
-                    detail,
-                } => Observation::SXid {
-                    pci,
-                    sxid,
-                    fatal,
-                    detail,
-                    at,
-                    replay,
-                },
+        // Only the kernel speaks: root in any container may write a
+        // user-facility record carrying an XID line to /dev/kmsg.
+        if record.facility != FACILITY_KERNEL {
+            if record.text.contains("NVRM: ") && !replay {
+                tracing::warn!(
+                    seq = record.seq,
+                    facility = record.facility,
+                    "ignored an NVRM line not written by the kernel: {}",
+                    record.text
+                );
+            }
+            continue;
+        }
+        let mut sent = false;
+        for text in record_lines(&record.text) {
+            let Some(obs) = reports.line(text).and_then(|l| observation(l, replay)) else {
+                continue;
             };
-            if !replay {
+            if !replay && !sent {
                 tracing::warn!(seq = record.seq, "kernel: {}", record.text);
             }
+            sent = true;
             if tx.send(obs).await.is_err() {
-                break;
+                save(&options, &position, &mut unsaved);
+                return;
             }
-            save(&options, &position, &mut unsaved);
-        } else if unsaved >= 1000 {
+        }
+        if sent || unsaved >= 1000 {
             save(&options, &position, &mut unsaved);
         }
     }
     save(&options, &position, &mut unsaved);
+}
+
+/// The observation a kernel line makes (`None`: one that only names a GPU).
+fn observation(line: KernelLine, replay: bool) -> Option<Observation> {
+    let at = SystemTime::now();
+    Some(match line {
+        KernelLine::Xid { pci, xid, detail } => Observation::KernelXid {
+            pci,
+            xid,
+            detail,
+            at,
+            replay,
+        },
+        KernelLine::FellOffBus { pci: Some(pci) } => Observation::KernelXid {
+            pci,
+            xid: 79,
+            detail: "GPU has fallen off the bus".into(),
+            at,
+            replay,
+        },
+        KernelLine::FellOffBus { pci: None } => Observation::KernelXidUnknownGpu {
+            xid: 79,
+            detail: "GPU has fallen off the bus (the report names no GPU)".into(),
+            at,
+            replay,
+        },
+        KernelLine::GpuInit { pci } => Observation::KernelGpuInit { pci, at, replay },
+        KernelLine::SXid {
+            pci,
+            sxid,
+            fatal,
+            detail,
+        } => Observation::SXid {
+            pci,
+            sxid,
+            fatal,
+            detail,
+            at,
+            replay,
+        },
+        KernelLine::Names { .. } => return None,
+    })
 }
 
 fn save(options: &KmsgOptions, position: &Position, unsaved: &mut u32) {
@@ -444,7 +557,7 @@ mod tests {
         assert_eq!(
             parse_line("NVRM: GPU 0000:3b:00.0: GPU has fallen off the bus."),
             Some(KernelLine::FellOffBus {
-                pci: pci("0000:3b:00")
+                pci: Some(pci("0000:3b:00"))
             })
         );
         assert_eq!(
@@ -452,7 +565,7 @@ mod tests {
                 "NVRM: The NVIDIA GPU 0000:3b:00.0 (PCI ID: 10de:2335) installed in this system has fallen off the bus and is not responding to commands."
             ),
             Some(KernelLine::FellOffBus {
-                pci: pci("0000:3b:00")
+                pci: Some(pci("0000:3b:00"))
             })
         );
         for noise in [
@@ -463,6 +576,62 @@ mod tests {
         ] {
             assert_eq!(parse_line(noise), None, "{noise}");
         }
+    }
+
+    /// The cases of the phrasings fixture: name, expected address
+    /// (`None`: unknown), and the record texts.
+    fn phrasings() -> Vec<(String, Option<PciAddr>, Vec<String>)> {
+        let text = include_str!("../../tests/fixtures/kmsg/fallen-off-the-bus.kmsg");
+        let mut cases: Vec<(String, Option<PciAddr>, Vec<String>)> = Vec::new();
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix("## case: ") {
+                cases.push((name.to_owned(), None, Vec::new()));
+            } else if let Some(addr) = line.strip_prefix("# expect: ") {
+                let case = cases.last_mut().expect("expect inside a case");
+                case.1 = PciAddr::parse(addr);
+            } else if !line.starts_with('#') && !line.trim().is_empty() {
+                let record = parse_record(line).expect("a kmsg record");
+                let case = cases.last_mut().expect("records inside a case");
+                case.2.push(record.text);
+            }
+        }
+        cases
+    }
+
+    #[test]
+    fn every_phrasing_of_fallen_off_the_bus_names_its_gpu_or_an_unknown_one() {
+        let cases = phrasings();
+        assert_eq!(cases.len(), 9, "the fixture's cases");
+        for (name, expect, records) in cases {
+            let mut reports = Reports::default();
+            let lost: Vec<Option<PciAddr>> = records
+                .iter()
+                .flat_map(|r| record_lines(r).map(str::to_owned).collect::<Vec<_>>())
+                .filter_map(|l| match reports.line(&l) {
+                    Some(KernelLine::Xid { pci, xid: 79, .. }) => Some(Some(pci)),
+                    Some(KernelLine::FellOffBus { pci }) => Some(pci),
+                    _ => None,
+                })
+                .collect();
+            assert!(!lost.is_empty(), "{name}: no fallen-off-the-bus report");
+            assert!(
+                lost.iter().all(|pci| *pci == expect),
+                "{name}: reported for {lost:?}, expected {expect:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_address_named_long_before_is_not_taken() {
+        let mut reports = Reports::default();
+        assert!(reports.line("NVRM: GPU at PCI:0000:df:00: GPU-4").is_some());
+        for _ in 0..NAMED_FOR_LINES {
+            assert_eq!(reports.line("usb 1-1: new device"), None);
+        }
+        assert_eq!(
+            reports.line("NVRM: GPU has fallen off the bus."),
+            Some(KernelLine::FellOffBus { pci: None })
+        );
     }
 
     /// The next XID that is news (replayed ones must come flagged).
@@ -518,7 +687,11 @@ mod tests {
         let start = |options: KmsgOptions| {
             let (tx, rx) = mpsc::channel(16);
             let token = CancellationToken::new();
-            (tokio::spawn(run(options, tx, token.clone())), rx, token)
+            (
+                tokio::spawn(run(options, tx, token.clone(), None)),
+                rx,
+                token,
+            )
         };
 
         let (task, mut rx, token) = start(options.clone());
@@ -579,7 +752,7 @@ mod tests {
             state_dir: None,
             boot_id: "b".into(),
         };
-        run(options, tx, CancellationToken::new()).await;
+        run(options, tx, CancellationToken::new(), None).await;
         match rx.recv().await {
             Some(Observation::SourceDegraded { source, reason, .. }) => {
                 assert_eq!(source, "kernel log");
@@ -618,7 +791,7 @@ mod tests {
             state_dir: None,
             boot_id: "b".into(),
         };
-        let task = tokio::spawn(run(options, tx, token.clone()));
+        let task = tokio::spawn(run(options, tx, token.clone(), None));
         assert_eq!(
             next_xid(&mut rx).await,
             (119, PciAddr::parse("0000:9d:00").expect("pci"))

@@ -4,6 +4,7 @@
 //! Owns what a GPU reading means. It must not know about the detector or
 //! Kubernetes: its only output is a `Status` on the wire.
 
+pub mod error;
 pub mod health;
 pub mod inventory;
 pub mod kmsg;
@@ -13,6 +14,8 @@ pub mod plugin;
 pub mod sim;
 pub mod watchdog;
 pub mod xid;
+
+pub use error::Error;
 
 use std::fmt;
 use std::time::{Duration, SystemTime};
@@ -244,6 +247,14 @@ pub enum Observation {
         /// Read again after a restart: rebuilds state, sends no event.
         replay: bool,
     },
+    /// A kernel report of an XID (a GPU that fell off the bus) that names no
+    /// GPU we could find: it still counts, for an unknown GPU.
+    KernelXidUnknownGpu {
+        xid: u32,
+        detail: String,
+        at: SystemTime,
+        replay: bool,
+    },
     /// The kernel log says the driver (re)initialised the GPU at `pci`.
     KernelGpuInit {
         pci: kmsg::PciAddr,
@@ -303,6 +314,7 @@ impl Observation {
             | Self::MemoryUsage { at, .. }
             | Self::Xid { at, .. }
             | Self::KernelXid { at, .. }
+            | Self::KernelXidUnknownGpu { at, .. }
             | Self::SXid { at, .. }
             | Self::KernelGpuInit { at, .. }
             | Self::MarginTemperature { at, .. }
@@ -338,6 +350,7 @@ impl Observation {
             | Self::InfoRom { gpu, .. }
             | Self::NvLinks { gpu, .. } => Some(*gpu),
             Self::KernelXid { .. }
+            | Self::KernelXidUnknownGpu { .. }
             | Self::SXid { .. }
             | Self::KernelGpuInit { .. }
             | Self::SourceDegraded { .. }

@@ -1,8 +1,9 @@
 //! The NVML backend: loads `libnvidia-ml.so.1` at run time (so the binary
 //! runs, and says so, where there is no driver), enumerates the GPUs and polls
 //! them. Every NVML call runs on a watchdog worker under a deadline: a call
-//! that does not return makes `GPUUnresponsive` True, and the backend goes on
-//! with a fresh worker and a fresh NVML handle.
+//! that does not return makes `GPUUnresponsive` True; the session's thread
+//! stays stuck with it, and no new session (thread, NVML handle) starts until
+//! that call returns, so a wedged driver costs one thread, not one per retry.
 //!
 //! Fast sweep (every `poll_interval`): temperature, clock-event reasons,
 //! the driver's recovery action (field 230), row remapping. Slow sweep
@@ -32,9 +33,11 @@ use nvml_wrapper::{Device, Nvml};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::error::Error;
 use super::nvml_raw::RawNvml;
-use super::watchdog::{CallError, Worker, run_once};
+use super::watchdog::{CallError, Worker};
 use super::{GpuCounts, GpuIdentity, Observation, inventory};
+use crate::liveness::Pulse;
 
 /// Where `libnvidia-ml.so.1` is looked for when `--nvml-lib` is not given:
 /// the loader's search path, then the GPU Operator's driver root.
@@ -66,7 +69,10 @@ const FIELD_RECOVERY_ACTION: u32 = 230;
 /// Links an NVML device may have (`NVML_NVLINK_MAX_LINKS`).
 const NVLINK_MAX_LINKS: u32 = 18;
 
-/// What the worker thread owns.
+/// What a session's worker thread owns: nothing until NVML is loaded.
+type Slot = Option<Handles>;
+
+/// The loaded library.
 struct Handles {
     nvml: Nvml,
     raw: Option<RawNvml>,
@@ -128,7 +134,7 @@ fn log_costs(in_flight: &Shared) {
 
 /// Loads NVML from `library` or the first candidate that works, with the
 /// raw symbols from the same file.
-fn open(library: Option<PathBuf>) -> Result<Handles, String> {
+fn open(library: Option<PathBuf>) -> Result<Handles, Error> {
     let candidates: Vec<OsString> = match library {
         Some(p) => vec![p.into_os_string()],
         None => LIBRARY_CANDIDATES.iter().map(OsString::from).collect(),
@@ -146,10 +152,11 @@ fn open(library: Option<PathBuf>) -> Result<Handles, String> {
             }
             // The loader's message already names the file.
             Err(e @ NvmlError::LibloadingError(_)) => errors.push(describe(&e)),
+            Err(NvmlError::DriverNotLoaded) => return Err(Error::DriverNotLoaded),
             Err(e) => errors.push(format!("{}: {}", path.to_string_lossy(), describe(&e))),
         }
     }
-    Err(format!("cannot load NVML ({})", errors.join("; ")))
+    Err(Error::LibraryNotLoaded { tried: errors })
 }
 
 fn describe(e: &NvmlError) -> String {
@@ -166,12 +173,20 @@ struct Inventory {
     slowdowns: Vec<(u32, i32)>,
 }
 
-fn enumerate(h: &Handles, in_flight: &Shared) -> Result<Inventory, String> {
+fn enumerate(h: &Handles, in_flight: &Shared) -> Result<Inventory, Error> {
     let nvml = &h.nvml;
+    let failed = |call| {
+        move |e: NvmlError| Error::Call {
+            call,
+            reason: describe(&e),
+        }
+    };
     mark(in_flight, "nvmlSystemGetDriverVersion", None);
-    let version = nvml.sys_driver_version().map_err(|e| describe(&e))?;
+    let version = nvml
+        .sys_driver_version()
+        .map_err(failed("nvmlSystemGetDriverVersion"))?;
     mark(in_flight, "nvmlDeviceGetCount", None);
-    let count = nvml.device_count().map_err(|e| describe(&e))?;
+    let count = nvml.device_count().map_err(failed("nvmlDeviceGetCount"))?;
     let mut gpus = Vec::new();
     let mut slowdowns = Vec::new();
     for i in 0..count {
@@ -547,6 +562,56 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// The backend's one NVML event thread. A session starts it; the next
+/// session starts another only once the last has ended (a wait the driver
+/// never returns from keeps one thread, not one per session).
+#[derive(Debug, Default)]
+struct EventThread {
+    /// Set by the thread while it runs.
+    alive: Arc<AtomicBool>,
+    /// A session wanted one while the last still ran.
+    wanted: bool,
+}
+
+impl EventThread {
+    /// Starts the thread for this session unless the last one still runs;
+    /// the guard stops it when the session ends.
+    fn start(
+        &mut self,
+        library: Option<PathBuf>,
+        tx: &mpsc::Sender<Observation>,
+    ) -> Option<StopOnDrop> {
+        if self.alive.load(AtomicOrdering::Acquire) {
+            if !self.wanted {
+                tracing::warn!(
+                    "the last NVML event thread has not ended; a new one starts once it has"
+                );
+            }
+            self.wanted = true;
+            return None;
+        }
+        self.wanted = false;
+        let stop = Arc::new(AtomicBool::new(false));
+        self.alive.store(true, AtomicOrdering::Release);
+        spawn_event_thread(
+            library,
+            tx.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&self.alive),
+        );
+        Some(StopOnDrop(stop))
+    }
+}
+
+/// Clears the event thread's `alive` flag however the thread ends.
+struct Alive(Arc<AtomicBool>);
+
+impl Drop for Alive {
+    fn drop(&mut self) {
+        self.0.store(false, AtomicOrdering::Release);
+    }
+}
+
 /// Event types the wrapper has no flag for (`nvml.h`): the GPU became
 /// unavailable, the driver's recovery action changed.
 const EVENT_GPU_UNAVAILABLE: u64 =
@@ -573,8 +638,11 @@ fn spawn_event_thread(
     library: Option<PathBuf>,
     tx: mpsc::Sender<Observation>,
     stop: Arc<AtomicBool>,
+    alive: Arc<AtomicBool>,
 ) {
+    let flag = Arc::clone(&alive);
     let spawned = std::thread::Builder::new().name("nvml-events".into()).spawn(move || {
+        let _alive = Alive(flag);
         let h = match open(library) {
             Ok(h) => h,
             Err(e) => {
@@ -662,100 +730,179 @@ fn spawn_event_thread(
         }
     });
     if let Err(e) = spawned {
+        alive.store(false, AtomicOrdering::Release);
         tracing::warn!("NVML event thread not started: {e}");
     }
 }
 
-/// Runs the backend until `token` is cancelled.
-pub async fn run(options: NvmlOptions, tx: mpsc::Sender<Observation>, token: CancellationToken) {
+/// How long the backend may go without beating: a session start takes up
+/// to two call deadlines, a sweep one, plus the poll period between.
+fn beat_within(options: &NvmlOptions) -> Duration {
+    options.poll_interval + options.call_timeout * 3 + Duration::from_secs(10)
+}
+
+/// Runs the backend until `token` is cancelled, beating `pulse` while it
+/// works: also while NVML hangs (that is `GPUUnresponsive`, not a stalled
+/// backend), not while the health model stops taking observations.
+pub async fn run(
+    options: NvmlOptions,
+    tx: mpsc::Sender<Observation>,
+    token: CancellationToken,
+    pulse: Pulse,
+) {
     let in_flight: Shared = Arc::default();
+    let mut events = EventThread::default();
     let mut last_reason = String::new();
+    let beat = beat_within(&options);
     loop {
-        let outcome = session(&options, &tx, &token, &in_flight).await;
-        let obs = match outcome {
-            Session::Cancelled => return,
-            Session::NotReady(reason) => {
-                // Retries with the same cause are not news.
-                if reason != last_reason {
-                    tracing::warn!("NVML not ready: {reason}");
-                    last_reason.clone_from(&reason);
+        pulse.beat(beat);
+        let worker = match Worker::spawn("nvml", None::<Handles>) {
+            Ok(w) => w,
+            Err(e) => {
+                let reason = format!("cannot start the NVML worker thread: {e}");
+                if !not_ready(&tx, reason, &mut last_reason).await {
+                    return;
                 }
-                Observation::DriverNotReady {
-                    reason,
-                    at: SystemTime::now(),
+                if !pause(&options, &token, &pulse).await {
+                    return;
                 }
+                continue;
             }
-            Session::Hung(waited) => {
-                let (call, gpu) = {
-                    let f = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
-                    (f.call, f.gpu)
-                };
+        };
+        let error = match session(
+            &options,
+            &tx,
+            &token,
+            &in_flight,
+            &worker,
+            &mut events,
+            &pulse,
+        )
+        .await
+        {
+            None => return,
+            Some(e) => e,
+        };
+        match error {
+            Error::Hung { call, gpu, waited } => {
                 tracing::error!(
                     call,
                     ?gpu,
                     ?waited,
-                    "NVML call did not return; abandoning its thread"
+                    "NVML call did not return; its thread stays stuck, and no new session starts until it returns"
                 );
-                Observation::Unresponsive {
+                let obs = Observation::Unresponsive {
                     call: call.to_owned(),
                     gpu,
                     waited,
                     at: SystemTime::now(),
+                };
+                if tx.send(obs).await.is_err() {
+                    return;
+                }
+                // At most one abandoned session: wait for its call.
+                let mut tick = tokio::time::interval(options.poll_interval);
+                loop {
+                    tokio::select! {
+                        () = worker.returned() => break,
+                        _ = tick.tick() => pulse.beat(beat),
+                        () = token.cancelled() => return,
+                    }
+                }
+                tracing::info!(call, "the stuck NVML call returned; starting a new session");
+            }
+            other => {
+                if !not_ready(&tx, other.to_string(), &mut last_reason).await {
+                    return;
                 }
             }
-        };
-        if tx.send(obs).await.is_err() {
+        }
+        drop(worker);
+        if !pause(&options, &token, &pulse).await {
             return;
         }
-        tokio::select! {
-            () = tokio::time::sleep(options.poll_interval) => {}
-            () = token.cancelled() => return,
-        }
     }
 }
 
-enum Session {
-    Cancelled,
-    NotReady(String),
-    Hung(Duration),
+/// Says the driver is not ready; false when the model is gone.
+async fn not_ready(
+    tx: &mpsc::Sender<Observation>,
+    reason: String,
+    last_reason: &mut String,
+) -> bool {
+    // Retries with the same cause are not news.
+    if reason != *last_reason {
+        tracing::warn!("NVML not ready: {reason}");
+        last_reason.clone_from(&reason);
+    }
+    let obs = Observation::DriverNotReady {
+        reason,
+        at: SystemTime::now(),
+    };
+    tx.send(obs).await.is_ok()
 }
 
-impl From<CallError> for Session {
-    fn from(e: CallError) -> Self {
-        match e {
-            CallError::Hung(d) => Self::Hung(d),
-            CallError::Gone => Self::NotReady("the NVML worker thread ended".into()),
-        }
+/// The wait before the next session; false when cancelled.
+async fn pause(options: &NvmlOptions, token: &CancellationToken, pulse: &Pulse) -> bool {
+    pulse.beat(beat_within(options));
+    tokio::select! {
+        () = tokio::time::sleep(options.poll_interval) => true,
+        () = token.cancelled() => false,
     }
 }
 
-/// One NVML handle's life: load, enumerate, then poll until something fails.
+/// The error for a call that failed on the worker, naming the call in
+/// flight when it hung.
+fn call_error(e: CallError, in_flight: &Shared) -> Error {
+    match e {
+        CallError::Hung(waited) | CallError::Stuck(waited) => {
+            let f = in_flight.lock().unwrap_or_else(PoisonError::into_inner);
+            Error::Hung {
+                call: f.call,
+                gpu: f.gpu,
+                waited,
+            }
+        }
+        CallError::Gone => Error::WorkerGone,
+    }
+}
+
+/// One NVML handle's life on `worker`: load, enumerate, then poll until
+/// something fails (`Some(why)`) or `token` is cancelled (`None`).
 async fn session(
     options: &NvmlOptions,
     tx: &mpsc::Sender<Observation>,
     token: &CancellationToken,
     in_flight: &Shared,
-) -> Session {
+    worker: &Worker<Slot>,
+    events: &mut EventThread,
+    pulse: &Pulse,
+) -> Option<Error> {
     let deadline = options.call_timeout;
     mark(in_flight, "nvmlInit", None);
     let library = options.library.clone();
     let started = Instant::now();
-    let handles = match run_once("nvml-init", deadline, move || open(library)).await {
-        Ok(Ok(h)) => h,
-        Ok(Err(reason)) => return Session::NotReady(reason),
-        Err(e) => return e.into(),
-    };
-    let worker = match Worker::spawn("nvml", handles) {
-        Ok(w) => w,
-        Err(e) => return Session::NotReady(format!("cannot start the NVML worker thread: {e}")),
-    };
+    let loaded = worker
+        .call(deadline, move |slot| open(library).map(|h| *slot = Some(h)))
+        .await;
+    match loaded {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Some(e),
+        Err(e) => return Some(call_error(e, in_flight)),
+    }
     let init_us = started.elapsed().as_micros();
     let shared = Arc::clone(in_flight);
     let started = Instant::now();
-    let inventory = match worker.call(deadline, move |h| enumerate(h, &shared)).await {
+    let listed = worker
+        .call(deadline, move |slot| match slot {
+            Some(h) => enumerate(h, &shared),
+            None => Err(Error::WorkerGone),
+        })
+        .await;
+    let inventory = match listed {
         Ok(Ok(inv)) => inv,
-        Ok(Err(reason)) => return Session::NotReady(reason),
-        Err(e) => return e.into(),
+        Ok(Err(e)) => return Some(e),
+        Err(e) => return Some(call_error(e, in_flight)),
     };
     let indexes: Arc<[u32]> = inventory.gpus.iter().map(|g| g.index).collect();
     tracing::info!(
@@ -782,20 +929,20 @@ async fn session(
     );
     for obs in first {
         if tx.send(obs).await.is_err() {
-            return Session::Cancelled;
+            return None;
         }
     }
-    let stop = Arc::new(AtomicBool::new(false));
-    let _stop_events = StopOnDrop(Arc::clone(&stop));
-    spawn_event_thread(options.library.clone(), tx.clone(), stop);
+    let mut _stop_events = events.start(options.library.clone(), tx);
 
     let mut tick = tokio::time::interval(options.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let opts = Arc::new(options.clone());
+    let beat = beat_within(options);
     for n in 0u64.. {
+        pulse.beat(beat);
         tokio::select! {
             _ = tick.tick() => {}
-            () = token.cancelled() => return Session::Cancelled,
+            () = token.cancelled() => return None,
         }
         let every = u64::from(options.slow_every.max(1));
         // Very slow (fabric, InfoROM at ~70 ms) every ten slow sweeps.
@@ -806,16 +953,23 @@ async fn session(
         } else {
             Depth::Fast
         };
+        if depth >= Depth::Slow && _stop_events.is_none() && events.wanted {
+            _stop_events = events.start(options.library.clone(), tx);
+        }
         let shared = Arc::clone(in_flight);
         let gpus = Arc::clone(&indexes);
         let o = Arc::clone(&opts);
         let started = Instant::now();
         let readings = match worker
-            .call(deadline, move |h| sweep(h, &gpus, depth, &o, &shared))
+            .call(deadline, move |slot| {
+                slot.as_ref()
+                    .map(|h| sweep(h, &gpus, depth, &o, &shared))
+                    .unwrap_or_default()
+            })
             .await
         {
             Ok(r) => r,
-            Err(e) => return e.into(),
+            Err(e) => return Some(call_error(e, in_flight)),
         };
         tracing::debug!(
             gpus = indexes.len(),
@@ -828,11 +982,11 @@ async fn session(
         }
         for obs in readings {
             if tx.send(obs).await.is_err() {
-                return Session::Cancelled;
+                return None;
             }
         }
     }
-    Session::Cancelled
+    None
 }
 
 #[cfg(test)]
@@ -1029,6 +1183,8 @@ mod tests {
     async fn a_missing_library_is_driver_not_ready_naming_the_path() {
         let (tx, mut rx) = mpsc::channel(16);
         let token = CancellationToken::new();
+        let liveness = crate::liveness::Liveness::new();
+        let pulse = liveness.register("nvml backend", Duration::from_secs(60));
         let task = tokio::spawn(run(
             NvmlOptions {
                 library: Some(PathBuf::from("/nonexistent/libnvidia-ml.so.1")),
@@ -1041,6 +1197,7 @@ mod tests {
             },
             tx,
             token.clone(),
+            pulse,
         ));
         let obs = rx.recv().await.expect("an observation");
         let Observation::DriverNotReady { reason, .. } = obs else {

@@ -1,31 +1,50 @@
 //! The gpu-monitor plugin: owns the health model, publishes its snapshot on a
 //! watch channel, and serves `ExternalMonitor` plus `grpc.health.v1` on a Unix
-//! socket. Push (`WatchHealth`) and poll (`CheckHealth`) read the same snapshot.
+//! socket. Push (`WatchHealth`) and poll (`CheckHealth`) read the same snapshot;
+//! each connection and each stream has its own event cursor, so no caller (a
+//! liveness probe) takes the events another (a polling detector) is owed.
+//!
+//! `grpc.health.v1` says whether the plugin works, never whether the GPUs do:
+//! it is NOT_SERVING while the health model or a backend stops beating, and
+//! stays SERVING while NVML hangs (that is `GPUUnresponsive`, and a probe
+//! that failed then would restart the monitor over and over).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::{ReceiverStream, UnixListenerStream};
+use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response};
+use tonic_health::server::HealthReporter;
 
 use super::health::{HealthModel, Snapshot};
 use super::{GpuIdentity, Observation, SUPPORTED_CONDITIONS};
-use crate::liveness::Liveness;
+use crate::liveness::{Liveness, Pulse};
+use crate::problem::{Event, Severity};
 use crate::rpc::API_VERSION;
 use crate::rpc::pb::external_monitor_server::{ExternalMonitor, ExternalMonitorServer};
 use crate::rpc::pb::{self, HealthCheckRequest, MonitorMetadata};
-use crate::rpc::server::{BindError, BoundSocket};
+use crate::rpc::server::{BindError, BoundSocket, ConnId};
 use crate::shutdown::Shutdown;
 use crate::supervisor::Supervisor;
 use tonic::codegen::BoxStream;
 
 /// The `source` of every status this plugin sends.
 pub const SOURCE: &str = "gpu-monitor";
+/// The event a client gets when events fell out of the backlog before it
+/// asked again.
+pub const REASON_EVENTS_DROPPED: &str = "GPUMonitorEventsDropped";
+/// The health model promises a beat within this (it beats at least every
+/// flush tick, 10 s).
+const MODEL_BEAT: Duration = Duration::from_secs(30);
+/// How often `grpc.health.v1` is brought in line with the liveness registry.
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
+/// Connections whose `CheckHealth` cursor is kept (the oldest goes first).
+const MAX_POLLERS: usize = 64;
 
 #[derive(Clone, Debug)]
 pub struct PluginOptions {
@@ -41,6 +60,9 @@ pub struct PluginOptions {
     pub watch_health: bool,
     /// Users whose processes may connect (checked with `SO_PEERCRED`).
     pub allowed_uids: Vec<u32>,
+    /// Where the backends beat; the health model joins them, and
+    /// `grpc.health.v1` is NOT_SERVING while any of them stalls.
+    pub liveness: Liveness,
 }
 
 /// A bound, not yet serving plugin. Observations fed into
@@ -81,11 +103,13 @@ impl Plugin {
         let Some(listener) = self.socket.take_listener() else {
             return Ok(());
         };
-        let allowed = self.options.allowed_uids.clone();
-        let incoming =
-            tokio_stream::StreamExt::filter(UnixListenerStream::new(listener), move |c| {
-                crate::rpc::server::allowed_peer(&allowed, c)
-            });
+        let cursors = Arc::new(Cursors::default());
+        let closed = Arc::clone(&cursors);
+        let incoming = crate::rpc::server::accept(
+            listener,
+            self.options.allowed_uids.clone(),
+            Some(Arc::new(move |id| closed.forget(id))),
+        );
         let model = match &self.options.gpus {
             Some(gpus) => HealthModel::new(gpus.clone()),
             None => HealthModel::awaiting_driver(),
@@ -100,9 +124,11 @@ impl Plugin {
         let engine_token = engine.token().clone();
         let down_tx = snap_tx.clone();
         let mut restarted = false;
-        Supervisor::new(&engine, &Liveness::new()).spawn_plain_with(
+        let liveness = self.options.liveness.clone();
+        Supervisor::new(&engine, &liveness).spawn_with(
             "health model",
-            move || {
+            Some(MODEL_BEAT),
+            move |pulse| {
                 let (state, tx, token) =
                     (Arc::clone(&state), snap_tx.clone(), engine_token.clone());
                 let republish = std::mem::replace(&mut restarted, true);
@@ -112,7 +138,7 @@ impl Plugin {
                     if republish {
                         tx.send_replace(Arc::new(Published::new(model.snapshot())));
                     }
-                    run_model(model, rx, &tx, token).await;
+                    run_model(model, rx, &tx, token, &pulse).await;
                 }
             },
             move |message| {
@@ -129,14 +155,18 @@ impl Plugin {
             thresholds: Arc::default(),
             snapshots: snap_rx,
             token: token.clone(),
-            poll_cursor: Arc::new(AtomicU64::new(0)),
+            cursors,
+            dropped: Arc::default(),
             metadata: metadata(&self.options),
             watch_health: self.options.watch_health,
         };
         let (reporter, health) = tonic_health::server::health_reporter();
-        reporter
-            .set_serving::<ExternalMonitorServer<GpuMonitorService>>()
-            .await;
+        set_health(&reporter, true).await;
+        engine.spawn(watch_liveness(
+            liveness,
+            reporter.clone(),
+            engine.token().clone(),
+        ));
         tracing::info!(
             socket = %self.socket.path().display(),
             gpus = ?self.options.gpus.as_ref().map(Vec::len),
@@ -148,12 +178,7 @@ impl Plugin {
             let token = token.clone();
             async move {
                 token.cancelled().await;
-                reporter
-                    .set_not_serving::<ExternalMonitorServer<GpuMonitorService>>()
-                    .await;
-                reporter
-                    .set_service_status("", tonic_health::ServingStatus::NotServing)
-                    .await;
+                set_health(&reporter, false).await;
                 tracing::info!("gpu-monitor shutting down");
             }
         };
@@ -175,16 +200,62 @@ impl Plugin {
     }
 }
 
+/// Both names a client may ask about: the service and the server ("").
+async fn set_health(reporter: &HealthReporter, serving: bool) {
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    reporter
+        .set_service_status(
+            <ExternalMonitorServer<GpuMonitorService> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    reporter.set_service_status("", status).await;
+}
+
+/// Keeps `grpc.health.v1` in line with the liveness registry until `token`
+/// is cancelled (the shutdown path then says NOT_SERVING itself).
+async fn watch_liveness(liveness: Liveness, reporter: HealthReporter, token: CancellationToken) {
+    let mut serving = true;
+    let mut tick = tokio::time::interval(HEALTH_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = token.cancelled() => return,
+        }
+        let stalled = liveness.stalled();
+        if stalled.is_empty() == serving {
+            continue;
+        }
+        serving = stalled.is_empty();
+        if serving {
+            tracing::info!("gpu-monitor machinery beats again: SERVING");
+        } else {
+            tracing::error!(
+                stalled = %stalled.join("; "),
+                "gpu-monitor machinery stalled: NOT_SERVING"
+            );
+        }
+        set_health(&reporter, serving).await;
+    }
+}
+
 async fn run_model(
     model: &mut HealthModel,
     rx: &mut mpsc::Receiver<Observation>,
     tx: &watch::Sender<Arc<Published>>,
     token: CancellationToken,
+    pulse: &Pulse,
 ) {
     // Aggregated event windows close on this tick.
     let mut flush = tokio::time::interval(Duration::from_secs(10));
     flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        pulse.beat(MODEL_BEAT);
         let changed = tokio::select! {
             o = rx.recv() => match o {
                 Some(first) => {
@@ -198,7 +269,7 @@ async fn run_model(
                 }
                 None => break,
             },
-            _ = flush.tick() => model.flush(std::time::SystemTime::now()),
+            _ = flush.tick() => model.flush(SystemTime::now()),
             () = token.cancelled() => break,
         };
         if changed {
@@ -245,14 +316,44 @@ struct GpuMonitorService {
     /// Into the model, for thresholds that requests carry.
     observations: mpsc::Sender<Observation>,
     /// The thresholds last applied from request parameters.
-    thresholds: Arc<std::sync::Mutex<Option<Thresholds>>>,
+    thresholds: Arc<Mutex<Option<Thresholds>>>,
     snapshots: watch::Receiver<Arc<Published>>,
     token: CancellationToken,
-    /// Last event sequence handed to a `CheckHealth` caller: each poll gets
-    /// the events since the previous poll.
-    poll_cursor: Arc<AtomicU64>,
+    /// Per connection, the last event handed to its `CheckHealth` calls.
+    cursors: Arc<Cursors>,
+    /// Events that fell out of the backlog before a client asked again.
+    dropped: Arc<AtomicU64>,
     metadata: MonitorMetadata,
     watch_health: bool,
+}
+
+/// Per-connection `CheckHealth` cursors: each poller gets the events since
+/// its own last poll. A new connection starts with the backlog; a closed one
+/// is forgotten; past [`MAX_POLLERS`] the oldest is.
+#[derive(Debug, Default)]
+struct Cursors {
+    by_conn: Mutex<BTreeMap<ConnId, u64>>,
+}
+
+impl Cursors {
+    /// Moves `conn`'s cursor to `last`; returns where it was (`None`: a new
+    /// client, or a request without a connection id).
+    fn advance(&self, conn: Option<ConnId>, last: u64) -> Option<u64> {
+        let conn = conn?;
+        let mut map = self.by_conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let before = map.insert(conn, last);
+        while map.len() > MAX_POLLERS {
+            map.pop_first();
+        }
+        before.map(|b| b.min(last))
+    }
+
+    fn forget(&self, conn: ConnId) {
+        self.by_conn
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&conn);
+    }
 }
 
 /// A snapshot with its conditions already in wire form: every call and
@@ -268,7 +369,7 @@ impl Published {
         self.snapshot.last_event_seq()
     }
 
-    fn events_after(&self, after: u64) -> impl Iterator<Item = &crate::problem::Event> {
+    fn events_after(&self, after: u64) -> impl Iterator<Item = &Event> {
         self.snapshot.events_after(after)
     }
 
@@ -285,13 +386,39 @@ impl Published {
     }
 }
 
-fn to_wire<'a>(
-    published: &Published,
-    events: impl Iterator<Item = &'a crate::problem::Event>,
-) -> pb::Status {
+/// The status a client is owed: the conditions, and the events after
+/// `after` (`None`: a new client, who gets the backlog). Events that fell
+/// out of the backlog since are counted in `dropped` and said in one event.
+fn owed(published: &Published, after: Option<u64>, dropped: &AtomicU64) -> pb::Status {
+    let mut events: Vec<pb::Event> = published
+        .events_after(after.unwrap_or(0))
+        .map(pb::Event::from)
+        .collect();
+    let oldest = published.snapshot.events.first().map(|(seq, _)| *seq);
+    if let (Some(after), Some(oldest)) = (after, oldest)
+        && oldest > after + 1
+    {
+        let lost = oldest - after - 1;
+        let total = dropped.fetch_add(lost, Ordering::Relaxed) + lost;
+        tracing::warn!(
+            lost,
+            total,
+            "GPU events fell out of the backlog before a client asked again"
+        );
+        let missed = Event {
+            severity: Severity::Warn,
+            timestamp: SystemTime::now(),
+            reason: REASON_EVENTS_DROPPED.into(),
+            message: format!(
+                "{lost} GPU events fell out of gpu-monitor's {}-event backlog before this client asked again ({total} so far); the conditions still carry every fault; poll more often or use WatchHealth",
+                super::health::EVENT_BACKLOG
+            ),
+        };
+        events.insert(0, pb::Event::from(&missed));
+    }
     pb::Status {
         source: SOURCE.into(),
-        events: events.map(pb::Event::from).collect(),
+        events,
         conditions: published.conditions.clone(),
     }
 }
@@ -313,7 +440,7 @@ impl GpuMonitorService {
             let mut last = self
                 .thresholds
                 .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                .unwrap_or_else(PoisonError::into_inner);
             if *last == Some((temperature, memory)) {
                 return;
             }
@@ -342,12 +469,9 @@ impl ExternalMonitor for GpuMonitorService {
     ) -> Result<Response<pb::Status>, tonic::Status> {
         self.apply_parameters(&req.get_ref().parameters).await;
         let snapshot = Arc::clone(&self.snapshots.borrow());
-        let last = snapshot.last_event_seq();
-        let after = self.poll_cursor.swap(last, Ordering::AcqRel).min(last);
-        Ok(Response::new(to_wire(
-            &snapshot,
-            snapshot.events_after(after),
-        )))
+        let conn = req.extensions().get::<ConnId>().copied();
+        let after = self.cursors.advance(conn, snapshot.last_event_seq());
+        Ok(Response::new(owed(&snapshot, after, &self.dropped)))
     }
 
     async fn get_metadata(
@@ -375,6 +499,7 @@ impl ExternalMonitor for GpuMonitorService {
         self.apply_parameters(&req.get_ref().parameters).await;
         let mut snapshots = self.snapshots.clone();
         let token = self.token.clone();
+        let dropped = Arc::clone(&self.dropped);
         let (tx, rx) = mpsc::channel(8);
         tokio::spawn(async move {
             // Events from before the subscription are history, not news.
@@ -382,7 +507,7 @@ impl ExternalMonitor for GpuMonitorService {
             loop {
                 let status = {
                     let snapshot = Arc::clone(&snapshots.borrow_and_update());
-                    let status = to_wire(&snapshot, snapshot.events_after(seen));
+                    let status = owed(&snapshot, Some(seen), &dropped);
                     seen = seen.max(snapshot.last_event_seq());
                     status
                 };

@@ -15,6 +15,7 @@ use super::{GpuCounts, GpuIdentity, Observation};
 use crate::config::json::{self, Value};
 use crate::config::walk::{self, Obj, Sink};
 use crate::config::{Diagnostic, Level};
+use crate::liveness::Pulse;
 
 /// Temperature of an idle H200 (fixture), reported at start and after a reset.
 pub const IDLE_CELSIUS: i32 = 40;
@@ -633,6 +634,8 @@ pub struct SimOptions {
 pub struct Sim {
     driver: Driver,
     tx: mpsc::Sender<Observation>,
+    /// Beaten every poll, also while the simulated driver hangs.
+    pulse: Option<Arc<Pulse>>,
 }
 
 impl Sim {
@@ -643,7 +646,15 @@ impl Sim {
                 hung: None,
             })),
             tx,
+            pulse: None,
         }
+    }
+
+    /// Beats `pulse` every poll (the plugin's gRPC health watches it).
+    #[must_use]
+    pub fn beating(mut self, pulse: Pulse) -> Self {
+        self.pulse = Some(Arc::new(pulse));
+        self
     }
 
     /// Applies a fault now; its effects show at once (a hang shows through
@@ -681,7 +692,13 @@ impl Sim {
         }
         tokio::join!(
             self.play(scenario, token.clone()),
-            poll(Arc::clone(&self.driver), options, self.tx.clone(), token),
+            poll(
+                Arc::clone(&self.driver),
+                options,
+                self.tx.clone(),
+                token,
+                self.pulse.clone(),
+            ),
         );
     }
 
@@ -700,14 +717,20 @@ impl Sim {
 }
 
 /// Plays `scenario` on a new simulated node of `gpus` GPUs.
+/// Plays `scenario` on a new simulated node of `gpus` GPUs, beating `pulse`.
 pub async fn run(
     scenario: Scenario,
     gpus: u32,
     options: SimOptions,
     tx: mpsc::Sender<Observation>,
     token: CancellationToken,
+    pulse: Option<Pulse>,
 ) {
-    Sim::new(gpus, tx).run(scenario, options, token).await;
+    let mut sim = Sim::new(gpus, tx);
+    if let Some(p) = pulse {
+        sim = sim.beating(p);
+    }
+    sim.run(scenario, options, token).await;
 }
 
 async fn poll(
@@ -715,12 +738,21 @@ async fn poll(
     options: SimOptions,
     tx: mpsc::Sender<Observation>,
     token: CancellationToken,
+    pulse: Option<Arc<Pulse>>,
 ) {
-    let spawn = || Worker::spawn("sim-driver", Arc::clone(&driver));
-    let Ok(mut worker) = spawn() else { return };
+    let Ok(worker) = Worker::spawn("sim-driver", Arc::clone(&driver)) else {
+        return;
+    };
+    let beat = options.poll_interval + options.call_timeout * 2 + Duration::from_secs(10);
+    let beat = || {
+        if let Some(p) = &pulse {
+            p.beat(beat);
+        }
+    };
     let mut tick = tokio::time::interval(options.poll_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        beat();
         tokio::select! {
             _ = tick.tick() => {}
             () = token.cancelled() => return,
@@ -742,17 +774,26 @@ async fn poll(
             })
             .chain(readings)
             .collect(),
-            Err(CallError::Hung(waited)) => {
+            Err(CallError::Hung(waited) | CallError::Stuck(waited)) => {
                 let gpu = lock(&driver).hung;
-                // The stuck thread is abandoned, as with NVML.
-                let Ok(fresh) = spawn() else { return };
-                worker = fresh;
-                vec![Observation::Unresponsive {
+                let stuck = Observation::Unresponsive {
                     call: "nvmlDeviceGetTemperature (simulated)".into(),
                     gpu,
                     waited,
                     at: SystemTime::now(),
-                }]
+                };
+                if tx.send(stuck).await.is_err() {
+                    return;
+                }
+                // As with NVML: no new thread while the stuck call runs.
+                loop {
+                    tokio::select! {
+                        () = worker.returned() => break,
+                        _ = tick.tick() => beat(),
+                        () = token.cancelled() => return,
+                    }
+                }
+                Vec::new()
             }
             Err(CallError::Gone) => return,
         };

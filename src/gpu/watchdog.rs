@@ -1,11 +1,16 @@
 //! Blocking driver calls on a dedicated worker thread, under a deadline.
 //!
-//! A call that does not return is abandoned together with its thread (a
-//! thread stuck in the kernel cannot be killed); the owner reports the hang
-//! and starts a fresh worker. The async side never blocks.
+//! A call that does not return is abandoned to its thread (a thread stuck in
+//! the kernel cannot be killed). The worker then counts as stuck: it takes no
+//! more calls, and its owner waits for [`Worker::returned`] before it starts
+//! anything new, so a driver that hangs for hours costs one thread, not one
+//! per retry. The async side never blocks.
 
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, PoisonError, mpsc};
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
 
 type Job<T> = Box<dyn FnOnce(&mut T) + Send>;
 
@@ -13,6 +18,8 @@ type Job<T> = Box<dyn FnOnce(&mut T) + Send>;
 pub enum CallError {
     #[error("did not return within {0:?}")]
     Hung(Duration),
+    #[error("an earlier call has not returned for {0:?}")]
+    Stuck(Duration),
     #[error("the worker thread is gone")]
     Gone,
 }
@@ -21,28 +28,48 @@ pub enum CallError {
 #[derive(Debug)]
 pub struct Worker<T> {
     jobs: mpsc::Sender<Job<T>>,
+    /// Calls handed to the thread…
+    issued: AtomicU64,
+    /// …and calls it finished (closed when the thread ends).
+    done: watch::Receiver<u64>,
+    /// When the call that hung was issued.
+    hung_since: Mutex<Option<Instant>>,
 }
 
 impl<T: Send + 'static> Worker<T> {
     pub fn spawn(name: &str, mut state: T) -> std::io::Result<Self> {
         let (jobs, rx) = mpsc::channel::<Job<T>>();
+        let (done_tx, done) = watch::channel(0u64);
         std::thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
                 for job in rx {
                     job(&mut state);
+                    done_tx.send_modify(|n| *n += 1);
                 }
             })?;
-        Ok(Self { jobs })
+        Ok(Self {
+            jobs,
+            issued: AtomicU64::new(0),
+            done,
+            hung_since: Mutex::new(None),
+        })
     }
 
-    /// Runs `f` on the worker; `Hung` when it has not returned after `deadline`.
+    /// Runs `f` on the worker; `Hung` when it has not returned after
+    /// `deadline`, `Stuck` (without queueing `f`) while an earlier call that
+    /// hung has not returned.
     pub async fn call<R: Send + 'static>(
         &self,
         deadline: Duration,
         f: impl FnOnce(&mut T) -> R + Send + 'static,
     ) -> Result<R, CallError> {
+        if let Some(for_) = self.stuck_for() {
+            return Err(CallError::Stuck(for_));
+        }
         let (tx, rx) = tokio::sync::oneshot::channel();
+        let started = Instant::now();
+        self.issued.fetch_add(1, Ordering::AcqRel);
         self.jobs
             .send(Box::new(move |state| {
                 let _ = tx.send(f(state));
@@ -51,20 +78,38 @@ impl<T: Send + 'static> Worker<T> {
         match tokio::time::timeout(deadline, rx).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(_)) => Err(CallError::Gone),
-            Err(_) => Err(CallError::Hung(deadline)),
+            Err(_) => {
+                *self.lock() = Some(started);
+                Err(CallError::Hung(deadline))
+            }
         }
     }
-}
 
-/// Runs `f` once on a thread of its own under a deadline (work that comes
-/// before a worker exists, such as loading the driver library).
-pub async fn run_once<R: Send + 'static>(
-    name: &str,
-    deadline: Duration,
-    f: impl FnOnce() -> R + Send + 'static,
-) -> Result<R, CallError> {
-    let worker = Worker::spawn(name, ()).map_err(|_| CallError::Gone)?;
-    worker.call(deadline, move |()| f()).await
+    /// How long the call that hung has been running, while it still runs.
+    pub fn stuck_for(&self) -> Option<Duration> {
+        let mut since = self.lock();
+        let start = (*since)?;
+        if *self.done.borrow() >= self.issued.load(Ordering::Acquire) {
+            *since = None;
+            return None;
+        }
+        Some(start.elapsed())
+    }
+
+    /// Resolves once every call handed to the thread has returned (at once
+    /// when none is pending), or the thread is gone.
+    pub async fn returned(&self) {
+        let issued = self.issued.load(Ordering::Acquire);
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|n| *n >= issued).await;
+        *self.lock() = None;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.hung_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
 }
 
 #[cfg(test)]
@@ -72,7 +117,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn a_hung_call_is_reported_and_a_fresh_worker_goes_on() {
+    async fn a_hung_call_makes_the_worker_stuck_until_it_returns() {
         let (release, blocked) = mpsc::channel::<()>();
         let worker = Worker::spawn("test-worker", 0u32).expect("spawn");
         assert_eq!(
@@ -84,14 +129,23 @@ mod tests {
                 .await,
             Ok(1)
         );
+        assert_eq!(worker.stuck_for(), None);
         let r = worker
             .call(Duration::from_millis(50), move |_| blocked.recv().is_ok())
             .await;
         assert_eq!(r, Err(CallError::Hung(Duration::from_millis(50))));
-        // The stuck worker's queue is behind the hung call: a fresh one answers.
-        let fresh = Worker::spawn("test-worker-2", 10u32).expect("spawn");
-        assert_eq!(fresh.call(Duration::from_secs(5), |n| *n).await, Ok(10));
-        release.send(()).expect("unblock the abandoned thread");
-        assert_eq!(run_once("once", Duration::from_secs(5), || 7).await, Ok(7));
+        assert!(worker.stuck_for().is_some(), "the hung call still runs");
+        // No call queues behind the stuck one.
+        assert!(matches!(
+            worker.call(Duration::from_secs(5), |n| *n).await,
+            Err(CallError::Stuck(_))
+        ));
+        release.send(()).expect("unblock the stuck call");
+        tokio::time::timeout(Duration::from_secs(5), worker.returned())
+            .await
+            .expect("returned() resolves once the call returns");
+        assert_eq!(worker.stuck_for(), None);
+        // The same thread goes on: no new one was needed.
+        assert_eq!(worker.call(Duration::from_secs(5), |n| *n).await, Ok(1));
     }
 }

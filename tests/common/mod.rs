@@ -45,6 +45,7 @@ pub fn start_plugin(socket: &Path, watch_health: bool) -> RunningPlugin {
             grace: Duration::from_secs(2),
             watch_health,
             allowed_uids: npd_ext::rpc::server::default_allowed_uids(),
+            liveness: npd_ext::liveness::Liveness::new(),
         },
     )
     .expect("bind plugin socket");
