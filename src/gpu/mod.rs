@@ -55,6 +55,8 @@ pub const SUPPORTED_CONDITIONS: [&str; 13] = [
 /// The index of a GPU seen only in the kernel log, not enumerated by the
 /// driver (often one that has just fallen off the bus).
 pub const UNENUMERATED: u32 = u32::MAX;
+/// The PCI address of the GPU a kernel report names none for.
+pub const UNKNOWN_PCI: &str = "unknown";
 
 /// Who a GPU is: everything an operator needs to find the board.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -68,6 +70,9 @@ pub struct GpuIdentity {
 
 impl fmt::Display for GpuIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.index == UNENUMERATED && self.pci_bus_id == UNKNOWN_PCI {
+            return f.write_str("an unknown GPU (the kernel log names no address)");
+        }
         if self.index == UNENUMERATED {
             return write!(
                 f,

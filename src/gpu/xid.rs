@@ -3,6 +3,7 @@
 //! npd-ext raises for it. Parsed once; a malformed table fails the tests.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 const CATALOG_TSV: &str = include_str!("../../data/xid-catalog.tsv");
 
@@ -101,6 +102,66 @@ impl XidInfo {
     pub fn title(&self) -> String {
         format!("XID {} {}", self.xid, self.mnemonic)
     }
+}
+
+/// When an application-class XID repeating on one GPU points past the
+/// application: `bursts` separate bursts within `window` get a
+/// `GPUXIDRepeated` warning naming the GPU and the count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Repeat {
+    pub xid: u32,
+    pub bursts: usize,
+    pub window: Duration,
+    /// What the repeats suggest.
+    pub hint: &'static str,
+}
+
+/// Lines of one XID closer together than this are one burst (one failing
+/// job logs many): NVIDIA Fleet Intelligence counts messages less than three
+/// minutes apart as one burst, as NVSentinel's repeat rules do.
+pub const REPEAT_BURST_GAP: Duration = Duration::from_secs(180);
+
+/// Bursts kept per (GPU, XID): more than any threshold needs.
+pub const REPEAT_BURSTS_KEPT: usize = 16;
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// The repeat thresholds. Sources: NVIDIA's XID catalog, whose workflows for
+/// XID 13 and 31 (WORKFLOW_XID_13/31) treat repeats on the same GPU as a
+/// possible hardware issue, and NVSentinel's rules that implement them
+/// (NVIDIA/NVSentinel issue #270, design PR #345, PRs #374 and #471): XID 31
+/// twice on one GPU within 24 h; XID 13 and 43 by its generic rule, 5 within
+/// 24 h. A 43 in the same burst as a 13 or 31 is that failure's echo and does
+/// not count (NVSentinel issue #1710: a generic rule fed application churn
+/// fired 672 times in 3 hours).
+pub const REPEATS: [Repeat; 3] = [
+    Repeat {
+        xid: 13,
+        bursts: 5,
+        window: DAY,
+        hint: "graphics engine exceptions across jobs on one GPU suggest the GPU, not the application",
+    },
+    Repeat {
+        xid: 31,
+        bursts: 2,
+        window: DAY,
+        hint: "memory page faults across jobs on one GPU suggest its memory, not the application",
+    },
+    Repeat {
+        xid: 43,
+        bursts: 5,
+        window: DAY,
+        hint: "channels stopping again and again on one GPU suggest the GPU, not the application",
+    },
+];
+
+/// What to do when an application XID keeps repeating on one GPU.
+pub const REPEAT_ACTION: &str =
+    "drain the GPU and run diagnostics (dcgmi diag -r 3); reset it, and replace it if they fail";
+
+/// The repeat rule for `xid`, if it has one.
+pub fn repeat_rule(xid: u32) -> Option<&'static Repeat> {
+    REPEATS.iter().find(|r| r.xid == xid)
 }
 
 /// The whole catalog, sorted by XID. It is compiled in and parsed by a

@@ -11,7 +11,7 @@ use super::{
     HealthModel, REASON_DRIVER_NOT_READY, REASON_DRIVER_READY, REASON_RECOVERED, REASON_RESPONSIVE,
 };
 use crate::gpu::kmsg::PciAddr;
-use crate::gpu::{GPU_MISSING, GPU_UNRESPONSIVE, GpuCounts, GpuIdentity, UNENUMERATED};
+use crate::gpu::{GPU_MISSING, GPU_UNRESPONSIVE, GpuCounts, GpuIdentity};
 use crate::problem::Severity;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +27,8 @@ pub(super) struct Stuck {
     /// How long the call waited; `None`: the backend itself is down, and
     /// `call` says why.
     pub(super) waited: Option<Duration>,
+    /// When readings stopped (kept while they stay stopped).
+    pub(super) since: SystemTime,
 }
 
 impl HealthModel {
@@ -46,7 +48,9 @@ impl HealthModel {
         }
     }
 
-    /// The driver's inventory replaces ours; GPUs that stay (same UUID) keep their state.
+    /// The driver's inventory replaces ours; GPUs that stay (same UUID) keep
+    /// their state. GPUs it no longer lists (lost) and GPUs known only from
+    /// the kernel log stay, with their faults, until the driver names them.
     pub(super) fn driver_ready(&mut self, gpus: &[GpuIdentity], version: &str, at: SystemTime) {
         let was_ready = matches!(self.driver, Driver::Ready { .. });
         let mut old = std::mem::take(&mut self.gpus);
@@ -56,19 +60,27 @@ impl HealthModel {
                 Some(i) => {
                     let mut g = old.swap_remove(i);
                     g.id = id.clone();
+                    g.enumerated = true;
                     g
                 }
                 None => GpuState::new(id.clone()),
             })
             .collect();
-        // GPUs known only from the kernel log stay until the driver names them.
         let named: Vec<Option<PciAddr>> = self
             .gpus
             .iter()
             .map(|g| PciAddr::parse(&g.id.pci_bus_id))
             .collect();
-        self.gpus.extend(old.into_iter().filter(|g| {
-            g.id.index == UNENUMERATED && !named.contains(&PciAddr::parse(&g.id.pci_bus_id))
+        self.gpus.extend(old.into_iter().filter_map(|mut g| {
+            let addr = PciAddr::parse(&g.id.pci_bus_id);
+            if addr.is_some() && named.contains(&addr) {
+                return None;
+            }
+            if g.enumerated {
+                tracing::warn!(gpu = %g.id, "the driver no longer lists this GPU; its state is kept");
+                g.enumerated = false;
+            }
+            Some(g)
         }));
         self.driver = Driver::Ready {
             version: version.to_owned(),
@@ -94,6 +106,7 @@ impl HealthModel {
             call: call.to_owned(),
             gpu,
             waited: Some(waited),
+            since: at,
         };
         self.stuck(stuck, at);
     }
@@ -104,15 +117,19 @@ impl HealthModel {
             call: reason.to_owned(),
             gpu: None,
             waited: None,
+            since: at,
         };
         self.stuck(stuck, at);
     }
 
     /// Readings stopped: said once, as a warning, until `Responsive`.
-    fn stuck(&mut self, stuck: Stuck, at: SystemTime) {
-        if self.unresponsive.is_none() {
-            let message = self.describe_stuck(&stuck);
-            self.emit(Severity::Warn, at, GPU_UNRESPONSIVE, "", message);
+    fn stuck(&mut self, mut stuck: Stuck, at: SystemTime) {
+        match &self.unresponsive {
+            None => {
+                let message = self.describe_stuck(&stuck);
+                self.emit(Severity::Warn, at, GPU_UNRESPONSIVE, "", message);
+            }
+            Some(before) => stuck.since = before.since,
         }
         self.unresponsive = Some(stuck);
     }

@@ -26,7 +26,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, SystemTime};
 
-use super::{GpuIdentity, Observation, UNENUMERATED};
+use super::{GpuIdentity, Observation};
 use crate::problem::{Condition, ConditionStatus, Event};
 
 mod driver;
@@ -86,10 +86,16 @@ pub const FLAP_WINDOW: Duration = Duration::from_secs(600);
 const FABRIC_GRACE_READINGS: u8 = 3;
 /// More uncorrectable remapped rows than this: the bank budget is spent.
 const REMAPPED_ROWS_BUDGET: u32 = 512;
+/// GPUs the kernel log may name that the driver never enumerated (one that
+/// fell off the bus before gpu-monitor started is one): more than a node
+/// holds. Past it, and for reports naming no address, one "unknown GPU".
+const MAX_KERNEL_NAMED: usize = 8;
 
 // Event reasons.
 pub const REASON_XID_ERROR: &str = "XIDError";
 pub const REASON_XID_APP_ERROR: &str = "XIDAppError";
+/// An application XID repeating on one GPU past its rule (`xid::REPEATS`).
+pub const REASON_XID_REPEATED: &str = "GPUXIDRepeated";
 pub const REASON_RECOVERED: &str = "GPURecovered";
 pub const REASON_RECOVERY_ACTION: &str = "GPURecoveryActionChanged";
 pub const REASON_DRIVER_NOT_READY: &str = "DriverNotReady";
@@ -197,7 +203,7 @@ impl HealthModel {
     pub fn enumerated(&self) -> usize {
         self.gpus
             .iter()
-            .filter(|g| g.id.index != UNENUMERATED)
+            .filter(|g| g.enumerated)
             .count()
     }
 
@@ -242,7 +248,8 @@ impl HealthModel {
             // xid.rs
             O::KernelXid { pci, xid, detail, at, replay } =>
                 self.kernel_xid(*pci, *xid, detail, *at, *replay),
-            O::KernelXidUnknownGpu { .. } => {}
+            O::KernelXidUnknownGpu { xid, detail, at, replay } =>
+                self.kernel_xid_unknown_gpu(*xid, detail, *at, *replay),
             O::SXid { pci, sxid, fatal, detail, at, replay } =>
                 self.sxid(*pci, *sxid, *fatal, detail, *at, *replay),
             O::Xid { gpu, xid, at } => self.nvml_xid(*gpu, *xid, *at),
@@ -280,7 +287,10 @@ impl HealthModel {
 
     /// The position of the GPU with driver index `gpu`, if this node has it.
     fn position(&self, gpu: u32) -> Option<usize> {
-        let pos = self.gpus.iter().position(|g| g.id.index == gpu);
+        let pos = self
+            .gpus
+            .iter()
+            .position(|g| g.enumerated && g.id.index == gpu);
         if pos.is_none() {
             tracing::warn!(
                 gpu,

@@ -9,6 +9,7 @@ use super::{DEFAULT_SLOWDOWN_CELSIUS, GOOD_READINGS_TO_CLEAR};
 use crate::gpu::{
     GPU_FABRIC_NOT_READY, GPU_HARDWARE_FAULT, GPU_LOST, GPU_MEMORY_UNHEALTHY, GPU_NVLINK_DEGRADED,
     GPU_NVLINK_DOWN, GPU_PCIE_LINK_DEGRADED, GPU_REBOOT_REQUIRED, GPU_RESET_REQUIRED, GpuIdentity,
+    UNENUMERATED,
 };
 
 /// A per-GPU fault condition.
@@ -86,6 +87,9 @@ pub(super) enum Source {
 #[derive(Clone, Debug)]
 pub(super) struct GpuState {
     pub(super) id: GpuIdentity,
+    /// In the driver's current inventory. A GPU NVML enumerated and then
+    /// lost stays, with its faults, until the driver names it again.
+    pub(super) enumerated: bool,
     /// This GPU's slowdown temperature (NVML's, or the H200 default).
     pub(super) slowdown: i32,
     pub(super) faults: BTreeMap<Slot, Fault>,
@@ -112,6 +116,9 @@ pub(super) struct GpuState {
     pub(super) fabric_pending: u8,
     /// Last value and consecutive over-budget readings, per counter.
     pub(super) counters: HashMap<&'static str, (u64, u8)>,
+    /// Per application XID with a repeat rule: when it was last seen, and
+    /// when each of its recent bursts began.
+    pub(super) xid_bursts: HashMap<u32, (SystemTime, VecDeque<SystemTime>)>,
     /// Recent times each slot was set (flap guard).
     pub(super) set_times: HashMap<Slot, VecDeque<SystemTime>>,
     /// Slots held True for flapping: until when, and whether a clear waits.
@@ -123,6 +130,7 @@ pub(super) struct GpuState {
 impl GpuState {
     pub(super) fn new(id: GpuIdentity) -> Self {
         Self {
+            enumerated: id.index != UNENUMERATED,
             id,
             slowdown: DEFAULT_SLOWDOWN_CELSIUS,
             faults: BTreeMap::new(),
@@ -137,6 +145,7 @@ impl GpuState {
             nvlink_baseline: None,
             fabric_pending: 0,
             counters: HashMap::new(),
+            xid_bursts: HashMap::new(),
             set_times: HashMap::new(),
             holds: HashMap::new(),
             newly_flapping: Vec::new(),

@@ -4,16 +4,18 @@
 //! field 230 / XID 154), which overrides the catalog; NVSwitch SXids; a GPU
 //! the driver reports lost; and finding a GPU by its PCI address.
 
+use std::collections::VecDeque;
 use std::time::SystemTime;
 
 use super::render::{evidence, truncate};
 use super::state::{GpuState, Slot, Source, fault};
 use super::{
-    HealthModel, REASON_RECOVERY_ACTION, REASON_XID_APP_ERROR, REASON_XID_ERROR, XID_CORRELATION,
+    HealthModel, MAX_KERNEL_NAMED, REASON_RECOVERY_ACTION, REASON_XID_APP_ERROR, REASON_XID_ERROR,
+    REASON_XID_REPEATED, XID_CORRELATION,
 };
 use crate::gpu::kmsg::PciAddr;
 use crate::gpu::xid::{self as catalog, Classes};
-use crate::gpu::{GpuIdentity, UNENUMERATED};
+use crate::gpu::{GpuIdentity, UNENUMERATED, UNKNOWN_PCI};
 use crate::problem::Severity;
 
 /// The driver's recovery actions (NVML `nvmlDeviceGetFieldValues` field 230,
@@ -37,6 +39,17 @@ pub fn parse_recovery_change(detail: &str) -> Option<u32> {
     u32::from_str_radix(digits, 16).ok()
 }
 
+/// A GPU known only by what the kernel log says of it.
+fn unenumerated(pci_bus_id: String) -> GpuIdentity {
+    GpuIdentity {
+        index: UNENUMERATED,
+        uuid: "unknown".into(),
+        pci_bus_id,
+        serial: "unknown".into(),
+        name: "unknown".into(),
+    }
+}
+
 impl HealthModel {
     /// The GPU at `pci`, if any.
     pub(super) fn position_of_pci(&self, pci: PciAddr) -> Option<usize> {
@@ -45,19 +58,37 @@ impl HealthModel {
             .position(|g| PciAddr::parse(&g.id.pci_bus_id) == Some(pci))
     }
 
-    /// The GPU at `pci`, or a new entry named by the address alone.
+    /// The GPU at `pci`, or a new entry named by the address alone (at most
+    /// [`MAX_KERNEL_NAMED`]; past them, the unknown GPU's).
     fn position_for_pci(&mut self, pci: PciAddr) -> usize {
         if let Some(pos) = self.position_of_pci(pci) {
             return pos;
         }
+        let named = self
+            .gpus
+            .iter()
+            .filter(|g| g.id.index == UNENUMERATED && g.id.pci_bus_id != UNKNOWN_PCI)
+            .count();
+        if named >= MAX_KERNEL_NAMED {
+            tracing::warn!(%pci, "kernel log names yet another GPU the driver does not enumerate; counted for an unknown GPU");
+            return self.position_for_unknown();
+        }
         tracing::warn!(%pci, "kernel log names a GPU the driver does not enumerate");
-        self.gpus.push(GpuState::new(GpuIdentity {
-            index: UNENUMERATED,
-            uuid: "unknown".into(),
-            pci_bus_id: pci.to_string(),
-            serial: "unknown".into(),
-            name: "unknown".into(),
-        }));
+        self.gpus.push(GpuState::new(unenumerated(pci.to_string())));
+        self.gpus.len() - 1
+    }
+
+    /// The entry for reports that name no GPU we can find.
+    fn position_for_unknown(&mut self) -> usize {
+        if let Some(pos) = self
+            .gpus
+            .iter()
+            .position(|g| g.id.index == UNENUMERATED && g.id.pci_bus_id == UNKNOWN_PCI)
+        {
+            return pos;
+        }
+        self.gpus
+            .push(GpuState::new(unenumerated(UNKNOWN_PCI.to_owned())));
         self.gpus.len() - 1
     }
 
@@ -101,6 +132,19 @@ impl HealthModel {
         replay: bool,
     ) {
         let pos = self.position_for_pci(pci);
+        self.xid(pos, xid, Some(detail), at, replay);
+    }
+
+    /// A kernel report naming no GPU (a bare "fallen off the bus"): it
+    /// counts, for an unknown GPU.
+    pub(super) fn kernel_xid_unknown_gpu(
+        &mut self,
+        xid: u32,
+        detail: &str,
+        at: SystemTime,
+        replay: bool,
+    ) {
+        let pos = self.position_for_unknown();
         self.xid(pos, xid, Some(detail), at, replay);
     }
 
@@ -154,6 +198,7 @@ impl HealthModel {
             }
         }
         if replay {
+            self.count_repeat(pos, xid, at, true);
             return;
         }
         let (severity, event_reason) = if info.classes.contains(Classes::APP) {
@@ -167,6 +212,58 @@ impl HealthModel {
         }
         let key = format!("{}/{xid}", g.id.pci_bus_id);
         self.emit(severity, at, event_reason, &key, message);
+        self.count_repeat(pos, xid, at, false);
+    }
+
+    /// Counts the bursts of an application XID with a repeat rule on one GPU;
+    /// from the rule's threshold on, each new burst is a `GPUXIDRepeated`
+    /// warning naming the GPU and the count. Replayed lines count, silently.
+    fn count_repeat(&mut self, pos: usize, xid: u32, at: SystemTime, replay: bool) {
+        let Some(rule) = catalog::repeat_rule(xid) else {
+            return;
+        };
+        let g = &mut self.gpus[pos];
+        let within = |then: SystemTime, span| at.duration_since(then).unwrap_or_default() <= span;
+        // A 43 in the same burst as a 13 or 31 is that failure's echo.
+        let echo = xid == 43
+            && [13, 31].iter().any(|x| {
+                g.xid_bursts
+                    .get(x)
+                    .is_some_and(|(last, _)| within(*last, catalog::REPEAT_BURST_GAP))
+            });
+        if echo {
+            return;
+        }
+        let (last, starts) = g.xid_bursts.entry(xid).or_insert((at, VecDeque::new()));
+        let same_burst = !starts.is_empty() && within(*last, catalog::REPEAT_BURST_GAP);
+        *last = at;
+        if same_burst {
+            return;
+        }
+        starts.push_back(at);
+        while starts
+            .front()
+            .is_some_and(|t| !within(*t, rule.window))
+            || starts.len() > catalog::REPEAT_BURSTS_KEPT
+        {
+            starts.pop_front();
+        }
+        let bursts = starts.len();
+        if replay || bursts < rule.bursts {
+            return;
+        }
+        let info = catalog::lookup(xid);
+        let message = format!(
+            "{}: {} in {bursts} separate bursts within {} h (threshold {}); {}; action: {}",
+            g.id,
+            info.title(),
+            rule.window.as_secs() / 3600,
+            rule.bursts,
+            rule.hint,
+            catalog::REPEAT_ACTION
+        );
+        let key = format!("{}/{xid}", g.id.pci_bus_id);
+        self.emit(Severity::Warn, at, REASON_XID_REPEATED, &key, message);
     }
 
     /// The driver's recovery action for the GPU with index `gpu` (NVML field 230).

@@ -20,6 +20,8 @@ mod links;
 mod memory;
 mod thermal;
 mod xid;
+mod gpu_table;
+mod repeats;
 
 fn model() -> HealthModel {
     HealthModel::new(sim::identities(8))
