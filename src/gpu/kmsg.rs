@@ -280,12 +280,38 @@ pub struct KmsgOptions {
 
 /// Reads records until `token` is cancelled, sending what the driver said,
 /// and beating `pulse` while it keeps up (not while the model takes nothing).
+/// A log it cannot read (or that ends) is a degraded source, not a stalled
+/// plugin: it says so once and goes on beating, so the liveness probe does
+/// not restart gpu-monitor over a container without `CAP_SYSLOG`.
 pub async fn run(
     options: KmsgOptions,
     tx: mpsc::Sender<Observation>,
     token: CancellationToken,
     pulse: Option<Pulse>,
 ) {
+    let Some(why) = read(&options, &tx, &token, pulse.as_ref()).await else {
+        return;
+    };
+    let Some(pulse) = pulse else { return };
+    pulse.degrade(Some(why));
+    let mut beat = tokio::time::interval(READER_BEAT / 2);
+    loop {
+        pulse.beat(READER_BEAT);
+        tokio::select! {
+            _ = beat.tick() => {}
+            () = token.cancelled() => return,
+        }
+    }
+}
+
+/// The reading itself; `Some(why)` when it stopped before `token` was
+/// cancelled.
+async fn read(
+    options: &KmsgOptions,
+    tx: &mpsc::Sender<Observation>,
+    token: &CancellationToken,
+    pulse: Option<&Pulse>,
+) -> Option<String> {
     // Opening (a FIFO blocks until a writer comes) and reading block: they
     // get a thread of their own, which ends with the process or at the first
     // record after the receiver is gone.
@@ -296,19 +322,26 @@ pub async fn run(
         .spawn(move || read_records(&path, &rec_tx));
     if let Err(e) = spawned {
         tracing::error!("cannot start the kernel log reader: {e}");
-        return;
+        return Some(format!("cannot start the kernel log reader: {e}"));
     }
     let mut position = Position::load(options.state_dir.as_deref(), &options.boot_id);
     tracing::info!(path = %options.path.display(), after_seq = ?position.seq, "reading kernel log for XIDs");
     let mut unsaved = 0u32;
     let mut reports = Reports::default();
     let mut beat = tokio::time::interval(READER_BEAT / 2);
+    let mut stopped = None;
     loop {
-        if let Some(p) = &pulse {
+        if let Some(p) = pulse {
             p.beat(READER_BEAT);
         }
         let record = tokio::select! {
-            r = rec_rx.recv() => match r { Some(r) => r, None => break },
+            r = rec_rx.recv() => match r {
+                Some(r) => r,
+                None => {
+                    stopped = Some(format!("{}: the kernel log ended", options.path.display()));
+                    break;
+                }
+            },
             _ = beat.tick() => continue,
             () = token.cancelled() => break,
         };
@@ -320,6 +353,7 @@ pub async fn run(
                     options.path.display()
                 );
                 tracing::error!("{reason}");
+                stopped = Some(reason.clone());
                 let _ = tx
                     .send(Observation::SourceDegraded {
                         source: "kernel log".into(),
@@ -360,15 +394,16 @@ pub async fn run(
             }
             sent = true;
             if tx.send(obs).await.is_err() {
-                save(&options, &position, &mut unsaved);
-                return;
+                save(options, &position, &mut unsaved);
+                return None;
             }
         }
         if sent || unsaved >= 1000 {
-            save(&options, &position, &mut unsaved);
+            save(options, &position, &mut unsaved);
         }
     }
-    save(&options, &position, &mut unsaved);
+    save(options, &position, &mut unsaved);
+    stopped
 }
 
 /// The observation a kernel line makes (`None`: one that only names a GPU).
@@ -763,6 +798,41 @@ mod tests {
             }
             other => panic!("expected SourceDegraded, got {other:?}"),
         }
+    }
+
+    #[tokio::test]
+    async fn an_unreadable_log_degrades_the_reader_and_it_keeps_beating() {
+        let (tx, mut rx) = mpsc::channel(4);
+        let liveness = crate::liveness::Liveness::new();
+        let pulse = liveness.register("kernel-log reader", Duration::from_secs(60));
+        let options = KmsgOptions {
+            path: PathBuf::from("/nonexistent/kmsg"),
+            state_dir: None,
+            boot_id: "b".into(),
+        };
+        let token = CancellationToken::new();
+        let task = tokio::spawn(run(options, tx, token.clone(), Some(pulse)));
+        assert!(matches!(
+            rx.recv().await,
+            Some(Observation::SourceDegraded { .. })
+        ));
+        let start = std::time::Instant::now();
+        while liveness.degraded().is_empty() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "degraded in time"
+            );
+            tokio::task::yield_now().await;
+        }
+        assert!(liveness.stalled().is_empty(), "{:?}", liveness.stalled());
+        assert!(
+            liveness.degraded()[0].contains("/nonexistent/kmsg"),
+            "{:?}",
+            liveness.degraded()
+        );
+        assert!(!task.is_finished(), "a degraded reader goes on beating");
+        token.cancel();
+        task.await.expect("stops");
     }
 
     #[tokio::test]
