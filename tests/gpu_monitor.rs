@@ -350,8 +350,8 @@ fn an_xid_line_not_written_by_the_kernel_raises_nothing() {
 /// The fixture's cases as one kernel log, three unrelated records between
 /// them, renumbered; with the address each case must name.
 fn phrasings_log() -> (String, Vec<(String, String)>) {
-    let text = std::fs::read_to_string(common::fixture("kmsg/fallen-off-the-bus.kmsg"))
-        .expect("fixture");
+    let text =
+        std::fs::read_to_string(common::fixture("kmsg/fallen-off-the-bus.kmsg")).expect("fixture");
     let mut log = String::new();
     let mut expect = Vec::new();
     let mut seq = 0;

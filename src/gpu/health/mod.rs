@@ -201,10 +201,7 @@ impl HealthModel {
 
     /// GPUs the driver enumerates (not those known only from the kernel log).
     pub fn enumerated(&self) -> usize {
-        self.gpus
-            .iter()
-            .filter(|g| g.enumerated)
-            .count()
+        self.gpus.iter().filter(|g| g.enumerated).count()
     }
 
     /// Applies one observation. Returns false when nothing a client can see changed.

@@ -241,9 +241,7 @@ impl HealthModel {
             return;
         }
         starts.push_back(at);
-        while starts
-            .front()
-            .is_some_and(|t| !within(*t, rule.window))
+        while starts.front().is_some_and(|t| !within(*t, rule.window))
             || starts.len() > catalog::REPEAT_BURSTS_KEPT
         {
             starts.pop_front();

@@ -114,10 +114,10 @@ fn a_hung_call_names_its_stuck_session_and_the_time_it_began() {
     let stuck = status_of(&c, GPU_UNRESPONSIVE);
     assert!(
         stuck.message.contains("gpu=2 ")
-            && stuck.message.contains("its thread stays stuck in the driver (since ")
             && stuck
                 .message
-                .contains(&crate::problem::format_time(t0))
+                .contains("its thread stays stuck in the driver (since ")
+            && stuck.message.contains(&crate::problem::format_time(t0))
             && stuck.message.contains("no new NVML session starts"),
         "{}",
         stuck.message

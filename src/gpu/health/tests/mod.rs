@@ -16,12 +16,12 @@ use crate::problem::{Condition, ConditionStatus, Severity};
 
 mod driver;
 mod events;
+mod gpu_table;
 mod links;
 mod memory;
+mod repeats;
 mod thermal;
 mod xid;
-mod gpu_table;
-mod repeats;
 
 fn model() -> HealthModel {
     HealthModel::new(sim::identities(8))

@@ -70,7 +70,10 @@ fn xid13_needs_five_bursts_within_a_day_and_old_bursts_age_out() {
         kernel(&mut m, 1, 13, t0 + h * hour, false);
     }
     kernel(&mut m, 1, 13, t0 + 25 * hour, false);
-    assert!(repeated(&m).is_empty(), "the first burst aged out: 4 in 24 h");
+    assert!(
+        repeated(&m).is_empty(),
+        "the first burst aged out: 4 in 24 h"
+    );
     kernel(&mut m, 1, 13, t0 + 26 * hour, false);
     let found = repeated(&m);
     assert_eq!(found.len(), 1, "{found:?}");
