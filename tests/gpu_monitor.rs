@@ -136,6 +136,79 @@ async fn a_liveness_probe_beside_a_poller_takes_none_of_its_events() {
     plugin.token.cancel();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_connection_has_its_own_cursor_and_a_slow_one_hears_what_it_missed() {
+    let dir = tempdir();
+    let socket = sock(&dir);
+    let plugin = common::start_plugin(&socket, false);
+    let client = || {
+        pb::external_monitor_client::ExternalMonitorClient::new(npd_ext::rpc::client::lazy_channel(
+            &socket,
+        ))
+    };
+    let (mut slow, mut quick) = (client(), client());
+    let poll = |c: &mut pb::external_monitor_client::ExternalMonitorClient<_>| {
+        let mut c = c.clone();
+        async move {
+            c.check_health(pb::HealthCheckRequest::default())
+                .await
+                .expect("CheckHealth")
+                .into_inner()
+                .events
+        }
+    };
+    assert!(poll(&mut slow).await.is_empty());
+    // 70 distinct events: 6 more than the backlog holds.
+    let now = std::time::SystemTime::now();
+    for xid in 1000..1070 {
+        plugin
+            .observations
+            .send(npd_ext::gpu::Observation::Xid {
+                gpu: 0,
+                xid,
+                at: now,
+            })
+            .await
+            .expect("model takes it");
+    }
+    let mut seen = Vec::new();
+    let start = Instant::now();
+    while !seen
+        .iter()
+        .any(|e: &pb::Event| e.message.contains("XID 1069"))
+    {
+        assert!(start.elapsed() < Duration::from_secs(10), "all applied");
+        seen.extend(poll(&mut quick).await);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        seen.iter()
+            .all(|e| e.reason != npd_ext::gpu::plugin::REASON_EVENTS_DROPPED),
+        "a new client gets the backlog, and nothing is owed it from before"
+    );
+    let events = poll(&mut slow).await;
+    assert_eq!(events.len(), 65, "the drop notice and the 64 kept");
+    assert_eq!(
+        events[0].reason,
+        npd_ext::gpu::plugin::REASON_EVENTS_DROPPED
+    );
+    assert!(
+        events[0]
+            .message
+            .starts_with("6 GPU events fell out of gpu-monitor's 64-event backlog"),
+        "{}",
+        events[0].message
+    );
+    assert!(
+        events[1].message.contains("XID 1006"),
+        "{}",
+        events[1].message
+    );
+    assert!(poll(&mut slow).await.is_empty(), "nothing twice");
+    assert!(poll(&mut quick).await.is_empty(), "nothing twice");
+    plugin.token.cancel();
+}
+
 // ---------------------------------------------------------------------------
 // 2. gRPC health says whether the plugin works, not whether the GPU does
 // ---------------------------------------------------------------------------

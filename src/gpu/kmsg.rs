@@ -92,10 +92,11 @@ pub enum KernelLine {
     /// `NVRM: The NVIDIA GPU 0000:b3:00.0`: the first line of the driver's
     /// probe report, whose last line says "fallen off the bus".
     Names { pci: PciAddr },
-    /// `NVRM: GPU at PCI:0000:61:00: GPU-<uuid>`: the driver (re)initialised
-    /// the GPU, at load or after a reset — evidence that reset-class faults
-    /// logged before it are gone.
-    GpuInit { pci: PciAddr },
+    /// `NVRM: GPU at PCI:0000:61:00: GPU-<uuid>`: the driver names the GPU
+    /// once per driver load, just before its first XID (kernel_rc.c,
+    /// `_krcLogUuidOnce`). It only names the GPU for the lines after it: it
+    /// is no evidence of a reset.
+    GpuUuid { pci: PciAddr },
     /// `nvidia-nvswitch3: SXid (PCI:0000:05:00.0): 12028, Non-fatal, Link 46 <text>`
     SXid {
         pci: PciAddr,
@@ -144,7 +145,7 @@ pub fn parse_line(text: &str) -> Option<KernelLine> {
         && let Some((addr, uuid)) = rest.split_once(": ")
         && uuid.trim_start().starts_with("GPU-")
     {
-        return Some(KernelLine::GpuInit {
+        return Some(KernelLine::GpuUuid {
             pci: PciAddr::parse(addr)?,
         });
     }
@@ -194,7 +195,7 @@ impl Reports {
         let named = self.named.take().filter(|(_, left)| *left > 0);
         let remember = |pci| Some((pci, NAMED_FOR_LINES));
         match &line {
-            Some(KernelLine::Names { pci }) | Some(KernelLine::GpuInit { pci }) => {
+            Some(KernelLine::Names { pci }) | Some(KernelLine::GpuUuid { pci }) => {
                 self.named = remember(*pci);
             }
             Some(KernelLine::Xid { pci, .. }) => self.named = remember(*pci),
@@ -430,7 +431,6 @@ fn observation(line: KernelLine, replay: bool) -> Option<Observation> {
             at,
             replay,
         },
-        KernelLine::GpuInit { pci } => Observation::KernelGpuInit { pci, at, replay },
         KernelLine::SXid {
             pci,
             sxid,
@@ -444,7 +444,7 @@ fn observation(line: KernelLine, replay: bool) -> Option<Observation> {
             at,
             replay,
         },
-        KernelLine::Names { .. } => return None,
+        KernelLine::Names { .. } | KernelLine::GpuUuid { .. } => return None,
     })
 }
 
@@ -551,10 +551,10 @@ mod tests {
     }
 
     #[test]
-    fn gpu_initialisation_lines() {
+    fn the_uuid_line_names_a_gpu_and_is_no_reset() {
         assert_eq!(
             parse_line("NVRM: GPU at PCI:0000:61:00: GPU-d17bcf75-059f-700d-b693-ce78e3a3d619"),
-            Some(KernelLine::GpuInit {
+            Some(KernelLine::GpuUuid {
                 pci: pci("0000:61:00")
             })
         );
@@ -798,6 +798,54 @@ mod tests {
             }
             other => panic!("expected SourceDegraded, got {other:?}"),
         }
+    }
+
+    /// The UUID line the driver prints before a GPU's first XID must not
+    /// clear the fault NVML's event reported moments before (the kernel's
+    /// XID is then the same report, and would not set it again).
+    #[tokio::test]
+    async fn the_uuid_line_before_an_xid_is_no_reset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let log = dir.path().join("kmsg");
+        append(
+            &log,
+            &[
+                "3,1,100,-;NVRM: GPU at PCI:0000:61:00: GPU-d17bcf75-059f-700d-b693-ce78e3a3d619",
+                "3,2,101,-;NVRM: GPU Board Serial Number: 1653724065550",
+                "3,3,102,-;NVRM: Xid (PCI:0000:61:00): 48, pid=9, name=train, DBE",
+            ],
+        );
+        let (tx, mut rx) = mpsc::channel(16);
+        let token = CancellationToken::new();
+        let options = KmsgOptions {
+            path: log,
+            state_dir: None,
+            boot_id: "b".into(),
+        };
+        let task = tokio::spawn(run(options, tx, token.clone(), None));
+        let mut model = crate::gpu::health::HealthModel::new(crate::gpu::sim::identities(8));
+        model.apply(&Observation::Xid {
+            gpu: 3,
+            xid: 48,
+            at: SystemTime::now(),
+        });
+        let first = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("in time")
+            .expect("an observation");
+        assert!(
+            matches!(first, Observation::KernelXid { xid: 48, .. }),
+            "the UUID line is no observation: {first:?}"
+        );
+        model.apply(&first);
+        let reset = model
+            .conditions()
+            .into_iter()
+            .find(|c| c.type_ == crate::gpu::GPU_RESET_REQUIRED)
+            .expect("present");
+        assert_eq!(reset.status, crate::problem::ConditionStatus::True);
+        token.cancel();
+        task.await.expect("stops");
     }
 
     #[tokio::test]

@@ -260,12 +260,6 @@ pub enum Observation {
         at: SystemTime,
         replay: bool,
     },
-    /// The kernel log says the driver (re)initialised the GPU at `pci`.
-    KernelGpuInit {
-        pci: kmsg::PciAddr,
-        at: SystemTime,
-        replay: bool,
-    },
     /// An NVSwitch error from the kernel log (`SXid`), named by the switch's PCI address.
     SXid {
         pci: kmsg::PciAddr,
@@ -321,7 +315,6 @@ impl Observation {
             | Self::KernelXid { at, .. }
             | Self::KernelXidUnknownGpu { at, .. }
             | Self::SXid { at, .. }
-            | Self::KernelGpuInit { at, .. }
             | Self::MarginTemperature { at, .. }
             | Self::RecoveryAction { at, .. }
             | Self::Lost { at, .. }
@@ -357,7 +350,6 @@ impl Observation {
             Self::KernelXid { .. }
             | Self::KernelXidUnknownGpu { .. }
             | Self::SXid { .. }
-            | Self::KernelGpuInit { .. }
             | Self::SourceDegraded { .. }
             | Self::GpuCount { .. }
             | Self::Thresholds { .. }

@@ -45,6 +45,8 @@ const MODEL_BEAT: Duration = Duration::from_secs(30);
 const HEALTH_EVERY: Duration = Duration::from_secs(1);
 /// Connections whose `CheckHealth` cursor is kept (the oldest goes first).
 const MAX_POLLERS: usize = 64;
+/// How far back a new client's first `CheckHealth` reaches into the backlog.
+const NEW_CLIENT_EVENTS: Duration = super::health::EVENT_WINDOW;
 
 #[derive(Clone, Debug)]
 pub struct PluginOptions {
@@ -387,11 +389,17 @@ impl Published {
 }
 
 /// The status a client is owed: the conditions, and the events after
-/// `after` (`None`: a new client, who gets the backlog). Events that fell
-/// out of the backlog since are counted in `dropped` and said in one event.
+/// `after` (`None`: a new client, who gets the backlog's last
+/// [`NEW_CLIENT_EVENTS`]: a restarted detector hears what just happened,
+/// and one that reconnects repeats little). Events that fell out of the
+/// backlog since are counted in `dropped` and said in one event.
 fn owed(published: &Published, after: Option<u64>, dropped: &AtomicU64) -> pb::Status {
+    let since = SystemTime::now()
+        .checked_sub(NEW_CLIENT_EVENTS)
+        .unwrap_or(SystemTime::UNIX_EPOCH);
     let mut events: Vec<pb::Event> = published
         .events_after(after.unwrap_or(0))
+        .filter(|e| after.is_some() || e.timestamp >= since)
         .map(pb::Event::from)
         .collect();
     let oldest = published.snapshot.events.first().map(|(seq, _)| *seq);

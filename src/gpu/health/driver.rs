@@ -173,14 +173,6 @@ impl HealthModel {
         }
     }
 
-    /// The kernel log says the driver (re)initialised the GPU at `pci`.
-    pub(super) fn kernel_gpu_init(&mut self, pci: PciAddr, at: SystemTime, replay: bool) {
-        // Only a GPU we know: an init line for a new address is just a driver load.
-        if let Some(pos) = self.position_of_pci(pci) {
-            self.reset(pos, at, !replay);
-        }
-    }
-
     /// The GPU was reset and answers again.
     pub(super) fn gpu_reset(&mut self, gpu: u32, at: SystemTime) {
         if let Some(pos) = self.position(gpu) {

@@ -240,7 +240,6 @@ impl HealthModel {
             O::Responsive { at } => self.responsive(*at),
             O::SourceDegraded { source, reason, at } => self.source_degraded(source, reason, *at),
             O::GpuCount { counts, at } => self.gpu_count(*counts, *at),
-            O::KernelGpuInit { pci, at, replay } => self.kernel_gpu_init(*pci, *at, *replay),
             O::Reset { gpu, at } => self.gpu_reset(*gpu, *at),
             // xid.rs
             O::KernelXid { pci, xid, detail, at, replay } =>
