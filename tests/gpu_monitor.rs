@@ -475,6 +475,11 @@ fn every_phrasing_of_fallen_off_the_bus_raises_lost_and_reboot_for_its_gpu() {
     for (name, addr) in &expect {
         assert!(named(&report, GPU_LOST, addr), "{name}: {report}");
     }
+    // Each case's GPU, and no other: one "action:" per GPU named.
+    for t in [GPU_LOST, GPU_REBOOT_REQUIRED] {
+        let m = message(&report, t);
+        assert_eq!(m.matches("; action: ").count(), expect.len(), "{t}: {m}");
+    }
     assert!(is_true(&report, GPU_LOST) && is_true(&report, GPU_REBOOT_REQUIRED));
     stop(&mut child);
 }

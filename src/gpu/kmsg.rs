@@ -195,11 +195,15 @@ impl Reports {
         let named = self.named.take().filter(|(_, left)| *left > 0);
         let remember = |pci| Some((pci, NAMED_FOR_LINES));
         match &line {
-            Some(KernelLine::Names { pci }) | Some(KernelLine::GpuUuid { pci }) => {
+            // Lines that introduce a GPU's report, or say it fell off: an
+            // application XID names its GPU for nothing after it.
+            Some(KernelLine::Names { pci })
+            | Some(KernelLine::GpuUuid { pci })
+            | Some(KernelLine::Xid { pci, xid: 79, .. })
+            | Some(KernelLine::FellOffBus { pci: Some(pci) }) => {
                 self.named = remember(*pci);
             }
-            Some(KernelLine::Xid { pci, .. }) => self.named = remember(*pci),
-            Some(KernelLine::FellOffBus { pci: Some(pci) }) => self.named = remember(*pci),
+            Some(KernelLine::Xid { .. }) => self.named = None,
             Some(KernelLine::FellOffBus { pci: None }) => {
                 return Some(KernelLine::FellOffBus {
                     pci: named.map(|(pci, _)| pci),
@@ -329,6 +333,7 @@ async fn read(
     tracing::info!(path = %options.path.display(), after_seq = ?position.seq, "reading kernel log for XIDs");
     let mut unsaved = 0u32;
     let mut reports = Reports::default();
+    let boot = kmsg::boot_time();
     let mut beat = tokio::time::interval(READER_BEAT / 2);
     let mut stopped = None;
     loop {
@@ -339,7 +344,19 @@ async fn read(
             r = rec_rx.recv() => match r {
                 Some(r) => r,
                 None => {
-                    stopped = Some(format!("{}: the kernel log ended", options.path.display()));
+                    let reason = format!(
+                        "{}: the kernel log stopped (read error or end of file; see the log); XIDs after it will be missed",
+                        options.path.display()
+                    );
+                    tracing::error!("{reason}");
+                    let _ = tx
+                        .send(Observation::SourceDegraded {
+                            source: "kernel log".into(),
+                            reason: reason.clone(),
+                            at: SystemTime::now(),
+                        })
+                        .await;
+                    stopped = Some(reason);
                     break;
                 }
             },
@@ -387,7 +404,14 @@ async fn read(
         }
         let mut sent = false;
         for text in record_lines(&record.text) {
-            let Some(obs) = reports.line(text).and_then(|l| observation(l, replay)) else {
+            // Replayed records keep their own time, so what they rebuild
+            // (repeat counts, windows) is spaced as it happened.
+            let at = if replay {
+                record.wall_time(boot)
+            } else {
+                SystemTime::now()
+            };
+            let Some(obs) = reports.line(text).and_then(|l| observation(l, at, replay)) else {
                 continue;
             };
             if !replay && !sent {
@@ -408,8 +432,7 @@ async fn read(
 }
 
 /// The observation a kernel line makes (`None`: one that only names a GPU).
-fn observation(line: KernelLine, replay: bool) -> Option<Observation> {
-    let at = SystemTime::now();
+fn observation(line: KernelLine, at: SystemTime, replay: bool) -> Option<Observation> {
     Some(match line {
         KernelLine::Xid { pci, xid, detail } => Observation::KernelXid {
             pci,
@@ -654,6 +677,19 @@ mod tests {
                 "{name}: reported for {lost:?}, expected {expect:?}"
             );
         }
+    }
+
+    #[test]
+    fn an_application_xid_names_no_gpu_for_a_bare_report() {
+        let mut reports = Reports::default();
+        assert!(matches!(
+            reports.line("NVRM: Xid (PCI:0000:61:00): 13, pid=9, name=train, Graphics Exception"),
+            Some(KernelLine::Xid { xid: 13, .. })
+        ));
+        assert_eq!(
+            reports.line("NVRM: GPU has fallen off the bus."),
+            Some(KernelLine::FellOffBus { pci: None })
+        );
     }
 
     #[test]

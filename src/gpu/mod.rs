@@ -71,7 +71,9 @@ pub struct GpuIdentity {
 impl fmt::Display for GpuIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.index == UNENUMERATED && self.pci_bus_id == UNKNOWN_PCI {
-            return f.write_str("an unknown GPU (the kernel log names no address)");
+            return f.write_str(
+                "an unknown GPU (the kernel log gave no address, or more GPUs than are tracked)",
+            );
         }
         if self.index == UNENUMERATED {
             return write!(

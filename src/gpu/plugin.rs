@@ -330,22 +330,29 @@ struct GpuMonitorService {
 }
 
 /// Per-connection `CheckHealth` cursors: each poller gets the events since
-/// its own last poll. A new connection starts with the backlog; a closed one
-/// is forgotten; past [`MAX_POLLERS`] the oldest is.
+/// its own last poll. A new connection starts with the backlog's last
+/// minute; a closed one is forgotten; past [`MAX_POLLERS`] the one that
+/// polled least recently is (a detector polls steadily, probes come and go).
 #[derive(Debug, Default)]
 struct Cursors {
-    by_conn: Mutex<BTreeMap<ConnId, u64>>,
+    /// Per connection: the last event handed out, and when it last polled.
+    by_conn: Mutex<(BTreeMap<ConnId, (u64, u64)>, u64)>,
 }
 
 impl Cursors {
-    /// Moves `conn`'s cursor to `last`; returns where it was (`None`: a new
-    /// client, or a request without a connection id).
+    /// Moves `conn`'s cursor to `last` (never back); returns where it was
+    /// (`None`: a new client, or a request without a connection id).
     fn advance(&self, conn: Option<ConnId>, last: u64) -> Option<u64> {
         let conn = conn?;
-        let mut map = self.by_conn.lock().unwrap_or_else(PoisonError::into_inner);
-        let before = map.insert(conn, last);
-        while map.len() > MAX_POLLERS {
-            map.pop_first();
+        let mut guard = self.by_conn.lock().unwrap_or_else(PoisonError::into_inner);
+        let (map, clock) = &mut *guard;
+        *clock += 1;
+        let before = map.get(&conn).map(|(cursor, _)| *cursor);
+        map.insert(conn, (before.unwrap_or(0).max(last), *clock));
+        if map.len() > MAX_POLLERS
+            && let Some(idle) = map.iter().min_by_key(|(_, (_, t))| *t).map(|(c, _)| *c)
+        {
+            map.remove(&idle);
         }
         before.map(|b| b.min(last))
     }
@@ -354,6 +361,7 @@ impl Cursors {
         self.by_conn
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .0
             .remove(&conn);
     }
 }

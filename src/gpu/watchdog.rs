@@ -24,7 +24,8 @@ pub enum CallError {
     Gone,
 }
 
-/// A thread that owns `T` and runs jobs against it, one at a time.
+/// A thread that owns `T` and runs jobs against it, one at a time, for one
+/// caller at a time (each backend awaits its calls in turn).
 #[derive(Debug)]
 pub struct Worker<T> {
     jobs: mpsc::Sender<Job<T>>,
@@ -79,7 +80,7 @@ impl<T: Send + 'static> Worker<T> {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(_)) => Err(CallError::Gone),
             Err(_) => {
-                *self.lock() = Some(started);
+                self.lock().get_or_insert(started);
                 Err(CallError::Hung(deadline))
             }
         }

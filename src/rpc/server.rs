@@ -34,6 +34,12 @@ pub enum BindError {
     NotASocket { path: PathBuf },
     #[error("{} is in use: a live server answers on it (another gpu-monitor?); stop it or choose another --socket", path.display())]
     InUse { path: PathBuf },
+    #[error("cannot tell whether a server answers on {}; refusing to replace it", path.display())]
+    Probe {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("cannot remove stale socket {}", path.display())]
     RemoveStale {
         path: PathBuf,
@@ -80,15 +86,24 @@ impl BoundSocket {
         }
         match std::fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_socket() => {
-                if answers(path) {
+                let live = answers(path).map_err(|source| BindError::Probe {
+                    path: path.to_path_buf(),
+                    source,
+                })?;
+                if live {
                     return Err(BindError::InUse {
                         path: path.to_path_buf(),
                     });
                 }
-                std::fs::remove_file(path).map_err(|source| BindError::RemoveStale {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+                match std::fs::remove_file(path) {
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                        return Err(BindError::RemoveStale {
+                            path: path.to_path_buf(),
+                            source: e,
+                        });
+                    }
+                    _ => {}
+                }
                 tracing::info!(socket = %path.display(), "removed stale socket");
             }
             Ok(_) => {
@@ -131,14 +146,21 @@ impl BoundSocket {
 
 /// Whether a server accepts connections on the socket at `path`. Connecting
 /// to a socket whose server is gone fails at once (`ECONNREFUSED`); one with
-/// a live listener succeeds even before it accepts.
-fn answers(path: &Path) -> bool {
+/// a live listener succeeds even before it accepts. Any other failure
+/// (permission, a full backlog) cannot tell, and is the caller's to refuse.
+fn answers(path: &Path) -> io::Result<bool> {
     match std::os::unix::net::UnixStream::connect(path) {
-        Ok(_) => true,
-        Err(e) => {
+        Ok(_) => Ok(true),
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::ConnectionRefused | io::ErrorKind::NotFound
+            ) =>
+        {
             tracing::debug!(socket = %path.display(), "no server answers on the old socket: {e}");
-            false
+            Ok(false)
         }
+        Err(e) => Err(e),
     }
 }
 

@@ -11,7 +11,7 @@ use super::{
     HealthModel, REASON_DRIVER_NOT_READY, REASON_DRIVER_READY, REASON_RECOVERED, REASON_RESPONSIVE,
 };
 use crate::gpu::kmsg::PciAddr;
-use crate::gpu::{GPU_MISSING, GPU_UNRESPONSIVE, GpuCounts, GpuIdentity};
+use crate::gpu::{GPU_MISSING, GPU_UNRESPONSIVE, GpuCounts, GpuIdentity, UNENUMERATED};
 use crate::problem::Severity;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,39 +49,61 @@ impl HealthModel {
     }
 
     /// The driver's inventory replaces ours; GPUs that stay (same UUID) keep
-    /// their state. GPUs it no longer lists (lost) and GPUs known only from
-    /// the kernel log stay, with their faults, until the driver names them.
+    /// their state, and one it had lost that answers again was reset. GPUs
+    /// it no longer lists (lost) stay, with their faults, until it names
+    /// them again; faults the kernel log gave an address the driver now
+    /// names go to that GPU.
     pub(super) fn driver_ready(&mut self, gpus: &[GpuIdentity], version: &str, at: SystemTime) {
         let was_ready = matches!(self.driver, Driver::Ready { .. });
         let mut old = std::mem::take(&mut self.gpus);
+        let mut back = Vec::new();
         self.gpus = gpus
             .iter()
-            .map(|id| match old.iter().position(|g| g.id.uuid == id.uuid) {
-                Some(i) => {
-                    let mut g = old.swap_remove(i);
-                    g.id = id.clone();
-                    g.enumerated = true;
-                    g
-                }
-                None => GpuState::new(id.clone()),
-            })
+            .enumerate()
+            .map(
+                |(pos, id)| match old.iter().position(|g| g.id.uuid == id.uuid) {
+                    Some(i) => {
+                        let mut g = old.swap_remove(i);
+                        g.id = id.clone();
+                        if !std::mem::replace(&mut g.enumerated, true) {
+                            back.push(pos);
+                        }
+                        g
+                    }
+                    None => GpuState::new(id.clone()),
+                },
+            )
             .collect();
         let named: Vec<Option<PciAddr>> = self
             .gpus
             .iter()
             .map(|g| PciAddr::parse(&g.id.pci_bus_id))
             .collect();
-        self.gpus.extend(old.into_iter().filter_map(|mut g| {
+        for mut g in old {
             let addr = PciAddr::parse(&g.id.pci_bus_id);
-            if addr.is_some() && named.contains(&addr) {
-                return None;
+            match named.iter().position(|n| addr.is_some() && *n == addr) {
+                // Known only from the kernel log: its faults are the GPU's.
+                Some(pos) if g.id.index == UNENUMERATED => {
+                    let to = &mut self.gpus[pos].faults;
+                    for (slot, fault) in std::mem::take(&mut g.faults) {
+                        to.entry(slot).or_insert(fault);
+                    }
+                }
+                // Another board at a lost one's address: the lost one is gone.
+                Some(_) => {}
+                None => {
+                    if g.enumerated {
+                        tracing::warn!(gpu = %g.id, "the driver no longer lists this GPU; its state is kept");
+                        g.enumerated = false;
+                    }
+                    self.gpus.push(g);
+                }
             }
-            if g.enumerated {
-                tracing::warn!(gpu = %g.id, "the driver no longer lists this GPU; its state is kept");
-                g.enumerated = false;
-            }
-            Some(g)
-        }));
+        }
+        // A GPU the driver lost and lists again was reset (or re-probed).
+        for pos in back {
+            self.reset(pos, at, true);
+        }
         self.driver = Driver::Ready {
             version: version.to_owned(),
         };

@@ -187,7 +187,7 @@ impl HealthModel {
         };
         let on = stuck
             .gpu
-            .and_then(|i| self.gpus.iter().find(|g| g.id.index == i))
+            .and_then(|i| self.gpus.iter().find(|g| g.enumerated && g.id.index == i))
             .map_or_else(|| "the driver".to_owned(), |g| g.id.to_string());
         format!(
             "{on}: {} did not return within {waited:?}; its thread stays stuck in the driver (since {}) and no new NVML session starts until the call returns; action: check the driver (nvidia-smi may hang too), then reset the GPU or reboot",

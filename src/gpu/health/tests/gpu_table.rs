@@ -88,14 +88,46 @@ fn a_gpu_the_driver_stops_listing_keeps_its_fault_and_its_index_goes_to_the_new_
     let hot = status_of(&c, GPU_THERMAL_THROTTLING);
     assert!(hot.message.contains(&ids[4].uuid), "{}", hot.message);
     assert!(!hot.message.contains(&ids[3].uuid), "{}", hot.message);
-    // The board comes back (same UUID): one entry again, still lost until reset.
+    // The board comes back (same UUID): the driver re-probed it, a reset.
     m.apply(&Observation::DriverReady {
         gpus: ids.clone(),
         version: "580.159.04".into(),
         at: now,
     });
     assert_eq!((m.enumerated(), m.gpus.len()), (8, 8));
-    assert!(lost_message(&m).contains(&ids[3].uuid));
+    assert_eq!(
+        status_of(&m.conditions(), GPU_LOST).status,
+        ConditionStatus::False
+    );
+    assert_eq!(
+        m.snapshot().events.last().map(|(_, e)| e.reason.clone()),
+        Some(REASON_RECOVERED.to_owned())
+    );
+}
+
+#[test]
+fn faults_the_kernel_log_raised_before_the_driver_answered_go_to_its_gpu() {
+    // At start the kernel log is replayed before NVML has enumerated.
+    let mut m = HealthModel::awaiting_driver();
+    let ids = sim::identities(8);
+    let now = SystemTime::now();
+    m.apply(&Observation::KernelXid {
+        pci: PciAddr::parse(&ids[5].pci_bus_id).expect("pci"),
+        xid: 48,
+        detail: "DBE".into(),
+        at: now,
+        replay: true,
+    });
+    m.apply(&Observation::DriverReady {
+        gpus: ids.clone(),
+        version: "580.159.04".into(),
+        at: now,
+    });
+    assert_eq!(m.gpus.len(), 8, "the kernel-named entry merged");
+    let c = m.conditions();
+    let reset = status_of(&c, GPU_RESET_REQUIRED);
+    assert_eq!(reset.status, ConditionStatus::True);
+    assert!(reset.message.contains(&ids[5].uuid), "{}", reset.message);
 }
 
 #[test]
