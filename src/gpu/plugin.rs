@@ -335,8 +335,15 @@ struct GpuMonitorService {
 /// polled least recently is (a detector polls steadily, probes come and go).
 #[derive(Debug, Default)]
 struct Cursors {
-    /// Per connection: the last event handed out, and when it last polled.
-    by_conn: Mutex<(BTreeMap<ConnId, (u64, u64)>, u64)>,
+    by_conn: Mutex<Pollers>,
+}
+
+/// Per connection: the last event handed out, and when (a count of polls)
+/// it last polled; and that count.
+#[derive(Debug, Default)]
+struct Pollers {
+    cursors: BTreeMap<ConnId, (u64, u64)>,
+    polls: u64,
 }
 
 impl Cursors {
@@ -345,7 +352,10 @@ impl Cursors {
     fn advance(&self, conn: Option<ConnId>, last: u64) -> Option<u64> {
         let conn = conn?;
         let mut guard = self.by_conn.lock().unwrap_or_else(PoisonError::into_inner);
-        let (map, clock) = &mut *guard;
+        let Pollers {
+            cursors: map,
+            polls: clock,
+        } = &mut *guard;
         *clock += 1;
         let before = map.get(&conn).map(|(cursor, _)| *cursor);
         map.insert(conn, (before.unwrap_or(0).max(last), *clock));
@@ -361,7 +371,7 @@ impl Cursors {
         self.by_conn
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .0
+            .cursors
             .remove(&conn);
     }
 }
