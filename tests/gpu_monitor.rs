@@ -293,8 +293,8 @@ async fn health_stays_serving_while_nvml_hangs_and_fails_when_a_backend_stops() 
     let start = Instant::now();
     while health(&socket).await != Some(ServingStatus::NotServing) {
         assert!(
-            start.elapsed() < Duration::from_secs(5),
-            "NOT_SERVING once a backend stopped"
+            start.elapsed() < Duration::from_secs(15),
+            "NOT_SERVING once a backend stopped (health follows liveness every 5 s)"
         );
         tokio::time::sleep(poll).await;
     }

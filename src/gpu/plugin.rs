@@ -42,7 +42,7 @@ pub const REASON_EVENTS_DROPPED: &str = "GPUMonitorEventsDropped";
 /// flush tick, 10 s).
 const MODEL_BEAT: Duration = Duration::from_secs(30);
 /// How often `grpc.health.v1` is brought in line with the liveness registry.
-const HEALTH_EVERY: Duration = Duration::from_secs(1);
+const HEALTH_EVERY: Duration = Duration::from_secs(5);
 /// Connections whose `CheckHealth` cursor is kept (the oldest goes first).
 const MAX_POLLERS: usize = 64;
 /// How far back a new client's first `CheckHealth` reaches into the backlog.
