@@ -61,53 +61,46 @@ fn kmsg() {
                 .replace("{us}", &(i * 37).to_string())
         })
         .collect();
-    let mut best = Duration::MAX;
-    let mut xids = 0;
-    for _ in 0..5 {
-        let start = Instant::now();
-        xids = 0;
-        for l in &lines {
-            if let Some(r) = parse_record(l)
-                && parse_line(&r.text).is_some()
-            {
-                xids += 1;
-            }
-        }
-        best = best.min(start.elapsed());
-    }
-    assert_eq!(xids, 100_000);
-    println!(
-        "kernel-log parse: {} records in {:?} (best of 5) = {:.2} M records/s, {} XIDs found",
-        lines.len(),
-        best,
-        lines.len() as f64 / best.as_secs_f64() / 1e6,
-        xids
-    );
+    let parse = |lines: &[String]| {
+        lines
+            .iter()
+            .filter(|l| parse_record(l).is_some_and(|r| parse_line(&r.text).is_some()))
+            .count()
+    };
+    throughput("kernel-log parse (record + NVRM line)", &lines, parse);
     // What the reader does per record: the facility check, the record's
     // lines (multi-line messages), and the assembler that joins reports.
+    let reader = |lines: &[String]| {
+        let mut reports = Reports::default();
+        lines
+            .iter()
+            .filter_map(|l| parse_record(l))
+            .filter(|r| r.facility == 0)
+            .map(|r| {
+                record_lines(&r.text)
+                    .filter(|t| matches!(reports.line(t), Some(KernelLine::Xid { .. })))
+                    .count()
+            })
+            .sum()
+    };
+    throughput(
+        "kernel-log reader path (facility, lines, reports)",
+        &lines,
+        reader,
+    );
+}
+
+/// Best of five runs of `count` over `lines`, which must find the 100 000 XIDs.
+fn throughput(what: &str, lines: &[String], count: impl Fn(&[String]) -> usize) {
     let mut best = Duration::MAX;
     for _ in 0..5 {
         let start = Instant::now();
-        let mut reports = Reports::default();
-        xids = 0;
-        for l in &lines {
-            let Some(r) = parse_record(l) else { continue };
-            if r.facility != 0 {
-                continue;
-            }
-            for text in record_lines(&r.text) {
-                if matches!(reports.line(text), Some(KernelLine::Xid { .. })) {
-                    xids += 1;
-                }
-            }
-        }
+        assert_eq!(black_box(count(lines)), 100_000, "{what}: the XIDs");
         best = best.min(start.elapsed());
     }
-    assert_eq!(xids, 100_000);
     println!(
-        "kernel-log reader path (facility, lines, reports): {} records in {:?} (best of 5) = {:.2} M records/s",
+        "{what}: {} records in {best:?} (best of 5) = {:.2} M records/s",
         lines.len(),
-        best,
         lines.len() as f64 / best.as_secs_f64() / 1e6,
     );
 }
