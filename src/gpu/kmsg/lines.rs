@@ -96,6 +96,8 @@ pub fn parse_line(text: &str) -> Option<KernelLine> {
     let nvrm = text.find("NVRM: ").map(|i| &text[i + 6..])?;
     if let Some(rest) = nvrm.strip_prefix("Xid (PCI:") {
         let (addr, rest) = rest.split_once("):")?;
+        // On a MIG GPU the instance follows: `PCI:0000:3b:00 GPU-I:01 GPU-CI:00`.
+        let addr = addr.split_whitespace().next().unwrap_or_default();
         let rest = rest.trim_start();
         let digits = rest
             .find(|c: char| !c.is_ascii_digit())

@@ -41,6 +41,12 @@ fn xid_lines_with_and_without_pid_and_name() {
         parse_line(unknown_pid),
         Some(KernelLine::Xid { xid: 13, .. })
     ));
+    // MIG-attributed lines (kernel_rc.c, XID_PRINT_WITH_ATTR) name the instance too.
+    let mig = "NVRM: Xid (PCI:0000:3b:00 GPU-I:01 GPU-CI:00): 31, pid=42, name=train, MMU Fault";
+    assert!(matches!(
+        parse_line(mig),
+        Some(KernelLine::Xid { xid: 31, pci, .. }) if pci == PciAddr::parse("0000:3b:00").expect("pci")
+    ));
     let recovery = "NVRM: Xid (PCI:0000:61:00): 154, GPU recovery action changed from 0x0 (None) to 0x2 (Node Reboot Required)";
     let Some(KernelLine::Xid {
         xid: 154, detail, ..
