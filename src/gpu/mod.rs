@@ -68,9 +68,16 @@ pub struct GpuIdentity {
     pub name: String,
 }
 
+impl GpuIdentity {
+    /// The stand-in for GPUs a kernel report names no tracked address for.
+    pub fn is_unknown(&self) -> bool {
+        self.index == UNENUMERATED && self.pci_bus_id == UNKNOWN_PCI
+    }
+}
+
 impl fmt::Display for GpuIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.index == UNENUMERATED && self.pci_bus_id == UNKNOWN_PCI {
+        if self.is_unknown() {
             return f.write_str(
                 "an unknown GPU (the kernel log gave no address, or more GPUs than are tracked)",
             );

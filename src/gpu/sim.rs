@@ -786,12 +786,8 @@ async fn poll(
                     return;
                 }
                 // As with NVML: no new thread while the stuck call runs.
-                loop {
-                    tokio::select! {
-                        () = worker.returned() => break,
-                        _ = tick.tick() => beat(),
-                        () = token.cancelled() => return,
-                    }
+                if !worker.wait_returned(&mut tick, &token, beat).await {
+                    return;
                 }
                 Vec::new()
             }

@@ -11,6 +11,7 @@ use std::sync::{Mutex, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 type Job<T> = Box<dyn FnOnce(&mut T) + Send>;
 
@@ -104,6 +105,26 @@ impl<T: Send + 'static> Worker<T> {
         let mut done = self.done.clone();
         let _ = done.wait_for(|n| *n >= issued).await;
         *self.lock() = None;
+    }
+
+    /// [`returned`](Self::returned), calling `on_tick` at every tick of
+    /// `tick` meanwhile (its owner beats liveness: a hung driver is not a
+    /// stalled backend); false when `token` is cancelled first.
+    pub async fn wait_returned(
+        &self,
+        tick: &mut tokio::time::Interval,
+        token: &CancellationToken,
+        mut on_tick: impl FnMut(),
+    ) -> bool {
+        let returned = self.returned();
+        tokio::pin!(returned);
+        loop {
+            tokio::select! {
+                () = &mut returned => return true,
+                _ = tick.tick() => on_tick(),
+                () = token.cancelled() => return false,
+            }
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {

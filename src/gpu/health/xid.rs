@@ -67,7 +67,7 @@ impl HealthModel {
         let named = self
             .gpus
             .iter()
-            .filter(|g| g.id.index == UNENUMERATED && g.id.pci_bus_id != UNKNOWN_PCI)
+            .filter(|g| g.id.index == UNENUMERATED && !g.id.is_unknown())
             .count();
         if named >= MAX_KERNEL_NAMED {
             tracing::warn!(%pci, "kernel log names yet another GPU the driver does not enumerate; counted for an unknown GPU");
@@ -80,11 +80,7 @@ impl HealthModel {
 
     /// The entry for reports that name no GPU we can find.
     fn position_for_unknown(&mut self) -> usize {
-        if let Some(pos) = self
-            .gpus
-            .iter()
-            .position(|g| g.id.index == UNENUMERATED && g.id.pci_bus_id == UNKNOWN_PCI)
-        {
+        if let Some(pos) = self.gpus.iter().position(|g| g.id.is_unknown()) {
             return pos;
         }
         self.gpus

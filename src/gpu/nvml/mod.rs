@@ -297,12 +297,11 @@ pub async fn run(
                 }
                 // At most one abandoned session: wait for its call.
                 let mut tick = tokio::time::interval(options.poll_interval);
-                loop {
-                    tokio::select! {
-                        () = worker.returned() => break,
-                        _ = tick.tick() => pulse.beat(beat),
-                        () = token.cancelled() => return,
-                    }
+                if !worker
+                    .wait_returned(&mut tick, &token, || pulse.beat(beat))
+                    .await
+                {
+                    return;
                 }
                 tracing::info!(call, "the stuck NVML call returned; starting a new session");
             }
