@@ -54,6 +54,7 @@ LABEL org.opencontainers.image.source="https://github.com/npd-ext/npd-ext" \
       org.opencontainers.image.version="${VERSION}" \
       org.opencontainers.image.revision="${REVISION}"
 COPY --from=binary /usr/bin/ /usr/bin/
+COPY --from=binary /home/kubernetes/ /home/kubernetes/
 USER 1000:1000
 ENTRYPOINT ["/usr/bin/npd-ext"]
 CMD ["--help"]

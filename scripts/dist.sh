@@ -1,5 +1,7 @@
 #!/usr/bin/env sh
-# Lays out an image's /usr/bin: the npd-ext binary and one symlink per applet.
+# Lays out an image's /usr/bin: the npd-ext binary and one symlink per applet,
+# and /home/kubernetes/bin/{log-counter,health-checker}, where NPD's image
+# carries its helpers and NPD's stock custom plugin configs call them.
 #
 #   scripts/dist.sh BINARY DIR      e.g. target/release/npd-ext dist/linux-amd64
 #
@@ -13,6 +15,10 @@ dir=$2
 mkdir -p "$dir/usr/bin"
 cp "$bin" "$dir/usr/bin/npd-ext"
 chmod 0755 "$dir/usr/bin/npd-ext"
-for applet in detector gpu-monitor validate-config probe demo prepare-dir; do
+for applet in detector gpu-monitor validate-config probe demo prepare-dir log-counter health-checker; do
   ln -sfn npd-ext "$dir/usr/bin/$applet"
+done
+mkdir -p "$dir/home/kubernetes/bin"
+for helper in log-counter health-checker; do
+  ln -sfn /usr/bin/npd-ext "$dir/home/kubernetes/bin/$helper"
 done

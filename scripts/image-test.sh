@@ -164,6 +164,13 @@ for a in "${applets[@]}"; do
   [ "$out" = "$a $version" ] || fail "/usr/bin/$a --version: $out"
 done
 say "no shell; ${#applets[@]} applet symlinks resolve and dispatch: ${applets[*]}"
+for h in log-counter health-checker; do
+  grep -qE "^l.* home/kubernetes/bin/$h -> /usr/bin/npd-ext\$" "$work/rootfs.list" ||
+    fail "no /home/kubernetes/bin/$h -> /usr/bin/npd-ext symlink"
+  out=$(podman run --rm --network none --entrypoint "/home/kubernetes/bin/$h" "$image" --version)
+  [ "$out" = "$h $version" ] || fail "/home/kubernetes/bin/$h --version: $out"
+done
+say "/home/kubernetes/bin/{log-counter,health-checker} are NPD's helpers"
 for label in version:"v$version" revision:"$revision"; do
   key=${label%%:*}
   want=${label#*:}

@@ -10,13 +10,15 @@ use crate::config::duration::parse_go;
 use crate::logging::LogFormat;
 
 /// Names argv[0] may carry (symlinks) besides `npd-ext`.
-pub const APPLETS: [&str; 6] = [
+pub const APPLETS: [&str; 8] = [
     "detector",
     "gpu-monitor",
     "validate-config",
     "probe",
     "demo",
     "prepare-dir",
+    "log-counter",
+    "health-checker",
 ];
 
 #[derive(Debug, Parser)]
@@ -59,6 +61,14 @@ pub enum Applet {
     /// the image has no shell).
     #[command(version)]
     PrepareDir(PrepareDirArgs),
+    /// NPD's log-counter: counts journal entries matching a pattern (minus
+    /// those matching a revert pattern) and exits 1 at or above --count.
+    #[command(version, args_override_self = true)]
+    LogCounter(LogCounterArgs),
+    /// NPD's health-checker: checks kubelet, docker, the CRI runtime or
+    /// kube-proxy, and kills an unhealthy service for systemd to restart.
+    #[command(version, args_override_self = true)]
+    HealthChecker(HealthCheckerArgs),
 }
 
 impl Applet {
@@ -70,6 +80,8 @@ impl Applet {
             Self::Probe(a) => a.log.log_format,
             Self::Demo(a) => a.log.log_format,
             Self::PrepareDir(a) => a.log.log_format,
+            Self::LogCounter(a) => a.log.log_format,
+            Self::HealthChecker(a) => a.log.log_format,
         }
     }
 
@@ -78,9 +90,12 @@ impl Applet {
         match self {
             Self::Detector(a) if a.verbosity >= 4 => "debug",
             Self::Detector(_) | Self::GpuMonitor(_) => "info",
-            Self::Demo(_) | Self::ValidateConfig(_) | Self::Probe(_) | Self::PrepareDir(_) => {
-                "warn"
-            }
+            Self::Demo(_)
+            | Self::ValidateConfig(_)
+            | Self::Probe(_)
+            | Self::PrepareDir(_)
+            | Self::LogCounter(_)
+            | Self::HealthChecker(_) => "warn",
         }
     }
 }
@@ -411,6 +426,73 @@ mod tests {
     }
 
     #[test]
+    fn counts_parse_as_go_parse_int_does() {
+        assert_eq!(go_int("5"), Ok(5));
+        assert_eq!(go_int("+5"), Ok(5));
+        assert_eq!(go_int("-3"), Ok(-3));
+        assert_eq!(go_int("0x10"), Ok(16));
+        assert_eq!(go_int("0o17"), Ok(15));
+        assert_eq!(go_int("017"), Ok(15));
+        assert_eq!(go_int("0b11"), Ok(3));
+        assert_eq!(go_int("1_000"), Ok(1000));
+        assert!(go_int("x").is_err());
+    }
+
+    #[test]
+    fn helpers_take_upstreams_flags() {
+        let Invocation::Applet(Applet::HealthChecker(h)) = Invocation::try_parse_from([
+            "health-checker",
+            "--component=cri",
+            "--enable-repair=false",
+            "--cooldown-time=2m",
+            "--cri-timeout=10s",
+            "--systemd-service=containerd2",
+            "--log-pattern=3:a,4:b",
+            "--log-pattern=5:c",
+            "--v=2",
+            "extra",
+        ])
+        .expect("parses") else {
+            panic!("not the health checker")
+        };
+        assert_eq!(h.component, "cri");
+        assert!(!h.enable_repair);
+        assert_eq!(h.cooldown_time, Duration::from_secs(120));
+        assert_eq!(h.cri_timeout, Duration::from_secs(10));
+        assert_eq!(h.service, "containerd2");
+        assert_eq!(h.log_pattern, ["3:a,4:b", "5:c"]);
+        let Invocation::Applet(Applet::HealthChecker(h)) = Invocation::try_parse_from([
+            "health-checker",
+            "--enable-repair",
+            "--component",
+            "docker",
+            "--component=kubelet",
+        ])
+        .expect("parses") else {
+            panic!("not the health checker")
+        };
+        assert!(h.enable_repair);
+        assert_eq!(h.component, "kubelet", "the last value wins");
+        assert_eq!(h.health_check_timeout, Duration::from_secs(10));
+        let Invocation::NpdExt {
+            applet: Applet::LogCounter(l),
+        } = Invocation::try_parse_from([
+            "npd-ext",
+            "log-counter",
+            "--journald-source=systemd",
+            "--lookback=20m",
+            "--count=-2",
+            "--pattern=Started (a|b).",
+        ])
+        .expect("parses")
+        else {
+            panic!("not the log counter")
+        };
+        assert_eq!((l.journald_source.as_str(), l.count), ("systemd", -2));
+        assert_eq!(l.pattern, "Started (a|b).");
+    }
+
+    #[test]
     fn npd_ext_prefix_and_direct_applet_are_the_same() {
         let a =
             Invocation::try_parse_from(["npd-ext", "probe", "/s.sock", "--json"]).expect("parses");
@@ -438,6 +520,147 @@ pub struct PrepareDirArgs {
     /// Permission bits, in octal.
     #[arg(long, default_value = "0750", value_name = "OCTAL")]
     pub mode: String,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// NPD's klog flags, which its helpers accept: `-v`/`--v`, `--vmodule`,
+/// `--logtostderr`. Only `-v` 4 or more changes anything (debug logs).
+#[derive(Debug, Args)]
+pub struct KlogArgs {
+    #[arg(
+        short = 'v',
+        long = "v",
+        default_value_t = 0,
+        value_name = "LEVEL",
+        hide = true
+    )]
+    pub verbosity: u8,
+    #[arg(long, value_name = "PATTERN", hide = true)]
+    pub vmodule: Option<String>,
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", value_name = "BOOL", hide = true)]
+    pub logtostderr: Option<bool>,
+    /// Go's flag parsing ignores arguments after the flags.
+    #[arg(hide = true, value_name = "ARG")]
+    pub ignored: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthCheckerArgs {
+    /// The component to check: kubelet, docker, cri or kube-proxy.
+    #[arg(long, default_value = "kubelet")]
+    pub component: String,
+
+    /// The systemd service behind the component (default: the component's
+    /// name; containerd for cri).
+    #[arg(long, alias = "systemd-service", default_value = "")]
+    pub service: String,
+
+    /// Kill the unhealthy service (systemctl kill) so that systemd restarts it.
+    #[arg(long, default_value_t = true, num_args = 0..=1, require_equals = true, default_missing_value = "true", action = ArgAction::Set, value_name = "BOOL")]
+    pub enable_repair: bool,
+
+    /// crictl, for the cri component.
+    #[arg(long, default_value = crate::helpers::health_checker::DEFAULT_CRICTL)]
+    pub crictl_path: String,
+
+    /// The CRI socket crictl talks to.
+    #[arg(long, default_value = crate::helpers::health_checker::DEFAULT_CRI_SOCKET)]
+    pub cri_socket_path: String,
+
+    /// crictl's own --timeout.
+    #[arg(long, value_parser = go_duration, default_value = "2s")]
+    pub cri_timeout: Duration,
+
+    /// How long the service must have been up before it may be killed.
+    #[arg(long, value_parser = go_duration, default_value = "2m")]
+    pub cooldown_time: Duration,
+
+    /// How far back the log patterns are counted (0: since the service started).
+    #[arg(long, value_parser = go_duration, default_value = "0s")]
+    pub loopback_time: Duration,
+
+    /// How long the health check may take before the component counts as unhealthy.
+    #[arg(long, value_parser = go_duration, default_value = "10s")]
+    pub health_check_timeout: Duration,
+
+    /// COUNT:PATTERN: the component is unhealthy when PATTERN appears COUNT
+    /// times in the service's journal (comma-separated, repeatable).
+    #[arg(long, action = ArgAction::Append, value_name = "COUNT:PATTERN")]
+    pub log_pattern: Vec<String>,
+
+    #[command(flatten)]
+    pub klog: KlogArgs,
+
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// An integer as Go's `strconv.ParseInt(s, 0, 64)` reads it: a sign, then
+/// decimal, `0x`, `0o`/`0`, or `0b`, with `_` between digits.
+fn go_int(s: &str) -> Result<i64, String> {
+    let (neg, body) = match s.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    let lower = body.to_ascii_lowercase();
+    let (radix, digits) = if let Some(d) = lower.strip_prefix("0x") {
+        (16, d)
+    } else if let Some(d) = lower.strip_prefix("0b") {
+        (2, d)
+    } else if let Some(d) = lower.strip_prefix("0o") {
+        (8, d)
+    } else if lower.len() > 1 && lower.starts_with('0') {
+        (8, &lower[1..])
+    } else {
+        (10, lower.as_str())
+    };
+    let digits = if radix != 10 || digits.contains('_') {
+        digits.replace('_', "")
+    } else {
+        digits.to_owned()
+    };
+    let v = i64::from_str_radix(&digits, radix)
+        .map_err(|_| format!("strconv.ParseInt: parsing {s:?}: invalid syntax"))?;
+    Ok(if neg { -v } else { v })
+}
+
+#[derive(Debug, Args)]
+pub struct LogCounterArgs {
+    /// The source configuration of journald, e.g., kernel, kubelet, dockerd, etc
+    #[arg(long, default_value = "")]
+    pub journald_source: String,
+
+    /// The log path that log watcher looks up
+    #[arg(long, default_value = "")]
+    pub log_path: String,
+
+    /// The time log watcher looks up
+    #[arg(long, default_value = "")]
+    pub lookback: String,
+
+    /// The time duration log watcher delays after node boot time. This is
+    /// useful when log watcher needs to wait for some time until the node is stable.
+    #[arg(long, default_value = "")]
+    pub delay: String,
+
+    /// The regular expression to match the problem in log. The pattern must
+    /// match to the end of the line.
+    #[arg(long, default_value = "")]
+    pub pattern: String,
+
+    /// Like --pattern, but every line it matches takes one from the count
+    /// (a service stopped on purpose before it started again).
+    #[arg(long, default_value = "")]
+    pub revert_pattern: String,
+
+    /// The number of times the pattern must be found to trigger the condition
+    #[arg(long, default_value = "1", value_parser = go_int, allow_hyphen_values = true)]
+    pub count: i64,
+
+    #[command(flatten)]
+    pub klog: KlogArgs,
 
     #[command(flatten)]
     pub log: LogArgs,

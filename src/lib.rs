@@ -14,6 +14,7 @@ pub mod config;
 pub mod detector;
 pub mod exporter;
 pub mod gpu;
+pub mod helpers;
 pub mod kmsg;
 pub mod liveness;
 pub mod logging;

@@ -26,6 +26,8 @@ fn main() -> ExitCode {
         Applet::Detector(args) => run_async(|| report(cmd::detector::run(args))),
         Applet::GpuMonitor(args) => run_async(|| report(cmd::gpu_monitor::run(args))),
         Applet::Demo(args) => run_async(|| report(cmd::demo::run(args))),
+        Applet::HealthChecker(args) => cmd::health_checker::run(args),
+        Applet::LogCounter(args) => cmd::log_counter::run(args),
         Applet::PrepareDir(args) => match cmd::prepare_dir::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

@@ -22,6 +22,8 @@ fn argv0_symlinks_dispatch_to_applets() {
         "validate-config",
         "probe",
         "demo",
+        "log-counter",
+        "health-checker",
     ] {
         let link = dir.path().join(applet);
         symlink(BIN, &link).expect("symlink");

@@ -367,6 +367,34 @@ fn the_dockerfile_builds_one_glibc_image_that_runs_as_1000() {
         .split_whitespace()
         .collect();
     assert_eq!(listed, npd_ext::cli::APPLETS, "scripts/dist.sh applets");
+    assert!(after_runtime.contains("COPY --from=binary /home/kubernetes/ /home/kubernetes/"));
+}
+
+/// scripts/dist.sh, run: every applet beside the binary, and NPD's helpers
+/// where NPD's image and stock configs have them.
+#[test]
+fn dist_lays_out_the_applets_and_npds_helper_paths() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new("sh")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/dist.sh"))
+        .arg(env!("CARGO_BIN_EXE_npd-ext"))
+        .arg(tmp.path())
+        .output()
+        .expect("sh runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for applet in npd_ext::cli::APPLETS {
+        let link = std::fs::read_link(tmp.path().join("usr/bin").join(applet)).expect(applet);
+        assert_eq!(link, Path::new("npd-ext"), "{applet}");
+    }
+    for helper in ["log-counter", "health-checker"] {
+        let link =
+            std::fs::read_link(tmp.path().join("home/kubernetes/bin").join(helper)).expect(helper);
+        assert_eq!(link, Path::new("/usr/bin/npd-ext"), "{helper}");
+    }
 }
 
 /// The strings of a YAML list such as a container's `args`.

@@ -13,6 +13,8 @@ macro_rules! say {
 pub mod demo;
 pub mod detector;
 pub mod gpu_monitor;
+pub mod health_checker;
+pub mod log_counter;
 pub mod prepare_dir;
 pub mod probe;
 pub mod validate_config;

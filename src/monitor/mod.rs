@@ -3,6 +3,7 @@
 
 pub mod custom;
 pub mod external;
+pub mod stats;
 pub mod syslog;
 
 use std::time::SystemTime;

@@ -24,6 +24,7 @@ pub mod bin;
 pub mod compat;
 pub mod fake_api;
 pub mod k8s_harness;
+pub mod node;
 pub mod syslog;
 pub mod yaml;
 
