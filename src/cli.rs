@@ -137,10 +137,16 @@ pub struct DetectorArgs {
     #[arg(long = "custom-plugin-monitors", value_delimiter = ',', action = ArgAction::Append, value_name = "FILE", hide = true, conflicts_with = "custom_plugin_monitors")]
     pub deprecated_custom_plugin_monitors: Vec<PathBuf>,
 
-    /// System stats monitor configs: checked, but their metrics are not
-    /// collected by this build (a warning says so).
+    /// System stats monitor configs: node metrics (cpu, disk, host,
+    /// memory, OS features, net) on /metrics (comma-separated, repeatable).
     #[arg(long = "config.system-stats-monitor", value_delimiter = ',', action = ArgAction::Append, value_name = "FILE")]
     pub system_stats_monitors: Vec<PathBuf>,
+
+    /// Where the system stats monitors find the node's filesystem: its
+    /// `/sys`, its mount points and `/etc/os-release`, and each config's
+    /// `procPath` under it (for a host mounted at /host, or a test tree).
+    #[arg(long = "system-stats-root", value_name = "DIR", default_value = "/")]
+    pub system_stats_root: PathBuf,
 
     /// External monitor configs (comma-separated, repeatable).
     #[arg(long = "config.external-monitor", value_delimiter = ',', action = ArgAction::Append, value_name = "FILE")]

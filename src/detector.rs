@@ -36,6 +36,11 @@ pub struct DetectorOptions {
     pub exporters: Vec<crate::config::exporter::ExternalExporterConfig>,
     /// The node's name, for exporters.
     pub node: String,
+    /// System stats monitors: metrics only, on `metrics`' registry.
+    pub stats: Vec<crate::config::stats::SystemStatsConfig>,
+    /// Where the stats monitors find the node's `/proc` and `/sys`
+    /// (empty: `/`).
+    pub stats_root: std::path::PathBuf,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +159,7 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
     }
 
     let liveness = Liveness::new();
+    let stats_registry = metrics.registry();
     let sup = Supervisor::new(shutdown, &liveness).with_metrics(&metrics.registry());
     let token = shutdown.token().clone();
     let (report_tx, report_rx) = mpsc::channel::<Report>(REPORTS_CAPACITY);
@@ -344,6 +350,13 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
         monitor::external::run,
         |c: &ExternalMonitorConfig| c.timeout * 2 + FAN_IN_BEAT
     );
+    start_stats(
+        &sup,
+        &stats_registry,
+        options.stats,
+        &options.stats_root,
+        &token,
+    );
     Ok(Detector {
         http_addr,
         metrics_addr,
@@ -352,6 +365,62 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
         liveness,
         supervisor: sup,
     })
+}
+
+/// Each system stats monitor: its collector on the metrics registry, its
+/// collection loop under the supervisor (restarted from its config after a
+/// panic). A config whose `/proc` is missing is logged and left out.
+fn start_stats(
+    sup: &Supervisor,
+    registry: &prometheus::Registry,
+    configs: Vec<crate::config::stats::SystemStatsConfig>,
+    root: &std::path::Path,
+    token: &tokio_util::sync::CancellationToken,
+) {
+    let root = if root.as_os_str().is_empty() {
+        std::path::Path::new("/")
+    } else {
+        root
+    };
+    for cfg in configs {
+        let latest = match monitor::stats::export::Latest::new(&cfg) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(config = %cfg.file.display(), "cannot export the system stats metrics: {e}");
+                continue;
+            }
+        };
+        if let Err(e) = registry.register(latest.collector()) {
+            tracing::error!(config = %cfg.file.display(), "cannot register the system stats metrics: {e}");
+            continue;
+        }
+        if let Err(e) = monitor::stats::Monitor::new(cfg.clone(), root) {
+            tracing::error!("system stats monitor not started: {e}");
+            continue;
+        }
+        tracing::info!(
+            config = %cfg.file.display(),
+            metrics = cfg.metrics.len(),
+            interval = %crate::config::duration::format_go(cfg.invoke_interval),
+            "system stats monitor started"
+        );
+        let (root, token) = (root.to_path_buf(), token.clone());
+        let first = cfg.invoke_interval + Duration::from_secs(60);
+        sup.spawn(
+            format!("system-stats-monitor {}", cfg.file.display()),
+            Some(first),
+            move |pulse| {
+                let (latest, token) = (Arc::clone(&latest), token.child_token());
+                let monitor = monitor::stats::Monitor::new(cfg.clone(), &root);
+                async move {
+                    match monitor {
+                        Ok(m) => monitor::stats::run(m, latest, pulse, token).await,
+                        Err(e) => tracing::error!("system stats monitor stopped: {e}"),
+                    }
+                }
+            },
+        );
+    }
 }
 
 /// Reports the monitors' channel to the fan-in holds (a monitor waits

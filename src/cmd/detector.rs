@@ -19,7 +19,7 @@ pub struct Loaded {
     pub syslog: Vec<SyslogMonitorConfig>,
     pub custom: Vec<CustomPluginConfig>,
     pub external: Vec<config::ExternalMonitorConfig>,
-    pub stats: usize,
+    pub stats: Vec<config::stats::SystemStatsConfig>,
     pub exporters: Vec<config::exporter::ExternalExporterConfig>,
 }
 
@@ -79,12 +79,7 @@ pub fn load_all(args: &DetectorArgs) -> anyhow::Result<Loaded> {
     }
     for path in &args.system_stats_monitors {
         if first(path) {
-            let mut ok = Vec::new();
-            load(path, config::stats::check, &mut errors, &mut ok);
-            if !ok.is_empty() {
-                tracing::warn!(config = %path.display(), "system stats monitor config is valid, but this build does not collect system stats metrics");
-            }
-            loaded.stats += ok.len();
+            load(path, config::stats::check, &mut errors, &mut loaded.stats);
         }
     }
     for path in &args.external_monitors {
@@ -107,6 +102,7 @@ pub fn load_all(args: &DetectorArgs) -> anyhow::Result<Loaded> {
             );
         }
     }
+    errors.extend(stats_name_clashes(&loaded.stats));
     if !errors.is_empty() {
         bail!("invalid monitor config:\n  {}", errors.join("\n  "));
     }
@@ -127,7 +123,7 @@ pub fn load_all(args: &DetectorArgs) -> anyhow::Result<Loaded> {
     if loaded.syslog.is_empty()
         && loaded.custom.is_empty()
         && loaded.external.is_empty()
-        && loaded.stats == 0
+        && loaded.stats.is_empty()
     {
         bail!(
             "no monitor configured: give --config.system-log-monitor, --config.custom-plugin-monitor or --config.external-monitor FILE (see `npd-ext validate-config`)"
@@ -142,7 +138,7 @@ pub async fn run(args: DetectorArgs) -> anyhow::Result<()> {
         loaded.syslog.len(),
         loaded.custom.len(),
         loaded.external.len(),
-        loaded.stats,
+        loaded.stats.len(),
     );
 
     let node = node_name(args.hostname_override.as_deref());
@@ -223,6 +219,8 @@ pub async fn run(args: DetectorArgs) -> anyhow::Result<()> {
             k8s,
             exporters: loaded.exporters,
             node: node.clone(),
+            stats: loaded.stats,
+            stats_root: args.system_stats_root.clone(),
         },
         &shutdown,
     )
@@ -237,6 +235,39 @@ pub async fn run(args: DetectorArgs) -> anyhow::Result<()> {
     shutdown.token().cancelled().await;
     shutdown.drain(args.shutdown_grace).await;
     Ok(())
+}
+
+/// Two stats configs exporting one family name, or one of the detector's
+/// own names: each is served by one collector, so the second would be
+/// refused at registration and its metrics silently missing.
+fn stats_name_clashes(stats: &[config::stats::SystemStatsConfig]) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut seen: Vec<(&str, &Path)> = Vec::new();
+    for c in stats {
+        for m in &c.metrics {
+            if crate::exporter::prometheus::is_reserved(&m.name) {
+                errors.push(format!(
+                    "{}: {}: displayName {:?} is exported as {}, a name of the detector's own metrics",
+                    c.file.display(),
+                    m.def().id,
+                    m.display_name,
+                    m.name
+                ));
+            } else if let Some((_, other)) = seen.iter().find(|(n, _)| *n == m.name) {
+                errors.push(format!(
+                    "{}: {}: displayName {:?} is exported as {}, which {} exports too",
+                    c.file.display(),
+                    m.def().id,
+                    m.display_name,
+                    m.name,
+                    other.display()
+                ));
+            } else {
+                seen.push((&m.name, &c.file));
+            }
+        }
+    }
+    errors
 }
 
 /// `--hostname-override`, else `$NODE_NAME`, else the kernel's hostname.

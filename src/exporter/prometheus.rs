@@ -156,6 +156,12 @@ impl Metrics {
     }
 }
 
+/// Whether a family name is one of the detector's own (NPD's problem
+/// metrics, and everything under `npd_ext_`).
+pub fn is_reserved(name: &str) -> bool {
+    matches!(name, "problem_counter" | "problem_gauge") || name.starts_with("npd_ext_")
+}
+
 /// A counter vector under a literal name: its definition cannot fail.
 #[allow(clippy::expect_used)] // literal, valid names and labels; every one is built by a test
 pub(crate) fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {

@@ -410,7 +410,7 @@ pub fn sanitize(display: &str) -> String {
     }
     let s: String = display[..cut]
         .chars()
-        .map(|c| if c.is_alphanumeric() { c } else { '_' })
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     match s.chars().next() {
         Some(c) if c.is_ascii_digit() => format!("key_{s}"),

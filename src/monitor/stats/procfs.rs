@@ -201,30 +201,7 @@ pub fn uptime(text: &str) -> Option<f64> {
     text.split_ascii_whitespace().next()?.parse().ok()
 }
 
-/// One line of `/proc/<pid>/mounts` (fstab format: octal escapes such as
-/// `\040` for a space are decoded).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mount {
-    pub device: String,
-    pub mount_point: String,
-    pub fs_type: String,
-    pub options: String,
-}
-
-pub fn mounts(text: &str) -> Vec<Mount> {
-    text.lines()
-        .filter_map(|line| {
-            let mut f = line.split_ascii_whitespace();
-            Some(Mount {
-                device: unescape(f.next()?),
-                mount_point: unescape(f.next()?),
-                fs_type: f.next()?.to_owned(),
-                options: f.next()?.to_owned(),
-            })
-        })
-        .collect()
-}
-
+/// Decodes the octal escapes (`\040` for a space) of mount tables.
 fn unescape(s: &str) -> String {
     if !s.contains('\\') {
         return s.to_owned();
@@ -248,9 +225,166 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// `/proc/modules`: the name of every loaded module (first column).
-pub fn modules(text: &str) -> Vec<&str> {
+/// One line of `/proc/<pid>/mountinfo` (proc.rst 3.5): the fields the disk
+/// collector needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MountInfo {
+    /// The root of the mount within its filesystem (`/` unless a bind mount).
+    pub root: String,
+    pub mount_point: String,
+    /// Per-mount options (`rw,relatime`).
+    pub options: String,
+    pub fs_type: String,
+    /// The mount source (`/dev/sda1`).
+    pub source: String,
+}
+
+pub fn mountinfo(text: &str) -> Vec<MountInfo> {
     text.lines()
-        .filter_map(|l| l.split_ascii_whitespace().next())
+        .filter_map(|line| {
+            let (head, tail) = line.split_once(" - ")?;
+            let mut h = head.split_ascii_whitespace();
+            let root = unescape(h.nth(3)?);
+            let mount_point = unescape(h.next()?);
+            let options = h.next()?.to_owned();
+            let mut t = tail.split_ascii_whitespace();
+            Some(MountInfo {
+                root,
+                mount_point,
+                options,
+                fs_type: t.next()?.to_owned(),
+                source: unescape(t.next()?),
+            })
+        })
         .collect()
+}
+
+/// `/proc/filesystems`: the types that need a block device (those not
+/// marked `nodev`).
+pub fn block_filesystems(text: &str) -> Vec<&str> {
+    text.lines()
+        .filter_map(|l| {
+            let mut f = l.split_ascii_whitespace();
+            match (f.next(), f.next()) {
+                (Some("nodev"), _) => None,
+                (Some(t), None) => Some(t),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// `/etc/os-release`: `KEY=value` pairs, quotes removed.
+pub fn os_release(text: &str) -> Vec<(&str, &str)> {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.trim().split_once('=')?;
+            if k.starts_with('#') {
+                return None;
+            }
+            Some((k, v.trim_matches(|c| c == '"' || c == '\'')))
+        })
+        .collect()
+}
+
+/// `/proc/cmdline`: its `key=value` words and bare flags (value "").
+pub fn cmdline(text: &str) -> Vec<(&str, &str)> {
+    text.split_ascii_whitespace()
+        .map(|w| w.split_once('=').unwrap_or((w, "")))
+        .collect()
+}
+
+/// `/proc/modules` lines with their taint flags: `(name, flags)`, flags
+/// being the letters inside the trailing `(…)` (e.g. `"PO"`), if any.
+pub fn module_taints(text: &str) -> Vec<(&str, &str)> {
+    text.lines()
+        .filter_map(|l| {
+            let name = l.split_ascii_whitespace().next()?;
+            let flags = l
+                .rfind('(')
+                .and_then(|i| l[i + 1..].split_once(')').map(|(f, _)| f))
+                .unwrap_or("");
+            Some((name, flags))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_kernels_formats() {
+        let l = loadavg("0.09 0.08 0.03 3/92 2783\n").expect("loadavg");
+        assert_eq!((l.one, l.fifteen, l.runnable), (0.09, 0.03, 3));
+        let s = stat(
+            "cpu  100 2 30 4000 5 6 7 8 9 10\ncpu0 50 1 15 2000 2 3 3 4 4 5\nintr 123 0 1\nctxt 9\nbtime 1700000000\nprocesses 4567\nprocs_running 2\nprocs_blocked 1\n",
+        );
+        assert_eq!(s.total.as_ref().map(|t| t.ticks[3]), Some(4000));
+        assert_eq!(s.cpus.len(), 1);
+        assert_eq!(
+            (s.interrupts, s.processes, s.procs_running, s.procs_blocked),
+            (Some(123), Some(4567), Some(2), Some(1))
+        );
+        let d = diskstats(
+            " 259       0 nvme0n1 1000 20 30000 400 500 60 70000 800 0 900 1200 0 0 0 0 10 20\n",
+        );
+        assert_eq!(
+            (
+                d[0].name.as_str(),
+                d[0].sectors_written,
+                d[0].weighted_io_ms
+            ),
+            ("nvme0n1", 70000, 1200)
+        );
+        let m = meminfo(
+            "MemTotal:       16314424 kB\nHugePages_Total:       0\nActive(anon):     123 kB\n",
+        );
+        assert_eq!(
+            m,
+            [("MemTotal", 16314424 * 1024), ("Active(anon)", 123 * 1024)]
+        );
+        let n = net_dev(
+            "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo: 1000 10 0 0 0 0 0 0 1000 10 0 0 0 0 0 0\n  eth0: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n",
+        );
+        assert_eq!(n.len(), 2);
+        assert_eq!(n[1].counters[15], 16);
+    }
+
+    #[test]
+    fn parses_mountinfo_with_escapes_and_optional_fields() {
+        let m = mountinfo(
+            "29 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw\n\
+             40 29 259:2 /var/lib/x /mnt/my\\040dir rw,nosuid master:3 shared:9 - ext4 /dev/nvme0n1p2 rw\n\
+             41 29 0:5 / /dev rw - devtmpfs udev rw\n",
+        );
+        assert_eq!(m.len(), 3);
+        assert_eq!(m[1].root, "/var/lib/x");
+        assert_eq!(m[1].mount_point, "/mnt/my dir");
+        assert_eq!(
+            (m[1].fs_type.as_str(), m[1].source.as_str()),
+            ("ext4", "/dev/nvme0n1p2")
+        );
+        assert_eq!(
+            block_filesystems("nodev\tsysfs\n\text4\nnodev\tproc\n\txfs\n"),
+            ["ext4", "xfs"]
+        );
+    }
+
+    #[test]
+    fn parses_os_release_cmdline_and_module_taints() {
+        let o = os_release(
+            "NAME=\"Ubuntu\"\nID=ubuntu\nVERSION=\"22.04.4 LTS (Jammy Jellyfish)\"\n# x=y\n",
+        );
+        assert!(o.contains(&("VERSION", "22.04.4 LTS (Jammy Jellyfish)")));
+        assert!(!o.iter().any(|(k, _)| k.starts_with('#')));
+        assert_eq!(
+            cmdline("ro quiet csm.enabled=1\n"),
+            [("ro", ""), ("quiet", ""), ("csm.enabled", "1")]
+        );
+        let t = module_taints(
+            "nvidia_uvm 1531904 0 - Live 0x0000000000000000 (PO)\next4 1007616 1 - Live 0x0000000000000000\n",
+        );
+        assert_eq!(t, [("nvidia_uvm", "PO"), ("ext4", "")]);
+    }
 }
