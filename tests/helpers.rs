@@ -456,17 +456,12 @@ fn detector_until_true(
     conditions: &[&str],
 ) -> String {
     let mut cmd = node.command(common::bin::BIN);
-    cmd.args([
-        "detector",
-        "--enable-k8s-exporter=false",
-        "--port=0",
-        "--prometheus-port=0",
-    ])
-    .arg(format!("--config.custom-plugin-monitor={}", cfg.display()))
-    .env("PATH", tools.path_var())
-    .env("NPD_EXT_JOURNALCTL", tools.dir.join("journalctl"))
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    cmd.args(common::bin::STANDALONE)
+        .arg(format!("--config.custom-plugin-monitor={}", cfg.display()))
+        .env("PATH", tools.path_var())
+        .env("NPD_EXT_JOURNALCTL", tools.dir.join("journalctl"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }

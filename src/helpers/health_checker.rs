@@ -163,22 +163,24 @@ fn component_healthy(o: &Options) -> bool {
             &endpoint("KUBEPROXY_PORT", "10256", "/livez"),
             o.health_check_timeout,
         ),
-        "docker" => command_ok(Command::new("docker").arg("ps"), o.health_check_timeout),
+        "docker" => {
+            let mut c = Command::new("docker");
+            c.arg("ps");
+            command_ok(c, o.health_check_timeout)
+        }
         "cri" => {
             let mut c = Command::new(&o.crictl_path);
             c.arg(format!("--timeout={}", format_go(o.cri_timeout)))
                 .arg(format!("--runtime-endpoint={}", o.cri_socket_path))
                 .args(["pods", "--latest"]);
-            command_ok(&mut c, o.health_check_timeout)
+            command_ok(c, o.health_check_timeout)
         }
         _ => false,
     }
 }
 
-fn command_ok(cmd: &mut Command, timeout: Duration) -> bool {
-    let mut c = Command::new(cmd.get_program());
-    c.args(cmd.get_args());
-    match combined_output(c, timeout) {
+fn command_ok(cmd: Command, timeout: Duration) -> bool {
+    match combined_output(cmd, timeout) {
         Ok(_) => true,
         Err(e) => {
             tracing::info!("health check command failed: {e}");

@@ -80,17 +80,21 @@ pub fn sigterm(child: &Child) {
     assert!(ok, "kill -TERM failed");
 }
 
-/// `npd-ext detector` without the Kubernetes exporter, on ephemeral ports.
+/// The arguments of `npd-ext detector` without the Kubernetes exporter
+/// and its HTTP servers.
+pub const STANDALONE: [&str; 6] = [
+    "detector",
+    "--enable-k8s-exporter=false",
+    "--port",
+    "0",
+    "--prometheus-port",
+    "0",
+];
+
+/// `npd-ext detector` without the Kubernetes exporter and its HTTP servers.
 pub fn detector() -> Command {
     let mut cmd = Command::new(BIN);
-    cmd.args([
-        "detector",
-        "--enable-k8s-exporter=false",
-        "--port",
-        "0",
-        "--prometheus-port",
-        "0",
-    ]);
+    cmd.args(STANDALONE);
     cmd
 }
 

@@ -90,8 +90,14 @@ impl DiskState {
     }
 
     pub fn collect(&mut self, opts: &DiskOptions, paths: &DiskPaths<'_>, s: &mut Samples<'_>) {
-        let mounts = partitions(paths.proc);
-        if s.wants("disk/bytes_used") || s.wants("disk/percent_used") {
+        let wants_usage = s.wants("disk/bytes_used") || s.wants("disk/percent_used");
+        // mountinfo is read only for what needs it.
+        let mounts = if wants_usage || opts.include_all_attached_blk {
+            partitions(paths.proc)
+        } else {
+            Vec::new()
+        };
+        if wants_usage {
             usage(&mounts, paths.root, s);
         }
         let Ok(text) = std::fs::read_to_string(paths.proc.join("diskstats")) else {
