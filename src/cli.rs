@@ -200,6 +200,13 @@ pub struct DetectorArgs {
     #[arg(long, default_value_t = 500)]
     pub kube_api_burst: u32,
 
+    /// Taint policy: a JSON file naming, per condition type, the taint to
+    /// put on the Node while it is True, and the fleet-wide limit on
+    /// quarantined nodes (needs the Kubernetes exporter and the RBAC of
+    /// manifests/components/taints).
+    #[arg(long, value_name = "FILE")]
+    pub taint_policy: Option<PathBuf>,
+
     /// Namespace of the Events (NPD's default, empty, means `default`).
     #[arg(long, default_value = "")]
     pub event_namespace: String,
@@ -318,6 +325,15 @@ pub struct GpuMonitorArgs {
         value_name = "FILE|builtin:NAME"
     )]
     pub sim_scenario: String,
+
+    /// The operator's XID policy: a JSON file of per-XID overrides of the
+    /// compiled-in catalog (checked by `validate-config`).
+    #[arg(long, value_name = "FILE")]
+    pub xid_policy: Option<PathBuf>,
+
+    /// Serve Prometheus metrics on this address (`/metrics`); off by default.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_address: Option<std::net::SocketAddr>,
 
     /// Answer WatchHealth with UNIMPLEMENTED, as a plugin built against the
     /// Go proof of concept does, so detectors poll CheckHealth.

@@ -189,6 +189,14 @@ fn check_text(path: &Path, text: &str) -> (Vec<Diagnostic>, Vec<String>) {
         }
         Kind::SystemStats => (config::stats::check(path, text).diagnostics, Vec::new()),
         Kind::ExternalExporter => (config::exporter::check(path, text).diagnostics, Vec::new()),
+        Kind::TaintPolicy => (
+            config::taint_policy::check(path, text).diagnostics,
+            Vec::new(),
+        ),
+        Kind::XidPolicy => (
+            config::xid_policy::check(path, text).diagnostics,
+            Vec::new(),
+        ),
         Kind::External | Kind::Unknown(_) => {
             let c = config::external::check(path, text);
             let t = c

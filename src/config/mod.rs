@@ -14,7 +14,9 @@ pub mod goregex;
 pub mod json;
 pub mod stats;
 pub mod syslog;
+pub mod taint_policy;
 pub(crate) mod walk;
+pub mod xid_policy;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -75,6 +77,19 @@ impl<T> Checked<T> {
     pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
         self.diagnostics.iter().filter(|d| d.level == Level::Error)
     }
+
+    /// For a file a process starts on: warnings go to the log; the config,
+    /// with every error said (`file:line:col: error: key: message`).
+    pub fn strict(self) -> (Option<T>, Vec<String>) {
+        let mut errors = Vec::new();
+        for d in &self.diagnostics {
+            match d.level {
+                Level::Error => errors.push(d.to_string()),
+                Level::Warning => tracing::warn!("{d}"),
+            }
+        }
+        (self.config, errors)
+    }
 }
 
 /// Parses `text` and hands the document to `read` (phase one and two of a
@@ -128,6 +143,10 @@ pub enum Kind {
     SystemStats,
     /// `--config.external-exporter`: no `plugin`, a socket.
     ExternalExporter,
+    /// `detector --taint-policy`: no `plugin`, a `taints` list.
+    TaintPolicy,
+    /// `gpu-monitor --xid-policy`: no `plugin`, an `xids` list.
+    XidPolicy,
     Unknown(String),
 }
 
@@ -150,6 +169,8 @@ pub fn kind_of(text: &str) -> Kind {
             "custom" => Kind::Custom,
             other => Kind::Unknown(other.to_owned()),
         },
+        None if members.iter().any(|m| m.key.eq_ignore_ascii_case("taints")) => Kind::TaintPolicy,
+        None if members.iter().any(|m| m.key.eq_ignore_ascii_case("xids")) => Kind::XidPolicy,
         None if members.iter().any(|m| {
             ["socketPath", "socketAddress", "queueSize"]
                 .iter()
@@ -181,8 +202,14 @@ pub fn kind_of(text: &str) -> Kind {
 /// Reads and checks an external monitor config file. An unreadable file is
 /// reported as a diagnostic too, so callers handle one shape.
 pub fn check_external_file(path: &Path) -> Checked<ExternalMonitorConfig> {
+    check_path(path, external::check)
+}
+
+/// Reads the file at `path` and checks it with `check`; an unreadable file
+/// is a diagnostic, so callers handle one shape.
+pub fn check_path<T>(path: &Path, check: fn(&Path, &str) -> Checked<T>) -> Checked<T> {
     match std::fs::read_to_string(path) {
-        Ok(text) => external::check(path, &text),
+        Ok(text) => check(path, &text),
         Err(e) => Checked {
             config: None,
             diagnostics: vec![Diagnostic {
