@@ -20,6 +20,8 @@
 mod api_rules;
 #[path = "../tests/common/fake_api.rs"]
 mod fake_api;
+#[path = "../tests/common/fake_nodes.rs"]
+mod fake_nodes;
 #[path = "common/proc.rs"]
 mod proc;
 

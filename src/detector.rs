@@ -236,6 +236,24 @@ pub fn start(options: DetectorOptions, shutdown: &Shutdown) -> Result<Detector, 
                 w.events(pulse, token.child_token())
             });
         }
+        if let Some(policy) = &writers.options().taints {
+            let m = exporter::k8s::taints::TaintMetrics::register(&metrics.registry(), policy);
+            let (w, conditions, publish, token) = (
+                writers.clone(),
+                conditions_rx.clone(),
+                published_tx.clone(),
+                token.clone(),
+            );
+            sup.spawn("kubernetes taints", first, move |pulse| {
+                w.taints(
+                    conditions.clone(),
+                    publish.clone(),
+                    m.clone(),
+                    pulse,
+                    token.child_token(),
+                )
+            });
+        }
         let (conditions, token) = (conditions_rx.clone(), token.clone());
         sup.spawn("kubernetes conditions", first, move |pulse| {
             writers.conditions(conditions.clone(), pulse, token.child_token())

@@ -5,7 +5,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::*;
@@ -139,20 +139,7 @@ async fn reset_class_xid_and_thermal_and_clear() {
 // ---------------------------------------------------------------------------
 
 fn spawn_plugin_process(socket: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_npd-ext"))
-        .args([
-            "gpu-monitor",
-            "--backend",
-            "sim",
-            "--sim-scenario",
-            "builtin:xid79",
-            "--socket",
-        ])
-        .arg(socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn gpu-monitor")
+    spawn_sim_plugin(socket, "builtin:xid79")
 }
 
 /// A gpu-monitor child process and a detector that has heard from it.

@@ -405,3 +405,104 @@ fn strings<'a>(list: &'a Value, what: &str) -> Vec<&'a str> {
         .filter_map(Value::as_str)
         .collect()
 }
+
+/// The rules of a ClusterRole in `rel`, as (apiGroup, resource, verb).
+fn role_rules(rel: &str, role: &str) -> Vec<(String, String, String)> {
+    let docs = docs(rel);
+    let r = docs
+        .iter()
+        .find(|d| d["kind"] == "ClusterRole" && d["metadata"]["name"] == role)
+        .unwrap_or_else(|| panic!("{rel}: no ClusterRole {role}"));
+    let mut out = Vec::new();
+    for rule in r["rules"].as_array().expect("rules") {
+        for g in strings(&rule["apiGroups"], "apiGroups") {
+            for res in strings(&rule["resources"], "resources") {
+                for v in strings(&rule["verbs"], "verbs") {
+                    out.push((g.to_owned(), res.to_owned(), v.to_owned()));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn taints_are_opt_in_with_a_role_of_their_own() {
+    let rule = |g: &str, r: &str, v: &str| (g.to_owned(), r.to_owned(), v.to_owned());
+    // A cluster that does not opt in grants nothing that writes a Node.
+    let base = role_rules("manifests/rbac.yaml", "npd-ext");
+    assert!(!base.contains(&rule("", "nodes", "patch")), "{base:?}");
+    assert!(!base.contains(&rule("", "nodes", "list")), "{base:?}");
+    // The component: exactly the taint writer's needs, bound to the detector.
+    let comp = "manifests/components/taints";
+    let extra = role_rules(&format!("{comp}/rbac.yaml"), "npd-ext-taints");
+    assert_eq!(
+        extra,
+        [rule("", "nodes", "list"), rule("", "nodes", "patch")]
+    );
+    let binding = docs(&format!("{comp}/rbac.yaml"))
+        .into_iter()
+        .find(|d| d["kind"] == "ClusterRoleBinding")
+        .expect("binding");
+    assert_eq!(binding["roleRef"]["name"], "npd-ext-taints");
+    assert_eq!(binding["subjects"][0]["name"], "npd-ext");
+    assert_eq!(binding["subjects"][0]["namespace"], "kube-system");
+
+    // Its patch adds the flag to the detector, the first container of the
+    // DaemonSet npd-ext in both variants, and mounts the generated policy
+    // where the flag points.
+    let k = &docs(&format!("{comp}/kustomization.yaml"))[0];
+    assert_eq!(k["kind"], "Component");
+    let generator = &k["configMapGenerator"][0];
+    assert_eq!(generator["namespace"], "kube-system");
+    let file = generator["files"][0].as_str().expect("policy file");
+    let ops = &common::yaml::documents(k["patches"][0]["patch"].as_str().expect("patch"))[0];
+    assert_eq!(ops[0]["op"], "test");
+    assert_eq!(ops[0]["value"], "node-problem-detector");
+    let arg = ops[1]["value"].as_str().expect("arg");
+    let mount = ops[2]["value"]["mountPath"].as_str().expect("mount");
+    assert_eq!(arg, format!("--taint-policy={mount}/{file}"));
+    assert_eq!(ops[3]["value"]["configMap"]["name"], generator["name"]);
+    for rel in MANIFESTS {
+        let ds = daemonsets(rel)
+            .into_iter()
+            .find(|d| d["metadata"]["name"] == "npd-ext")
+            .expect("DaemonSet npd-ext");
+        assert_eq!(containers(&ds)[0]["name"], "node-problem-detector", "{rel}");
+    }
+
+    // The shipped policy is valid, and taints for conditions gpu-monitor's
+    // shipped config declares.
+    let path = root().join(comp).join(file);
+    let text = read(&format!("{comp}/{file}"));
+    let checked = npd_ext::config::taint_policy::check(&path, &text);
+    let errors: Vec<String> = checked
+        .diagnostics
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    let policy = checked.config.unwrap_or_else(|| panic!("{errors:?}"));
+    let config = docs("manifests/npd-ext-config.yaml")
+        .into_iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .expect("ConfigMap");
+    let gpu: Value = serde_json::from_str(
+        config["data"]["external-gpu-monitor.json"]
+            .as_str()
+            .expect("gpu config"),
+    )
+    .expect("JSON");
+    let declared: Vec<&str> = gpu["conditions"]
+        .as_array()
+        .expect("conditions")
+        .iter()
+        .filter_map(|c| c["type"].as_str())
+        .collect();
+    for t in &policy.taints {
+        assert!(
+            declared.contains(&t.condition.as_str()),
+            "{} not declared",
+            t.condition
+        );
+    }
+}

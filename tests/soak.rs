@@ -82,6 +82,7 @@ async fn soak() {
                     qps: 50.0,
                     burst: 100,
                     event_namespace: "default".into(),
+                    taints: None,
                 },
             }),
             node: NODE.into(),

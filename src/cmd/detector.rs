@@ -21,6 +21,7 @@ pub struct Loaded {
     pub external: Vec<config::ExternalMonitorConfig>,
     pub stats: Vec<config::stats::SystemStatsConfig>,
     pub exporters: Vec<config::exporter::ExternalExporterConfig>,
+    pub taints: Option<config::taint_policy::TaintPolicy>,
 }
 
 fn load<T>(
@@ -102,6 +103,13 @@ pub fn load_all(args: &DetectorArgs) -> anyhow::Result<Loaded> {
             );
         }
     }
+    if let Some(path) = &args.taint_policy {
+        // A policy acts on the cluster: an unknown key (a misspelt
+        // `maxCount`) stops the detector rather than being ignored.
+        let (policy, bad) = config::taint_policy::check_file(path).strict();
+        errors.extend(bad);
+        loaded.taints = policy;
+    }
     errors.extend(stats_name_clashes(&loaded.stats));
     if !errors.is_empty() {
         bail!("invalid monitor config:\n  {}", errors.join("\n  "));
@@ -130,6 +138,14 @@ pub fn load_all(args: &DetectorArgs) -> anyhow::Result<Loaded> {
         );
     }
     Ok(loaded)
+}
+
+/// Whether a loaded monitor config declares condition type `t`.
+fn declared(loaded: &Loaded, t: &str) -> bool {
+    let has = |c: &[config::ConditionDecl]| c.iter().any(|d| d.type_ == t);
+    loaded.syslog.iter().any(|c| has(&c.conditions))
+        || loaded.custom.iter().any(|c| has(&c.conditions))
+        || loaded.external.iter().any(|c| has(&c.conditions))
 }
 
 pub async fn run(args: DetectorArgs) -> anyhow::Result<()> {
@@ -168,6 +184,7 @@ pub async fn run(args: DetectorArgs) -> anyhow::Result<()> {
                             } else {
                                 args.event_namespace.clone()
                             },
+                            taints: loaded.taints.clone().map(std::sync::Arc::new),
                         },
                     })
                 }
@@ -178,6 +195,19 @@ pub async fn run(args: DetectorArgs) -> anyhow::Result<()> {
             }
         }
     };
+    if let Some(policy) = &loaded.taints {
+        if k8s.is_none() {
+            bail!(
+                "--taint-policy {}: taints need the Kubernetes exporter, which is off (--enable-k8s-exporter, or no cluster configuration)",
+                policy.file.display()
+            );
+        }
+        for rule in &policy.taints {
+            if !declared(&loaded, &rule.condition) {
+                tracing::warn!(policy = %policy.file.display(), condition = %rule.condition, "no monitor config declares this condition type; its taint follows it only if a plugin adopts it");
+            }
+        }
+    }
     if k8s.is_none() {
         tracing::info!(
             %node, "standalone mode: conditions go to the log and http://{}:{}/conditions, not to a Kubernetes API server",

@@ -356,3 +356,145 @@ pub fn decode_node(v: &Value) -> Result<Node, String> {
     }
     serde_json::from_value(v.clone()).map_err(|e| e.to_string())
 }
+
+const NAME_FMT: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+
+fn name_part_ok(n: &str) -> bool {
+    let b = n.as_bytes();
+    !b.is_empty()
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+}
+
+/// Why `key` is not a qualified name (`prefix/name`: a DNS subdomain of at
+/// most 253 and a name part of at most 63), as apimachinery says it.
+pub fn qualified_name_error(key: &str) -> Option<String> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if let Some(p) = prefix {
+        if p.is_empty() {
+            return Some("prefix part must be non-empty".into());
+        }
+        if p.len() > 253 || !is_dns_subdomain(p) {
+            return Some(format!("prefix part {DNS_MESSAGE}"));
+        }
+    }
+    if name.is_empty() {
+        return Some("name part must be non-empty".into());
+    }
+    if name.len() > 63 {
+        return Some("name part must be no more than 63 characters".into());
+    }
+    (!name_part_ok(name)).then(|| NAME_FMT.into())
+}
+
+/// Why `v` is not a label value (empty, or ≤ 63 of the name characters).
+pub fn label_value_error(v: &str) -> Option<String> {
+    if v.is_empty() {
+        return None;
+    }
+    if v.len() > 63 {
+        return Some("must be no more than 63 characters".into());
+    }
+    (!name_part_ok(v)).then(|| "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')".into())
+}
+
+/// A Node as `ValidateNode` and `ValidateNodeUpdate` check what npd-ext
+/// writes: its labels (`metadata.labels`, no index) and its taints (key,
+/// value, effect, no key and effect twice). The taints are checked under
+/// `metadata.taints`, not `spec.taints`: the real server passes the
+/// metadata path to `validateNodeTaints`, and runs it twice on an update,
+/// so each cause appears twice (the message lists it once).
+pub fn validate_node(n: &Node) -> Vec<FieldError> {
+    let once = validate_node_once(n);
+    let mut errors: Vec<FieldError> = once
+        .iter()
+        .filter(|(f, _, _)| f.starts_with("metadata.taints"))
+        .cloned()
+        .collect();
+    errors.extend(once);
+    errors
+}
+
+fn validate_node_once(n: &Node) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    for (k, v) in n.metadata.labels.iter().flatten() {
+        if let Some(why) = qualified_name_error(k) {
+            errors.push((
+                "metadata.labels".into(),
+                "FieldValueInvalid",
+                format!("Invalid value: {k:?}: {why}"),
+            ));
+        }
+        if let Some(why) = label_value_error(v) {
+            errors.push((
+                "metadata.labels".into(),
+                "FieldValueInvalid",
+                format!("Invalid value: {v:?}: {why}"),
+            ));
+        }
+    }
+    let taints = n.spec.as_ref().and_then(|s| s.taints.as_ref());
+    let mut seen: Vec<(String, String)> = Vec::new();
+    for (i, t) in taints.into_iter().flatten().enumerate() {
+        let at = format!("metadata.taints[{i}]");
+        if t.key.is_empty() {
+            errors.push((
+                format!("{at}.key"),
+                "FieldValueRequired",
+                "Required value".into(),
+            ));
+        } else if let Some(why) = qualified_name_error(&t.key) {
+            errors.push((
+                format!("{at}.key"),
+                "FieldValueInvalid",
+                format!("Invalid value: {:?}: {why}", t.key),
+            ));
+        }
+        if let Some(why) = t.value.as_deref().and_then(label_value_error) {
+            errors.push((
+                format!("{at}.value"),
+                "FieldValueInvalid",
+                format!(
+                    "Invalid value: {:?}: {why}",
+                    t.value.as_deref().unwrap_or("")
+                ),
+            ));
+        }
+        if !["NoSchedule", "PreferNoSchedule", "NoExecute"].contains(&t.effect.as_str()) {
+            errors.push((
+                format!("{at}.effect"),
+                "FieldValueNotSupported",
+                format!(
+                    "Unsupported value: {:?}: supported values: \"NoSchedule\", \"PreferNoSchedule\", \"NoExecute\"",
+                    t.effect
+                ),
+            ));
+        }
+        let pair = (t.key.clone(), t.effect.clone());
+        if seen.contains(&pair) {
+            // field.Duplicate prints the internal taint with Go's %#v.
+            let added = if t.time_added.is_some() {
+                "(*v1.Time)(0xc000000000)"
+            } else {
+                "(*v1.Time)(nil)"
+            };
+            errors.push((
+                at,
+                "FieldValueDuplicate",
+                format!(
+                    "Duplicate value: core.Taint{{Key:{:?}, Value:{:?}, Effect:{:?}, TimeAdded:{added}}}: taints must be unique by key and effect pair",
+                    t.key,
+                    t.value.as_deref().unwrap_or(""),
+                    t.effect
+                ),
+            ));
+        }
+        seen.push(pair);
+    }
+    errors
+}

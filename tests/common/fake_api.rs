@@ -2,6 +2,9 @@
 //! real one, with its semantics rather than "accept anything":
 //!
 //! - `GET /api/v1/nodes/{name}`: the Node, or a 404 `Status`;
+//! - `GET /api/v1/nodes` (label selectors, `limit`, `continue`,
+//!   `remainingItemCount`) and `PATCH /api/v1/nodes/{name}` (JSON, merge
+//!   and strategic merge patches, validated): tests/common/fake_nodes.rs;
 //! - `PATCH /api/v1/nodes/{name}/status`: only
 //!   `application/strategic-merge-patch+json` (415 otherwise); objects merge
 //!   key by key (`null` deletes), lists replace, except `status.conditions`
@@ -42,6 +45,8 @@ pub const MERGE: &str = "application/merge-patch+json";
 pub struct Logged {
     pub method: Method,
     pub path: String,
+    /// The query string (empty when there is none).
+    pub query: String,
     pub content_type: Option<String>,
     pub body: Value,
     /// The status the server answered with (0: the connection was dropped).
@@ -141,6 +146,8 @@ impl FakeApi {
                 "uid": format!("uid-{name}"),
                 "resourceVersion": st.rv.to_string(),
             },
+            // Go writes the (non-pointer) spec even when it is empty.
+            "spec": {},
             "status": {
                 "conditions": [{
                     "type": "Ready",
@@ -153,6 +160,69 @@ impl FakeApi {
             },
         });
         st.nodes.insert(name.to_owned(), node);
+    }
+
+    /// Adds Nodes `{prefix}-00` … as [`add_node`](Self::add_node) does.
+    pub fn add_nodes(&self, prefix: &str, n: usize) -> Vec<String> {
+        let names: Vec<String> = (0..n).map(|i| format!("{prefix}-{i:02}")).collect();
+        for name in &names {
+            self.add_node(name);
+        }
+        names
+    }
+
+    /// Sets (or, with `None`, removes) a label on a Node, as another writer.
+    pub fn set_label(&self, node: &str, key: &str, value: Option<&str>) {
+        let mut st = self.state();
+        st.rv += 1;
+        let rv = st.rv.to_string();
+        let n = st.nodes.get_mut(node).expect("node exists");
+        match value {
+            Some(v) => n["metadata"]["labels"][key] = Value::String(v.to_owned()),
+            None => {
+                if let Some(l) = n["metadata"]["labels"].as_object_mut() {
+                    l.remove(key);
+                }
+            }
+        }
+        n["metadata"]["resourceVersion"] = Value::String(rv);
+    }
+
+    /// Replaces a Node's taints, as another writer (kubectl, the node
+    /// lifecycle controller).
+    pub fn set_taints(&self, node: &str, taints: Value) {
+        let mut st = self.state();
+        st.rv += 1;
+        let rv = st.rv.to_string();
+        let n = st.nodes.get_mut(node).expect("node exists");
+        n["spec"]["taints"] = taints;
+        n["metadata"]["resourceVersion"] = Value::String(rv);
+    }
+
+    /// A Node's taints as `key:effect` (`key=value:effect` with a value).
+    pub fn taints(&self, node: &str) -> Vec<String> {
+        self.node(node)
+            .and_then(|n| n["spec"]["taints"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|t| {
+                let (k, e) = (
+                    t["key"].as_str().unwrap_or(""),
+                    t["effect"].as_str().unwrap_or(""),
+                );
+                match t["value"].as_str().filter(|v| !v.is_empty()) {
+                    Some(v) => format!("{k}={v}:{e}"),
+                    None => format!("{k}:{e}"),
+                }
+            })
+            .collect()
+    }
+
+    /// A Node's label.
+    pub fn label(&self, node: &str, key: &str) -> Option<String> {
+        self.node(node)?["metadata"]["labels"][key]
+            .as_str()
+            .map(str::to_owned)
     }
 
     pub fn node(&self, name: &str) -> Option<Value> {
@@ -255,7 +325,7 @@ pub async fn exchange(addr: SocketAddr, request: &str) -> (u16, String) {
     (code, body)
 }
 
-fn status_body(code: u16, reason: &str, message: &str) -> Value {
+pub fn status_body(code: u16, reason: &str, message: &str) -> Value {
     json!({
         "kind": "Status",
         "apiVersion": "v1",
@@ -283,6 +353,12 @@ async fn handle(
 ) -> Response<Full<Bytes>> {
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let query = req.uri().query().unwrap_or("").to_owned();
+    let accept = req
+        .headers()
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let content_type = req
         .headers()
         .get("content-type")
@@ -298,9 +374,15 @@ async fn handle(
 
     let fault = {
         let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
+        // Rules match the path and, when there is one, the query.
+        let target = if query.is_empty() {
+            path.clone()
+        } else {
+            format!("{path}?{query}")
+        };
         let hit = st.faults.iter_mut().find(|r| {
             r.method.as_ref().is_none_or(|m| *m == method)
-                && path.contains(&r.path_contains)
+                && target.contains(&r.path_contains)
                 && r.left != Some(0)
         });
         hit.map(|r| {
@@ -318,6 +400,7 @@ async fn handle(
             .push(Logged {
                 method: method.clone(),
                 path: path.clone(),
+                query: query.clone(),
                 content_type: content_type.clone(),
                 body: body.clone(),
                 status,
@@ -365,7 +448,14 @@ async fn handle(
         Some(Fault::Delay(d)) => tokio::time::sleep(d).await,
         Some(Fault::Late(_)) | None => {}
     }
-    let (code, out) = route(state, &method, &path, content_type.as_deref(), body.clone());
+    let (code, out) = route(
+        state,
+        &method,
+        (&path, &query),
+        content_type.as_deref(),
+        accept.as_deref(),
+        body.clone(),
+    );
     log(code);
     if let Some(Fault::Late(d)) = fault {
         tokio::time::sleep(d).await;
@@ -376,13 +466,37 @@ async fn handle(
 fn route(
     state: &Arc<Mutex<State>>,
     method: &Method,
-    path: &str,
+    (path, query): (&str, &str),
     content_type: Option<&str>,
+    accept: Option<&str>,
     body: Value,
 ) -> (u16, Value) {
     let mut st = state.lock().unwrap_or_else(PoisonError::into_inner);
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     match (method, parts.as_slice()) {
+        (&Method::GET, ["api", "v1", "nodes"]) => {
+            super::fake_nodes::list(&st.nodes, st.rv, query, accept)
+        }
+        (&Method::PATCH, ["api", "v1", "nodes", name]) => {
+            let Some(old) = st.nodes.get(*name) else {
+                return (
+                    404,
+                    status_body(404, "NotFound", &format!("nodes \"{name}\" not found")),
+                );
+            };
+            let patched = super::fake_nodes::patch(old, name, content_type, &body, |n, p, s| {
+                merge(n, p, s, "");
+            });
+            match patched {
+                Ok(mut node) => {
+                    st.rv += 1;
+                    node["metadata"]["resourceVersion"] = Value::String(st.rv.to_string());
+                    st.nodes.insert((*name).to_owned(), node.clone());
+                    (200, node)
+                }
+                Err(refused) => refused,
+            }
+        }
         (&Method::GET, ["api", "v1", "nodes", name]) => match st.nodes.get(*name) {
             Some(n) => (200, n.clone()),
             None => (

@@ -26,6 +26,7 @@ pub fn options() -> K8sOptions {
         qps: 500.0,
         burst: 500,
         event_namespace: "default".into(),
+        taints: None,
     }
 }
 
@@ -59,11 +60,19 @@ impl Exporter {
         let config = kube::Config::new(api.url().parse().expect("url"));
         let client = k8s::client(config).expect("client");
         let (conditions, rx) = watch::channel(Arc::new(initial));
-        let (events, erx) = broadcast::channel(npd_ext::detector::PUBLISHED_CAPACITY);
+        let (events, _) = broadcast::channel(npd_ext::detector::PUBLISHED_CAPACITY);
         let registry = prometheus::Registry::new();
         let metrics = K8sMetrics::register(&registry);
         let token = CancellationToken::new();
-        let task = tokio::spawn(k8s::run(client, opts, rx, erx, metrics, token.clone()));
+        let task = tokio::spawn(k8s::run(
+            client,
+            opts,
+            rx,
+            events.clone(),
+            metrics,
+            &registry,
+            token.clone(),
+        ));
         Self {
             conditions,
             events,

@@ -466,6 +466,7 @@ mod tests {
             qps: 500.0,
             burst: 500,
             event_namespace: "default".into(),
+            taints: None,
         }
     }
 

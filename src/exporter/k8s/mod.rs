@@ -6,16 +6,20 @@
 //! - [`conditions`]: reading the Node and patching `nodes/<node>/status`;
 //! - [`aggregate`]: aggregating events (identical and similar ones counted,
 //!   bounded, never late);
-//! - [`events`]: the writer that feeds the aggregation and writes Events.
+//! - [`events`]: the writer that feeds the aggregation and writes Events;
+//! - [`taints`]: the opt-in taint writer (`--taint-policy`), with the
+//!   fleet-wide [`breaker`].
 //!
-//! Both writers run beside each other; the conditions task hands the
+//! The writers run beside each other; the conditions task hands the
 //! events task the Node's reference once it has read it.
 
 pub mod aggregate;
+pub mod breaker;
 pub mod client;
 pub mod conditions;
 pub mod events;
 pub mod limiter;
+pub mod taints;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +62,8 @@ pub struct K8sOptions {
     pub burst: u32,
     /// Namespace of the Events (Nodes are cluster-scoped).
     pub event_namespace: String,
+    /// Taints to keep on the Node from its conditions (`None`: off).
+    pub taints: Option<Arc<crate::config::taint_policy::TaintPolicy>>,
 }
 
 /// A client and what to do with it.
@@ -211,6 +217,31 @@ impl Writers {
         )
     }
 
+    /// Keeps the Node's taints following its conditions (when the options
+    /// hold a taint policy; otherwise returns at once). Its events go to
+    /// `publish`, the detector's broadcast, so the events writer writes them.
+    pub fn taints(
+        &self,
+        conditions: watch::Receiver<Arc<Vec<NodeCondition>>>,
+        publish: broadcast::Sender<Published>,
+        metrics: taints::TaintMetrics,
+        pulse: Pulse,
+        token: CancellationToken,
+    ) -> impl Future<Output = ()> + Send + use<> {
+        let writer = self.ctx.opts.taints.clone().map(|policy| taints::Writer {
+            nodes: Api::all(self.client.clone()),
+            ctx: self.ctx.clone(),
+            policy,
+            publish,
+            metrics,
+        });
+        async move {
+            if let Some(w) = writer {
+                w.run(conditions, pulse, token).await;
+            }
+        }
+    }
+
     /// Writes the events, once the Node has been read.
     pub fn events(
         &self,
@@ -228,24 +259,37 @@ impl Writers {
     }
 }
 
-/// Runs both writers (those the options enable) until `token` is cancelled,
+/// Runs the writers (those the options enable) until `token` is cancelled,
 /// with a liveness registry of their own (the detector supervises each).
-pub async fn run(
+/// The events writer subscribes to `events` before this returns; the taint
+/// writer publishes its events there.
+pub fn run(
     client: Client,
     opts: K8sOptions,
     conditions: watch::Receiver<Arc<Vec<NodeCondition>>>,
-    events: broadcast::Receiver<Published>,
+    events: broadcast::Sender<Published>,
     metrics: K8sMetrics,
+    registry: &Registry,
     token: CancellationToken,
-) {
-    let liveness = crate::liveness::Liveness::new();
-    let writers = Writers::new(client, opts, metrics, events);
-    let mut tasks = tokio::task::JoinSet::new();
-    if writers.ctx.opts.write_events {
-        let pulse = liveness.slot("kubernetes events").pulse(None);
-        tasks.spawn(writers.events(pulse, token.clone()));
+) -> impl Future<Output = ()> + Send + use<> {
+    let taint_metrics = opts
+        .taints
+        .as_ref()
+        .map(|p| taints::TaintMetrics::register(registry, p));
+    let writers = Writers::new(client, opts, metrics, events.subscribe());
+    async move {
+        let liveness = crate::liveness::Liveness::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        if writers.ctx.opts.write_events {
+            let pulse = liveness.slot("kubernetes events").pulse(None);
+            tasks.spawn(writers.events(pulse, token.clone()));
+        }
+        if let Some(m) = taint_metrics {
+            let pulse = liveness.slot("kubernetes taints").pulse(None);
+            tasks.spawn(writers.taints(conditions.clone(), events, m, pulse, token.clone()));
+        }
+        let pulse = liveness.slot("kubernetes conditions").pulse(None);
+        tasks.spawn(writers.conditions(conditions, pulse, token.clone()));
+        while tasks.join_next().await.is_some() {}
     }
-    let pulse = liveness.slot("kubernetes conditions").pulse(None);
-    tasks.spawn(writers.conditions(conditions, pulse, token.clone()));
-    while tasks.join_next().await.is_some() {}
 }
