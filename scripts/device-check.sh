@@ -54,7 +54,8 @@ work=$(mktemp -d)
 # with their cost; probe and detector see the real GPUs.
 {
   sock=$work/nvml/gpu.sock
-  RUST_LOG=npd_ext=debug "$bin" gpu-monitor --backend nvml --poll-interval 1s --slow-every 1 --state-dir "$work/state" --socket "$sock" 2> "$out/nvml-gpu-monitor.log" &
+  RUST_LOG=npd_ext=debug "$bin" gpu-monitor --backend nvml --poll-interval 1s --slow-every 1 --state-dir "$work/state" --socket "$sock" \
+    --metrics-address 127.0.0.1:20262 2> "$out/nvml-gpu-monitor.log" &
   gm=$!
   for _ in $(seq 200); do [ -S "$sock" ] && break; sleep 0.05; done
   sleep 3
@@ -65,6 +66,8 @@ work=$(mktemp -d)
   sleep 12
   echo "## /conditions (NVML backend)"
   exec 3<>/dev/tcp/127.0.0.1/20257 && printf 'GET /conditions HTTP/1.0\r\n\r\n' >&3 && cat <&3; echo
+  echo "## gpu-monitor /metrics (NVML backend; per-GPU series and call timings)"
+  exec 4<>/dev/tcp/127.0.0.1/20262 && printf 'GET /metrics HTTP/1.0\r\n\r\n' >&4 && grep -v '^#' <&4 | grep -E '^npd_ext_gpu_' | head -60; echo
   echo "## footprint after ~15 s"
   for p in $gm $det; do echo "pid $p $(tr '\0' ' ' < /proc/$p/cmdline | cut -c1-40) $(grep VmRSS /proc/$p/status) cpu_ticks=$(awk '{print $14+$15}' /proc/$p/stat)"; done
   kill -TERM $gm $det; wait $gm; echo "gpu-monitor exit=$?"; wait $det; echo "detector exit=$?"

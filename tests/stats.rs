@@ -7,13 +7,13 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::io::{Read, Write};
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::bin::{BIN, sigterm, wait_exit, wait_until};
+use common::prom::Page;
 
 /// Upstream's families: name (the default displayName, sanitised), type,
 /// label keys.
@@ -83,126 +83,26 @@ const UPSTREAM: &[(&str, &str, &[&str])] = &[
     ("net_tx_compressed", "counter", &["interface_name"]),
 ];
 
-/// One scraped sample.
-#[derive(Debug, Clone)]
-struct Series {
-    name: String,
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-/// A `/metrics` page: its samples and each family's TYPE.
-#[derive(Debug, Default)]
-struct Page {
-    series: Vec<Series>,
-    types: BTreeMap<String, String>,
-}
-
-impl Page {
-    fn parse(text: &str) -> Self {
-        let mut page = Self::default();
-        for line in text.lines() {
-            if let Some(rest) = line.strip_prefix("# TYPE ") {
-                let (name, t) = rest.split_once(' ').expect("TYPE line");
-                page.types.insert(name.to_owned(), t.to_owned());
-                continue;
-            }
-            if line.starts_with('#') || line.is_empty() {
-                continue;
-            }
-            page.series.push(parse_sample(line));
+/// Every family of `expected` is here with upstream's type and label
+/// keys on every series, and nothing else but the detector's own.
+fn has_exactly(page: &Page, expected: &BTreeSet<&str>) {
+    let ours: BTreeSet<&str> = page
+        .names()
+        .into_iter()
+        .filter(|n| !n.starts_with("npd_ext_") && !n.starts_with("problem_"))
+        .collect();
+    assert_eq!(&ours, expected, "families on /metrics");
+    for (name, kind, keys) in UPSTREAM.iter().filter(|(n, _, _)| expected.contains(n)) {
+        assert_eq!(
+            page.types.get(*name).map(String::as_str),
+            Some(*kind),
+            "{name}"
+        );
+        let want: BTreeSet<&str> = keys.iter().copied().collect();
+        for s in page.of(name) {
+            let got: BTreeSet<&str> = s.labels.keys().map(String::as_str).collect();
+            assert_eq!(got, want, "{name} label keys: {s:?}");
         }
-        page
-    }
-
-    fn names(&self) -> BTreeSet<&str> {
-        self.series.iter().map(|s| s.name.as_str()).collect()
-    }
-
-    fn of<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Series> + 'a {
-        self.series.iter().filter(move |s| s.name == name)
-    }
-
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        self.of(name)
-            .find(|s| {
-                labels
-                    .iter()
-                    .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
-            })
-            .map(|s| s.value)
-    }
-
-    /// The values label `key` takes in family `name`.
-    fn label_values(&self, name: &str, key: &str) -> BTreeSet<String> {
-        self.of(name)
-            .filter_map(|s| s.labels.get(key).cloned())
-            .collect()
-    }
-
-    /// Every family of `expected` is here with upstream's type and label
-    /// keys on every series, and nothing else but the detector's own.
-    fn has_exactly(&self, expected: &BTreeSet<&str>) {
-        let ours: BTreeSet<&str> = self
-            .names()
-            .into_iter()
-            .filter(|n| !n.starts_with("npd_ext_") && !n.starts_with("problem_"))
-            .collect();
-        assert_eq!(&ours, expected, "families on /metrics");
-        for (name, kind, keys) in UPSTREAM.iter().filter(|(n, _, _)| expected.contains(n)) {
-            assert_eq!(
-                self.types.get(*name).map(String::as_str),
-                Some(*kind),
-                "{name}"
-            );
-            let want: BTreeSet<&str> = keys.iter().copied().collect();
-            for s in self.of(name) {
-                let got: BTreeSet<&str> = s.labels.keys().map(String::as_str).collect();
-                assert_eq!(got, want, "{name} label keys: {s:?}");
-            }
-        }
-    }
-}
-
-fn parse_sample(line: &str) -> Series {
-    let (head, value) = line.rsplit_once(' ').expect("value");
-    let value: f64 = value.parse().unwrap_or_else(|_| panic!("value in {line}"));
-    let Some((name, rest)) = head.split_once('{') else {
-        return Series {
-            name: head.to_owned(),
-            labels: BTreeMap::new(),
-            value,
-        };
-    };
-    let mut labels = BTreeMap::new();
-    let mut chars = rest.chars().peekable();
-    loop {
-        let key: String = chars.by_ref().take_while(|&c| c != '=').collect();
-        assert_eq!(chars.next(), Some('"'), "{line}");
-        let mut v = String::new();
-        while let Some(c) = chars.next() {
-            match c {
-                '\\' => match chars.next() {
-                    Some('n') => v.push('\n'),
-                    Some(o) => v.push(o),
-                    None => panic!("{line}"),
-                },
-                '"' => break,
-                o => v.push(o),
-            }
-        }
-        labels.insert(key.trim_start_matches(',').to_owned(), v);
-        match chars.next() {
-            Some(',') if chars.peek() == Some(&'}') => break,
-            Some(',') => continue,
-            Some('}') => break,
-            other => panic!("{other:?} in {line}"),
-        }
-    }
-    Series {
-        name: name.to_owned(),
-        labels,
-        value,
     }
 }
 
@@ -238,17 +138,7 @@ impl Running {
     }
 
     fn scrape(&self) -> Page {
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.port)).expect("connect");
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("read");
-        let (head, body) = body.split_once("\r\n\r\n").expect("HTTP reply");
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        Page::parse(body)
+        common::prom::scrape(self.port)
     }
 
     /// Scrapes until `ready` holds for the page (a collection has run).
@@ -430,7 +320,7 @@ fn the_shipped_stats_config_exports_every_upstream_metric_read_from_the_node() {
         p.names().contains("host_uptime")
     });
     // Everything but the average queue length, which needs two readings.
-    p.has_exactly(&upstream_names(|n| n != "disk_avg_queue_len"));
+    has_exactly(&p, &upstream_names(|n| n != "disk_avg_queue_len"));
     check_fixture_values(&p);
     // lsblk's disks and every mounted partition; not loop0 (lsblk did not
     // list it) nor the all-zero ram0.
@@ -677,7 +567,7 @@ mod compat {
         let p = d.wait("the first collections", |p| {
             p.names().contains("host_uptime") && p.names().contains("net_rx_bytes")
         });
-        p.has_exactly(&upstream_names(|n| n != "disk_avg_queue_len"));
+        has_exactly(&p, &upstream_names(|n| n != "disk_avg_queue_len"));
         check_fixture_values(&p);
         check_os_features(&p, "lustre");
         assert_eq!(
@@ -693,9 +583,12 @@ mod compat {
         let p = d.wait("the first collection", |p| {
             p.names().contains("host_uptime")
         });
-        p.has_exactly(&upstream_names(|n| {
-            n != "disk_avg_queue_len" && !n.starts_with("net_") && n != "system_os_feature"
-        }));
+        has_exactly(
+            &p,
+            &upstream_names(|n| {
+                n != "disk_avg_queue_len" && !n.starts_with("net_") && n != "system_os_feature"
+            }),
+        );
         check_fixture_values(&p);
         assert_eq!(
             p.label_values("disk_io_time", "device_name"),

@@ -1,13 +1,16 @@
 //! `npd-ext gpu-monitor`: the GPU external monitor plugin.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 
 use crate::cli::{BackendKind, GpuMonitorArgs};
+use crate::config::xid_policy::{self, XidPolicy};
 use crate::gpu::Observation;
 use crate::gpu::kmsg::{self, KmsgOptions};
+use crate::gpu::metrics::GpuMetrics;
 use crate::gpu::nvml::{self, NvmlOptions};
 use crate::gpu::plugin::{Plugin, PluginOptions};
 use crate::gpu::sim::{self, Scenario, SimOptions};
@@ -23,6 +26,24 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
             Some(s)
         }
         BackendKind::Nvml => None,
+    };
+
+    // A policy decides what the node reports: a bad one stops the monitor
+    // rather than being half applied.
+    let xid_policy = match &args.xid_policy {
+        Some(path) => Some(Arc::new(load_xid_policy(path)?)),
+        None => None,
+    };
+
+    let metrics_listener = match args.metrics_address {
+        Some(addr) => {
+            let l = std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen on {addr} (--metrics-address)"))?;
+            l.set_nonblocking(true)
+                .context("cannot set up the metrics listener")?;
+            Some(l)
+        }
+        None => None,
     };
 
     let shutdown = Shutdown::new();
@@ -49,7 +70,28 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
             liveness: liveness.clone(),
         },
     )
-    .context("cannot serve the plugin socket")?;
+    .context("cannot serve the plugin socket")?
+    .with_xid_policy(xid_policy);
+    let plugin = match metrics_listener {
+        Some(listener) => {
+            let metrics = GpuMetrics::new();
+            let registry = metrics.registry();
+            let bound = listener
+                .local_addr()
+                .context("cannot read the metrics address")?;
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .context("cannot serve the metrics listener")?;
+            tracing::info!(address = %bound, "gpu-monitor metrics on http://{bound}/metrics");
+            shutdown.spawn(crate::exporter::prometheus::serve(
+                Arc::new(listener),
+                registry,
+                None,
+                shutdown.token().clone(),
+            ));
+            plugin.with_metrics(metrics)
+        }
+        None => plugin,
+    };
     if args.temp_threshold.is_some() || args.memory_threshold.is_some() {
         let thresholds = Observation::Thresholds {
             temperature: args.temp_threshold,
@@ -157,4 +199,20 @@ pub async fn run(args: GpuMonitorArgs) -> anyhow::Result<()> {
     let result = plugin.serve(shutdown.token().clone()).await;
     shutdown.drain(args.shutdown_grace).await;
     result.context("gRPC server failed")
+}
+
+/// Reads `--xid-policy`; every error, with its line and key, refuses the start.
+fn load_xid_policy(path: &Path) -> anyhow::Result<XidPolicy> {
+    let (policy, errors) = xid_policy::check_file(path).strict();
+    match policy {
+        Some(policy) if errors.is_empty() => {
+            tracing::info!(policy = %path.display(), entries = policy.rules.len(), "XID policy loaded");
+            Ok(policy)
+        }
+        _ => bail!(
+            "invalid XID policy {} (--xid-policy):\n  {}",
+            path.display(),
+            errors.join("\n  ")
+        ),
+    }
 }

@@ -8,6 +8,8 @@ pub mod error;
 pub mod health;
 pub mod inventory;
 pub mod kmsg;
+pub mod metrics;
+pub mod nvlink5;
 pub mod nvml;
 pub mod nvml_raw;
 pub mod plugin;

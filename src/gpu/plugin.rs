@@ -22,7 +22,9 @@ use tonic::{Request, Response};
 use tonic_health::server::HealthReporter;
 
 use super::health::{HealthModel, Snapshot};
+use super::metrics::GpuMetrics;
 use super::{GpuIdentity, Observation, SUPPORTED_CONDITIONS};
+use crate::config::xid_policy::XidPolicy;
 use crate::liveness::{Liveness, Pulse};
 use crate::problem::{Event, Severity};
 use crate::rpc::API_VERSION;
@@ -75,6 +77,10 @@ pub struct Plugin {
     options: PluginOptions,
     tx: mpsc::Sender<Observation>,
     rx: mpsc::Receiver<Observation>,
+    /// The operator's XID policy, for the health model.
+    xid_policy: Option<Arc<XidPolicy>>,
+    /// The per-GPU metrics, when served.
+    metrics: Option<GpuMetrics>,
 }
 
 impl Plugin {
@@ -86,7 +92,23 @@ impl Plugin {
             options,
             tx,
             rx,
+            xid_policy: None,
+            metrics: None,
         })
+    }
+
+    /// The health model keeps `metrics` in line with itself.
+    #[must_use]
+    pub fn with_metrics(mut self, metrics: GpuMetrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// The health model applies the operator's XID policy over the catalog.
+    #[must_use]
+    pub fn with_xid_policy(mut self, policy: Option<Arc<XidPolicy>>) -> Self {
+        self.xid_policy = policy;
+        self
     }
 
     pub fn socket_path(&self) -> &Path {
@@ -115,14 +137,19 @@ impl Plugin {
         let model = match &self.options.gpus {
             Some(gpus) => HealthModel::new(gpus.clone()),
             None => HealthModel::awaiting_driver(),
-        };
+        }
+        .with_xid_policy(self.xid_policy.clone());
         let (snap_tx, snap_rx) = watch::channel(Arc::new(Published::new(model.snapshot())));
         // The model engine is supervised: a panic restarts it on the model
         // and queue it had, after a backoff. Meanwhile every condition is
         // published Unknown, so no client takes the last status for a fresh
         // one; a restarted engine publishes the model's state again.
         let engine = Shutdown::under(token.child_token());
-        let state = Arc::new(tokio::sync::Mutex::new((model, self.rx)));
+        let mut metrics = self.metrics.take();
+        if let Some(m) = &mut metrics {
+            m.observe(&[], &model);
+        }
+        let state = Arc::new(tokio::sync::Mutex::new((model, self.rx, metrics)));
         let engine_token = engine.token().clone();
         let down_tx = snap_tx.clone();
         let mut restarted = false;
@@ -136,11 +163,11 @@ impl Plugin {
                 let republish = std::mem::replace(&mut restarted, true);
                 async move {
                     let mut guard = state.lock_owned().await;
-                    let (model, rx) = &mut *guard;
+                    let (model, rx, metrics) = &mut *guard;
                     if republish {
                         tx.send_replace(Arc::new(Published::new(model.snapshot())));
                     }
-                    run_model(model, rx, &tx, token, &pulse).await;
+                    run_model(model, rx, metrics, &tx, token, &pulse).await;
                 }
             },
             move |message| {
@@ -249,6 +276,7 @@ async fn watch_liveness(liveness: Liveness, reporter: HealthReporter, token: Can
 async fn run_model(
     model: &mut HealthModel,
     rx: &mut mpsc::Receiver<Observation>,
+    metrics: &mut Option<GpuMetrics>,
     tx: &watch::Sender<Arc<Published>>,
     token: CancellationToken,
     pulse: &Pulse,
@@ -267,7 +295,11 @@ async fn run_model(
                     while batch.len() < 512 && let Ok(more) = rx.try_recv() {
                         batch.push(more);
                     }
-                    model.apply_all(&batch)
+                    let changed = model.apply_all(&batch);
+                    if let Some(m) = metrics {
+                        m.observe(&batch, model);
+                    }
+                    changed
                 }
                 None => break,
             },

@@ -29,6 +29,8 @@ pub enum CallError {
 /// caller at a time (each backend awaits its calls in turn).
 #[derive(Debug)]
 pub struct Worker<T> {
+    /// The thread's name (the `worker` label of the call metrics).
+    name: String,
     jobs: mpsc::Sender<Job<T>>,
     /// Calls handed to the thread…
     issued: AtomicU64,
@@ -50,7 +52,10 @@ impl<T: Send + 'static> Worker<T> {
                     done_tx.send_modify(|n| *n += 1);
                 }
             })?;
+        // Every worker has its series from the start: 0 timeouts is a reading.
+        super::metrics::calls().timeouts.with_label_values(&[name]);
         Ok(Self {
+            name: name.to_owned(),
             jobs,
             issued: AtomicU64::new(0),
             done,
@@ -77,10 +82,21 @@ impl<T: Send + 'static> Worker<T> {
                 let _ = tx.send(f(state));
             }))
             .map_err(|_| CallError::Gone)?;
+        let calls = super::metrics::calls();
         match tokio::time::timeout(deadline, rx).await {
-            Ok(Ok(r)) => Ok(r),
+            Ok(Ok(r)) => {
+                calls
+                    .duration
+                    .with_label_values(&[self.name.as_str()])
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(r)
+            }
             Ok(Err(_)) => Err(CallError::Gone),
             Err(_) => {
+                calls
+                    .timeouts
+                    .with_label_values(&[self.name.as_str()])
+                    .inc();
                 self.lock().get_or_insert(started);
                 Err(CallError::Hung(deadline))
             }

@@ -23,8 +23,10 @@ pub mod api_rules;
 pub mod bin;
 pub mod compat;
 pub mod fake_api;
+pub mod fake_nodes;
 pub mod k8s_harness;
 pub mod node;
+pub mod prom;
 pub mod syslog;
 pub mod yaml;
 
@@ -58,6 +60,26 @@ pub fn start_plugin(socket: &Path, watch_health: bool) -> RunningPlugin {
         token,
         task,
     }
+}
+
+/// `npd-ext gpu-monitor --backend sim` on `socket` as a child process,
+/// playing `scenario` (`builtin:xid79`, a file), its output discarded.
+pub fn spawn_sim_plugin(socket: &Path, scenario: &str) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    Command::new(env!("CARGO_BIN_EXE_npd-ext"))
+        .args([
+            "gpu-monitor",
+            "--backend",
+            "sim",
+            "--sim-scenario",
+            scenario,
+            "--socket",
+        ])
+        .arg(socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn gpu-monitor")
 }
 
 /// A config for `socket` with fast retries, so failure tests finish quickly.

@@ -17,6 +17,7 @@
 //! - `flap.rs`: the flap guard;
 //! - `driver.rs`: driver readiness, inventory, hung calls, GPU count, resets;
 //! - `xid.rs`: XIDs, the recovery action, NVSwitch SXids, lost GPUs;
+//! - `policy.rs`: the operator's XID policy (`--xid-policy`) over the catalog;
 //! - `thermal.rs`: temperature, thermal margin, clock-event slowdown;
 //! - `memory.rs`: row remapping, retired pages, ECC, InfoROM, memory use;
 //! - `links.rs`: PCIe, NVLink and fabric registration;
@@ -24,9 +25,11 @@
 //! - `render.rs`: the node conditions and their wording.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::{GpuIdentity, Observation};
+use crate::config::xid_policy::XidPolicy;
 use crate::problem::{Condition, ConditionStatus, Event};
 
 mod driver;
@@ -34,6 +37,7 @@ mod events;
 mod flap;
 mod links;
 mod memory;
+mod policy;
 mod render;
 mod state;
 mod thermal;
@@ -44,7 +48,7 @@ mod tests;
 
 use driver::{Driver, Stuck};
 use events::Burst;
-use state::GpuState;
+use state::{GpuState, Slot};
 pub use xid::{parse_recovery_change, recovery_action_name};
 
 /// Hopper's slowdown threshold (H200 fixture: slowdown 89 °C, shutdown 95 °C).
@@ -104,6 +108,16 @@ pub const REASON_DRIVER_READY: &str = "DriverReady";
 pub const REASON_UNRESPONSIVE: &str = "NVMLCallHung";
 pub const REASON_RESPONSIVE: &str = "NVMLResponsive";
 pub const REASON_ROW_REMAP_PENDING: &str = "RowRemapPending";
+
+/// One enumerated GPU as the metrics show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GpuView {
+    pub id: GpuIdentity,
+    /// Per-GPU condition types True for this GPU.
+    pub conditions: Vec<&'static str>,
+    /// XIDs reported (not replayed) since the monitor started, by XID.
+    pub xids: Vec<(u32, u64)>,
+}
 
 /// What the plugin publishes after every change.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -166,6 +180,8 @@ pub struct HealthModel {
     switch_faults: BTreeMap<String, String>,
     /// Last report per (PCI address, XID): when, and whether from the kernel log.
     recent_xids: HashMap<(String, u32), (SystemTime, bool)>,
+    /// The operator's XID policy, over the catalog.
+    policy: Option<Arc<XidPolicy>>,
 }
 
 impl HealthModel {
@@ -186,7 +202,15 @@ impl HealthModel {
             bursts: HashMap::new(),
             recent_xids: HashMap::new(),
             switch_faults: BTreeMap::new(),
+            policy: None,
         }
+    }
+
+    /// The same model under the operator's XID policy.
+    #[must_use]
+    pub fn with_xid_policy(mut self, policy: Option<Arc<XidPolicy>>) -> Self {
+        self.policy = policy;
+        self
     }
 
     /// A node whose GPUs are learnt from the driver: until it answers,
@@ -305,6 +329,34 @@ impl HealthModel {
             released |= g.release_holds(now);
         }
         self.flush_events(now) || released
+    }
+
+    /// The per-GPU condition types, in report order.
+    pub fn per_gpu_condition_types() -> [&'static str; 9] {
+        Slot::ALL.map(Slot::condition_type)
+    }
+
+    /// Each GPU the driver enumerates: its faults and XIDs.
+    pub fn per_gpu(&self) -> Vec<GpuView> {
+        self.gpus
+            .iter()
+            .filter(|g| g.enumerated)
+            .map(|g| GpuView {
+                id: g.id.clone(),
+                conditions: g.faults.keys().map(|s| s.condition_type()).collect(),
+                xids: g.xid_counts.iter().map(|(x, n)| (*x, *n)).collect(),
+            })
+            .collect()
+    }
+
+    /// Whether the driver answers (the GPUs can be seen at all).
+    pub fn is_driver_ready(&self) -> bool {
+        matches!(self.driver, Driver::Ready { .. })
+    }
+
+    /// Whether readings come: the driver answers and no call hangs.
+    pub fn sees(&self) -> bool {
+        matches!(self.driver, Driver::Ready { .. }) && self.unresponsive.is_none()
     }
 
     pub fn snapshot(&self) -> Snapshot {

@@ -119,6 +119,10 @@ pub(super) struct GpuState {
     /// Per application XID with a repeat rule: when it was last seen, and
     /// when each of its recent bursts began.
     pub(super) xid_bursts: HashMap<u32, (SystemTime, VecDeque<SystemTime>)>,
+    /// The same, per repeat entry of the XID policy (by its index).
+    pub(super) policy_bursts: HashMap<usize, (SystemTime, VecDeque<SystemTime>)>,
+    /// XIDs reported (not replayed), by XID, since the monitor started.
+    pub(super) xid_counts: BTreeMap<u32, u64>,
     /// Recent times each slot was set (flap guard).
     pub(super) set_times: HashMap<Slot, VecDeque<SystemTime>>,
     /// Slots held True for flapping: until when, and whether a clear waits.
@@ -146,6 +150,8 @@ impl GpuState {
             fabric_pending: 0,
             counters: HashMap::new(),
             xid_bursts: HashMap::new(),
+            policy_bursts: HashMap::new(),
+            xid_counts: BTreeMap::new(),
             set_times: HashMap::new(),
             holds: HashMap::new(),
             newly_flapping: Vec::new(),

@@ -14,6 +14,7 @@ use super::{
     REASON_XID_REPEATED, XID_CORRELATION,
 };
 use crate::gpu::kmsg::PciAddr;
+use crate::gpu::nvlink5;
 use crate::gpu::xid::{self as catalog, Classes};
 use crate::gpu::{GpuIdentity, UNENUMERATED, UNKNOWN_PCI};
 use crate::problem::Severity;
@@ -155,6 +156,9 @@ impl HealthModel {
         if !replay && self.seen_from_other_source(pos, xid, kernel.is_some(), at) {
             return;
         }
+        if !replay {
+            *self.gpus[pos].xid_counts.entry(xid).or_insert(0) += 1;
+        }
         let mut info = catalog::lookup(xid);
         if info.classes.contains(Classes::RECOVERY)
             && let Some(action) = kernel.and_then(parse_recovery_change)
@@ -162,24 +166,58 @@ impl HealthModel {
             self.recovery(pos, action, at, replay);
             return;
         }
-        // NVLink-5 XIDs (144–150) say their severity in the text: a
-        // non-fatal one is an event; a fatal one also needs a reset.
+        let mut evidence = evidence(&info);
+        // NVLink-5 XIDs (144–150): their registers, decoded by the
+        // driver's generation of the catalog's rules.
         if (144..=150).contains(&xid)
             && let Some(k) = kernel
+            && let Some((classes, note)) = nvlink5::decode(xid, k, self.driver_version())
         {
-            if k.contains("Nonfatal") || k.contains("Non-fatal") {
-                info.classes = Classes::EVENT;
-            } else if k.contains("Fatal") {
-                info.classes = info.classes | Classes::RESET;
-            }
+            info.classes = classes;
+            evidence.push_str(&format!("; {note}"));
         }
-        let g = &mut self.gpus[pos];
+        // The operator's policy has the last word, and says so.
+        if let Some((classes, owner)) = self.policy_classes(xid) {
+            info.classes = classes;
+            evidence.push_str(&format!("; {owner}"));
+        }
         let action = info.classes.action();
         let reason = if xid == 79 {
             "GPUFellOffTheBus".to_owned()
         } else {
             format!("Xid{xid}")
         };
+        self.raise(pos, info.classes, &reason, &evidence, action, at);
+        if replay {
+            self.count_repeat(pos, xid, at, true);
+            return;
+        }
+        let g = &self.gpus[pos];
+        let (severity, event_reason) = if info.classes.contains(Classes::APP) {
+            (Severity::Info, REASON_XID_APP_ERROR)
+        } else {
+            (Severity::Warn, REASON_XID_ERROR)
+        };
+        let mut message = format!("{}: {evidence}; action: {action}", g.id);
+        if let Some(k) = kernel.filter(|k| !k.is_empty()) {
+            message.push_str(&format!("; kernel: {}", truncate(k, 256)));
+        }
+        let key = format!("{}/{xid}", g.id.pci_bus_id);
+        self.emit(severity, at, event_reason, &key, message);
+        self.count_repeat(pos, xid, at, false);
+    }
+
+    /// Sets every per-GPU slot `classes` names on the GPU at `pos`.
+    pub(super) fn raise(
+        &mut self,
+        pos: usize,
+        classes: Classes,
+        reason: &str,
+        evidence: &str,
+        action: &'static str,
+        at: SystemTime,
+    ) {
+        let g = &mut self.gpus[pos];
         for (class, slot) in [
             (Classes::LOST, Slot::Lost),
             (Classes::REBOOT, Slot::Reboot),
@@ -189,32 +227,19 @@ impl HealthModel {
             (Classes::NVLINK_DOWN, Slot::NvlinkDown),
             (Classes::NVLINK_DEGRADED, Slot::NvlinkDegraded),
         ] {
-            if info.classes.contains(class) {
-                g.set(slot, fault(&reason, &evidence(&info), action), at);
+            if classes.contains(class) {
+                g.set(slot, fault(reason, evidence, action), at);
             }
         }
-        if replay {
-            self.count_repeat(pos, xid, at, true);
-            return;
-        }
-        let (severity, event_reason) = if info.classes.contains(Classes::APP) {
-            (Severity::Info, REASON_XID_APP_ERROR)
-        } else {
-            (Severity::Warn, REASON_XID_ERROR)
-        };
-        let mut message = format!("{}: {}; action: {action}", g.id, evidence(&info));
-        if let Some(k) = kernel.filter(|k| !k.is_empty()) {
-            message.push_str(&format!("; kernel: {}", truncate(k, 256)));
-        }
-        let key = format!("{}/{xid}", g.id.pci_bus_id);
-        self.emit(severity, at, event_reason, &key, message);
-        self.count_repeat(pos, xid, at, false);
     }
 
     /// Counts the bursts of an application XID with a repeat rule on one GPU;
     /// from the rule's threshold on, each new burst is a `GPUXIDRepeated`
     /// warning naming the GPU and the count. Replayed lines count, silently.
     fn count_repeat(&mut self, pos: usize, xid: u32, at: SystemTime, replay: bool) {
+        if self.policy_repeat(pos, xid, at, replay) {
+            return;
+        }
         let Some(rule) = catalog::repeat_rule(xid) else {
             return;
         };

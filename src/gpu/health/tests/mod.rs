@@ -19,6 +19,7 @@ mod events;
 mod gpu_table;
 mod links;
 mod memory;
+mod policy;
 mod repeats;
 mod thermal;
 mod xid;
