@@ -24,7 +24,7 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
 RUN mkdir -p src benches && echo 'fn main() {}' > src/main.rs && touch src/lib.rs \
-    && for b in skeleton gpu filelog events stats; do echo 'fn main() {}' > "benches/$b.rs"; done \
+    && for b in skeleton gpu filelog events stats idle; do echo 'fn main() {}' > "benches/$b.rs"; done \
     && cargo build --release --locked \
     && rm -rf src benches
 COPY src src

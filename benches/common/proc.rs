@@ -44,3 +44,41 @@ pub fn metrics_text(port: u16) -> Option<String> {
     s.read_to_string(&mut body).ok()?;
     Some(body)
 }
+
+/// One thread of a process: its name, CPU time (ns) and how many times it
+/// was switched in (a wakeup, near enough, for a thread that sleeps).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Thread {
+    pub tid: u32,
+    pub name: String,
+    pub cpu_ns: u64,
+    pub switches: u64,
+}
+
+/// Every thread of `pid`, from `/proc/<pid>/task/*/{comm,schedstat,status}`.
+pub fn threads(pid: u32) -> Vec<Thread> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|t| {
+            let p = t.path();
+            let tid = t.file_name().to_str()?.parse().ok()?;
+            let name = std::fs::read_to_string(p.join("comm")).ok()?;
+            let sched = std::fs::read_to_string(p.join("schedstat")).ok()?;
+            let cpu_ns = sched.split_whitespace().next()?.parse().ok()?;
+            let status = std::fs::read_to_string(p.join("status")).ok()?;
+            let switches = status
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum();
+            Some(Thread {
+                tid,
+                name: name.trim().to_owned(),
+                cpu_ns,
+                switches,
+            })
+        })
+        .collect()
+}

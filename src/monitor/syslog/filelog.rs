@@ -9,7 +9,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use regex::{CaptureLocations, Regex};
 use regex_automata::meta;
@@ -17,13 +17,11 @@ use regex_syntax::hir::{Dot, Hir, HirKind, Repetition};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::watch::FileWatch;
 use super::{BATCH, Batch, Feed, RESTART_EVERY, pause};
 use crate::config::golayout::Layout;
 use crate::config::goregex;
 use crate::config::syslog::SyslogMonitorConfig;
-
-/// How long the watcher sleeps at end of file (NPD polls every 500 ms).
-pub const POLL: Duration = Duration::from_millis(250);
 
 /// How a value (the timestamp or the message) is taken from a line:
 /// Go's `FindStringSubmatch(line)[last]`, the last group ("" when it did
@@ -167,9 +165,11 @@ pub fn spawn(
     let translator = Translator::new(cfg).map_err(std::io::Error::other)?;
     let path = PathBuf::from(cfg.log_path.clone().unwrap_or_default());
     let skip = cfg.skip_list.clone();
+    // The runtime watches the stop token for the thread's wait.
+    let rt = tokio::runtime::Handle::try_current().ok();
     std::thread::Builder::new()
         .name("filelog-monitor".into())
-        .spawn(move || Follower::new(path, skip, translator).run(&tx, &stop))
+        .spawn(move || Follower::new(path, skip, translator).run(&tx, &stop, rt.as_ref()))
         .map(drop)
 }
 
@@ -240,7 +240,12 @@ impl Follower {
         })
     }
 
-    pub fn run(mut self, tx: &mpsc::Sender<Feed>, stop: &CancellationToken) {
+    pub fn run(
+        mut self,
+        tx: &mpsc::Sender<Feed>,
+        stop: &CancellationToken,
+        rt: Option<&tokio::runtime::Handle>,
+    ) {
         let mut file = loop {
             match Self::open(&self.path) {
                 Ok(f) => break f,
@@ -255,6 +260,8 @@ impl Follower {
         if tx.blocking_send(Feed::Up).is_err() {
             return;
         }
+        // Watched from here on: what is written after this is a wakeup.
+        let mut watch = FileWatch::new(&self.path, stop, rt);
         let mut line = Vec::new();
         let mut batch = Batch::with_capacity(BATCH);
         let mut now = SystemTime::now();
@@ -301,9 +308,10 @@ impl Follower {
                     line.clear();
                 }
                 file = next;
+                watch.rewatch(&self.path);
                 continue;
             }
-            if !pause(POLL, stop) {
+            if !watch.wait() {
                 return;
             }
             match std::fs::metadata(&self.path) {

@@ -14,6 +14,7 @@ pub mod filelog;
 pub mod journald;
 pub mod kmsg;
 pub mod rules;
+pub mod watch;
 
 use std::time::{Duration, SystemTime};
 
