@@ -16,7 +16,15 @@
 //!    the time until the fake server holds `KernelDeadlock` True for that
 //!    Node (polled every 1 ms in process), p50/p99/max over the nodes.
 //!
-//! Run: `cargo bench --bench idle -- [--nodes 20] [--secs 60] [--latency-ms 5]`.
+//! 3. With `--gpu 1`, each detector also has the GPU monitor as an
+//!    external monitor (examples/external-gpu-monitor.json: WatchHealth,
+//!    health checks every 10 s), one in-process 8-GPU sim plugin each; the
+//!    idle figures then include that connection, and a GPU fault (GPU 3 at
+//!    95 °C, injected into one node's plugin at a time) is timed until the
+//!    fake server holds `GPUThermalThrottling` True for that Node.
+//!
+//! Run: `cargo bench --bench idle -- [--nodes 20] [--secs 60] [--latency-ms 5] [--gpu 1]`
+//! (`IDLE_BENCH_LOG=1` passes the detectors' error logs through).
 #![allow(clippy::expect_used, clippy::panic)] // bench code: a failed expectation is the bench failing
 
 #[path = "../tests/common/api_rules.rs"]
@@ -32,10 +40,14 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use fake_api::{FakeApi, Fault};
+use npd_ext::gpu::Observation;
+use npd_ext::gpu::plugin::{Plugin, PluginOptions};
+use npd_ext::gpu::sim;
 use proc::Thread;
+use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_npd-ext");
 
@@ -61,6 +73,42 @@ struct Detector {
     child: Child,
     node: String,
     log: PathBuf,
+    /// The node's in-process GPU plugin, with `--gpu 1`.
+    gpu: Option<Gpu>,
+}
+
+struct Gpu {
+    observations: tokio::sync::mpsc::Sender<Observation>,
+    token: CancellationToken,
+}
+
+impl Drop for Gpu {
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
+}
+
+/// An 8-GPU sim plugin served in this process on `socket`.
+fn gpu_plugin(socket: &Path) -> Gpu {
+    let plugin = Plugin::bind(
+        socket,
+        PluginOptions {
+            gpus: Some(sim::identities(8)),
+            backend: "sim",
+            grace: Duration::from_secs(1),
+            watch_health: true,
+            allowed_uids: npd_ext::rpc::server::default_allowed_uids(),
+            liveness: npd_ext::liveness::Liveness::new(),
+        },
+    )
+    .expect("bind the plugin socket");
+    let observations = plugin.observations();
+    let token = CancellationToken::new();
+    tokio::spawn(plugin.serve(token.clone()));
+    Gpu {
+        observations,
+        token,
+    }
 }
 
 impl Drop for Detector {
@@ -70,13 +118,32 @@ impl Drop for Detector {
     }
 }
 
-fn detector(api: &FakeApi, dir: &Path, node: &str) -> Detector {
+fn detector(api: &FakeApi, dir: &Path, node: &str, with_gpu: bool) -> Detector {
     let log = dir.join(format!("{node}.log"));
     std::fs::write(&log, "").expect("log");
     let cfg = dir.join(format!("{node}.json"));
     std::fs::write(&cfg, config(&log)).expect("config");
-    let child = Command::new(BIN)
-        .args(["detector", "--port", "0", "--prometheus-port", "0"])
+    let mut cmd = Command::new(BIN);
+    cmd.arg("detector");
+    let gpu = with_gpu.then(|| {
+        let socket = dir.join(format!("{node}.sock"));
+        let shipped = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/examples/external-gpu-monitor.json"
+        );
+        let text = std::fs::read_to_string(shipped)
+            .expect("examples/external-gpu-monitor.json")
+            .replace(
+                "/var/run/npd/npd-gpu-monitor.sock",
+                socket.to_str().expect("utf8"),
+            );
+        let ext = dir.join(format!("{node}-gpu.json"));
+        std::fs::write(&ext, text).expect("external config");
+        cmd.arg("--config.external-monitor").arg(&ext);
+        gpu_plugin(&socket)
+    });
+    let child = cmd
+        .args(["--port", "0", "--prometheus-port", "0"])
         .args(["--hostname-override", node])
         .arg(format!(
             "--apiserver-override={}?inClusterConfig=false",
@@ -88,13 +155,18 @@ fn detector(api: &FakeApi, dir: &Path, node: &str) -> Detector {
         .env_remove("KUBERNETES_SERVICE_HOST")
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(if std::env::var_os("IDLE_BENCH_LOG").is_some() {
+            Stdio::inherit()
+        } else {
+            Stdio::null()
+        })
         .spawn()
         .expect("detector starts");
     Detector {
         child,
         node: node.to_owned(),
         log,
+        gpu,
     }
 }
 
@@ -116,6 +188,7 @@ fn main() {
         arg("--nodes", 20),
         arg("--secs", 60),
         arg("--latency-ms", 5),
+        arg("--gpu", 0) == 1,
     ));
 }
 
@@ -142,12 +215,23 @@ fn delta(before: &[Thread], after: &[Thread]) -> BTreeMap<String, (u64, u64)> {
     out
 }
 
+fn report(what: &str, took: &mut [Duration]) {
+    took.sort();
+    println!(
+        "{what}, {} nodes: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        took.len(),
+        percentile(took, 0.5).as_secs_f64() * 1e3,
+        percentile(took, 0.99).as_secs_f64() * 1e3,
+        took.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    );
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
 }
 
-async fn run(nodes: u64, secs: u64, latency_ms: u64) {
+async fn run(nodes: u64, secs: u64, latency_ms: u64, with_gpu: bool) {
     let dir = std::env::temp_dir().join(format!("npd-ext-idle-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let api = FakeApi::start().await;
@@ -161,13 +245,19 @@ async fn run(nodes: u64, secs: u64, latency_ms: u64) {
         .map(|i| {
             let node = format!("gpu-node-{i:03}");
             api.add_node(&node);
-            detector(&api, &dir, &node)
+            detector(&api, &dir, &node, with_gpu)
         })
         .collect();
+    let want = if with_gpu {
+        "GPUThermalThrottling"
+    } else {
+        "KernelDeadlock"
+    };
     until(Duration::from_secs(60), "every Node's conditions", || {
-        fleet
-            .iter()
-            .all(|d| api.conditions(&d.node).contains_key("KernelDeadlock"))
+        fleet.iter().all(|d| {
+            let c = api.conditions(&d.node);
+            c.contains_key("KernelDeadlock") && c.contains_key(want)
+        })
     })
     .await;
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -206,7 +296,12 @@ async fn run(nodes: u64, secs: u64, latency_ms: u64) {
         .map(|d| proc::status_kib(d.child.id(), "VmRSS:") as f64 / 1024.0)
         .collect();
     println!(
-        "idle, {nodes} detectors (filelog kernel monitor, Kubernetes exporter on, API latency {latency_ms} ms), over {:.1} min:",
+        "idle, {nodes} detectors (filelog kernel monitor{}, Kubernetes exporter on, API latency {latency_ms} ms), over {:.1} min:",
+        if with_gpu {
+            " and the GPU monitor over gRPC"
+        } else {
+            ""
+        },
         minutes
     );
     println!(
@@ -260,14 +355,36 @@ async fn run(nodes: u64, secs: u64, latency_ms: u64) {
         .await;
         took.push(start.elapsed());
     }
-    took.sort();
-    println!(
-        "fault to Node (hung task appended to the log → KernelDeadlock True on the fake server, {} nodes): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        took.len(),
-        percentile(&took, 0.5).as_secs_f64() * 1e3,
-        percentile(&took, 0.99).as_secs_f64() * 1e3,
-        took.last().map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    report(
+        "fault to Node (hung task appended to the log → KernelDeadlock True on the fake server)",
+        &mut took,
     );
+
+    // 3. A GPU fault through WatchHealth, one node at a time.
+    if with_gpu {
+        let mut took = Vec::new();
+        for d in &fleet {
+            let gpu = d.gpu.as_ref().expect("a plugin");
+            let start = Instant::now();
+            let hot = Observation::Temperature {
+                gpu: 3,
+                celsius: 95,
+                at: SystemTime::now(),
+            };
+            gpu.observations.send(hot).await.expect("inject");
+            until(Duration::from_secs(30), "GPUThermalThrottling True", || {
+                api.conditions(&d.node)
+                    .get("GPUThermalThrottling")
+                    .is_some_and(|c| c["status"] == "True")
+            })
+            .await;
+            took.push(start.elapsed());
+        }
+        report(
+            "GPU fault to Node (GPU 3 at 95 °C → GPUThermalThrottling True on the fake server, via WatchHealth)",
+            &mut took,
+        );
+    }
     drop(fleet);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -11,6 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use memchr::memmem;
 use regex::{CaptureLocations, Regex};
 use regex_automata::meta;
 use regex_syntax::hir::{Dot, Hir, HirKind, Repetition};
@@ -28,8 +29,21 @@ use crate::config::syslog::SyslogMonitorConfig;
 /// not take part), or the whole match for a pattern without groups.
 #[derive(Debug)]
 enum Extract {
+    /// `^.{N}` (NPD's syslog timestamp, `^.{15}`): the first N characters
+    /// of a line that has them, without a regex scan.
+    FirstChars(usize),
     /// No group: the whole match.
     Whole(Regex),
+    /// `L.*S(.*)` with literals L and S (upstream's `kernel: \[.*\] (.*)`):
+    /// the rest of the line after the last S that follows the first L. The
+    /// leftmost match starts at the first L, and the greedy `.*` takes it to
+    /// the last S, so two memchr searches give what the regex does.
+    Between {
+        first: Box<memmem::Finder<'static>>,
+        last: Box<memmem::FinderRev<'static>>,
+        first_len: usize,
+        last_len: usize,
+    },
     /// `PREFIX(.*)` with nothing after the group and no other group: the
     /// rest of the line after PREFIX's leftmost-first match. `.*` matches
     /// whatever follows on a line, so this is what the full pattern gives,
@@ -43,9 +57,20 @@ impl Extract {
     fn new(pattern: &str) -> Result<Self, String> {
         let re = goregex::compile(pattern).map_err(|e| e.to_string())?;
         if re.captures_len() == 1 {
+            if let Some(n) = first_chars(&goregex::go_compatible(pattern)) {
+                return Ok(Self::FirstChars(n));
+            }
             return Ok(Self::Whole(re));
         }
         if let Some(prefix) = rest_of_line_prefix(&goregex::go_compatible(pattern)) {
+            if let Some((l, s)) = literal_dot_star_literal(&prefix) {
+                return Ok(Self::Between {
+                    first_len: l.len(),
+                    last_len: s.len(),
+                    first: Box::new(memmem::Finder::new(&l).into_owned()),
+                    last: Box::new(memmem::FinderRev::new(&s).into_owned()),
+                });
+            }
             let m = meta::Regex::builder()
                 .build_from_hir(&prefix)
                 .map_err(|e| e.to_string())?;
@@ -57,7 +82,25 @@ impl Extract {
 
     fn get<'a>(&mut self, line: &'a str) -> Option<&'a str> {
         match self {
+            Self::FirstChars(n) => {
+                let n = *n;
+                if line.len() >= n && line.as_bytes()[..n].is_ascii() {
+                    return Some(&line[..n]);
+                }
+                let (i, c) = line.char_indices().nth(n.checked_sub(1)?)?;
+                Some(&line[..i + c.len_utf8()])
+            }
             Self::Whole(re) => re.find(line).map(|m| m.as_str()),
+            Self::Between {
+                first,
+                last,
+                first_len,
+                last_len,
+            } => {
+                let from = first.find(line.as_bytes())? + *first_len;
+                let at = last.rfind(&line.as_bytes()[from..])?;
+                Some(&line[from + at + *last_len..])
+            }
             Self::Rest(prefix) => {
                 let end = prefix
                     .search_half(&regex_automata::Input::new(line))?
@@ -70,6 +113,46 @@ impl Extract {
             }
         }
     }
+}
+
+/// L and S when `prefix` is literal L, a greedy `.*`, literal S.
+fn literal_dot_star_literal(prefix: &Hir) -> Option<(Vec<u8>, Vec<u8>)> {
+    let HirKind::Concat(parts) = prefix.kind() else {
+        return None;
+    };
+    let [l, star, s] = parts.as_slice() else {
+        return None;
+    };
+    let (HirKind::Literal(l), HirKind::Repetition(r), HirKind::Literal(s)) =
+        (l.kind(), star.kind(), s.kind())
+    else {
+        return None;
+    };
+    let dot_star = r.min == 0 && r.max.is_none() && r.greedy;
+    (dot_star && *r.sub == Hir::dot(Dot::AnyCharExceptLF)).then(|| (l.0.to_vec(), s.0.to_vec()))
+}
+
+/// N when the pattern is `^.{N}` (start of text, then exactly N of any
+/// character but a newline), N ≥ 1.
+fn first_chars(pattern: &str) -> Option<usize> {
+    let hir = regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(pattern)
+        .ok()?;
+    let HirKind::Concat(parts) = hir.kind() else {
+        return None;
+    };
+    let [start, rep] = parts.as_slice() else {
+        return None;
+    };
+    let HirKind::Look(regex_syntax::hir::Look::Start) = start.kind() else {
+        return None;
+    };
+    let HirKind::Repetition(r) = rep.kind() else {
+        return None;
+    };
+    let n = usize::try_from(r.min).ok()?;
+    (r.max == Some(r.min) && n >= 1 && *r.sub == Hir::dot(Dot::AnyCharExceptLF)).then_some(n)
 }
 
 /// The part before a final greedy `(.*)` group, when the pattern is a plain
@@ -403,6 +486,9 @@ mod tests {
     fn the_rest_of_line_shortcut_agrees_with_a_capturing_search() {
         let patterns = [
             "kernel: \\[.*\\] (.*)",
+            "kernel: \\[.*\\]  (.*)",
+            "a.*a(.*)",
+            "ke.*\\](.*)",
             "(?i)KERNEL: (.*)",
             "a|b(.*)",
             "x(.*)y",
@@ -419,6 +505,13 @@ mod tests {
             "aaa",
             "word rest of it",
             "KERNEL: upper é",
+            "é kernel: [ é ] é ] tail é",
+            "kernel: ] before [ after",
+            "kernel: [ no closing",
+            "x kernel: [1]  two spaces ] one",
+            "a",
+            "aa",
+            "aXa rest a",
         ];
         for p in patterns {
             let mut fast = Extract::new(p).expect("compiles");
@@ -432,10 +525,42 @@ mod tests {
         }
         assert!(matches!(
             Extract::new("kernel: \\[.*\\] (.*)"),
+            Ok(Extract::Between { .. })
+        ));
+        assert!(matches!(
+            Extract::new("kernel: \\[ *\\d+\\.\\d+\\] (.*)"),
             Ok(Extract::Rest(_))
         ));
         assert!(matches!(Extract::new("a|b(.*)"), Ok(Extract::Group(..))));
-        assert!(matches!(Extract::new("^.{15}"), Ok(Extract::Whole(_))));
+        assert!(matches!(
+            Extract::new("^.{15}"),
+            Ok(Extract::FirstChars(15))
+        ));
+    }
+
+    #[test]
+    fn the_first_chars_shortcut_agrees_with_the_regex() {
+        let patterns = ["^.{15}", "^.{1}", "^.{3}", "^.{15,}", ".{15}", "^.{2}x"];
+        let lines = [
+            "Nov 27 01:02:03 n kernel: [ 1.0] msg",
+            "Nov 27 01:02:0",
+            "Nov 27 01:02:03",
+            "",
+            "éé",
+            "ééé and more",
+            "ab\rcd",
+            "日本語のログ行です。十五文字以上あります",
+        ];
+        for p in patterns {
+            let mut fast = Extract::new(p).expect("compiles");
+            let re = goregex::compile(p).expect("compiles");
+            for l in lines {
+                assert_eq!(fast.get(l), re.find(l).map(|m| m.as_str()), "{p} on {l:?}");
+            }
+        }
+        assert!(matches!(Extract::new("^.{15,}"), Ok(Extract::Whole(_))));
+        assert!(matches!(Extract::new(".{15}"), Ok(Extract::Whole(_))));
+        assert!(matches!(Extract::new("(?s)^.{15}"), Ok(Extract::Whole(_))));
     }
 
     /// What a kernel-monitor filelog config for syslog-format kern.log lines
