@@ -33,6 +33,8 @@ mod api_rules;
 mod fake_api;
 #[path = "../tests/common/fake_nodes.rs"]
 mod fake_nodes;
+#[path = "common/plugin.rs"]
+mod plugin;
 #[path = "common/proc.rs"]
 mod proc;
 
@@ -44,10 +46,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fake_api::{FakeApi, Fault};
 use npd_ext::gpu::Observation;
-use npd_ext::gpu::plugin::{Plugin, PluginOptions};
-use npd_ext::gpu::sim;
 use proc::Thread;
-use tokio_util::sync::CancellationToken;
 
 const BIN: &str = env!("CARGO_BIN_EXE_npd-ext");
 
@@ -77,37 +76,12 @@ struct Detector {
     gpu: Option<Gpu>,
 }
 
-struct Gpu {
-    observations: tokio::sync::mpsc::Sender<Observation>,
-    token: CancellationToken,
-}
+/// The plugin stops with its node.
+struct Gpu(plugin::Served);
 
 impl Drop for Gpu {
     fn drop(&mut self) {
-        self.token.cancel();
-    }
-}
-
-/// An 8-GPU sim plugin served in this process on `socket`.
-fn gpu_plugin(socket: &Path) -> Gpu {
-    let plugin = Plugin::bind(
-        socket,
-        PluginOptions {
-            gpus: Some(sim::identities(8)),
-            backend: "sim",
-            grace: Duration::from_secs(1),
-            watch_health: true,
-            allowed_uids: npd_ext::rpc::server::default_allowed_uids(),
-            liveness: npd_ext::liveness::Liveness::new(),
-        },
-    )
-    .expect("bind the plugin socket");
-    let observations = plugin.observations();
-    let token = CancellationToken::new();
-    tokio::spawn(plugin.serve(token.clone()));
-    Gpu {
-        observations,
-        token,
+        self.0.token.cancel();
     }
 }
 
@@ -140,7 +114,7 @@ fn detector(api: &FakeApi, dir: &Path, node: &str, with_gpu: bool) -> Detector {
         let ext = dir.join(format!("{node}-gpu.json"));
         std::fs::write(&ext, text).expect("external config");
         cmd.arg("--config.external-monitor").arg(&ext);
-        gpu_plugin(&socket)
+        Gpu(plugin::serve_sim(&socket))
     });
     let child = cmd
         .args(["--port", "0", "--prometheus-port", "0"])
@@ -371,7 +345,7 @@ async fn run(nodes: u64, secs: u64, latency_ms: u64, with_gpu: bool) {
                 celsius: 95,
                 at: SystemTime::now(),
             };
-            gpu.observations.send(hot).await.expect("inject");
+            gpu.0.observations.send(hot).await.expect("inject");
             until(Duration::from_secs(30), "GPUThermalThrottling True", || {
                 api.conditions(&d.node)
                     .get("GPUThermalThrottling")

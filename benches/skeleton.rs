@@ -5,19 +5,20 @@
 //! Run: `cargo bench --bench skeleton` (add `-- --quick` for a short run).
 #![allow(clippy::expect_used, clippy::panic)] // test code: a failed expectation is the test failing
 
+#[path = "common/plugin.rs"]
+mod plugin;
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
 
 use npd_ext::config::ExternalMonitorConfig;
 use npd_ext::detector::{self, DetectorOptions};
-use npd_ext::gpu::plugin::{Plugin, PluginOptions};
-use npd_ext::gpu::{Observation, SUPPORTED_CONDITIONS, sim};
+use npd_ext::gpu::{Observation, SUPPORTED_CONDITIONS};
 use npd_ext::rpc::client::lazy_channel;
 use npd_ext::rpc::pb::HealthCheckRequest;
 use npd_ext::rpc::pb::external_monitor_client::ExternalMonitorClient;
 use npd_ext::shutdown::Shutdown;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
@@ -29,21 +30,11 @@ fn main() {
     rt.block_on(async {
         let dir = std::env::temp_dir().join(format!("npd-ext-bench-{}", std::process::id()));
         let socket = dir.join("gpu.sock");
-        let plugin = Plugin::bind(
-            &socket,
-            PluginOptions {
-                gpus: Some(sim::identities(8)),
-                backend: "sim",
-                grace: Duration::from_secs(1),
-                watch_health: true,
-                allowed_uids: npd_ext::rpc::server::default_allowed_uids(),
-                liveness: npd_ext::liveness::Liveness::new(),
-            },
-        )
-        .expect("bind");
-        let observations = plugin.observations();
-        let token = CancellationToken::new();
-        let served = tokio::spawn(plugin.serve(token.clone()));
+        let plugin::Served {
+            observations,
+            token,
+            task: served,
+        } = plugin::serve_sim(&socket);
 
         check_health_round_trip(&socket, if quick { 2_000 } else { 20_000 }).await;
         fault_to_conditions(&socket, &observations, if quick { 50 } else { 500 }).await;
