@@ -277,15 +277,21 @@ struct Open {
 
 const TAIL: usize = 64;
 
-impl Open {
-    fn consumed(&mut self, bytes: &[u8]) {
-        self.pos += bytes.len() as u64;
-        let keep = bytes.len().min(TAIL);
-        let drop = (self.tail.len() + keep).saturating_sub(TAIL);
-        self.tail.drain(..drop);
-        self.tail.extend_from_slice(&bytes[bytes.len() - keep..]);
-    }
+/// The monitor is gone, or the file cannot be read (said already).
+#[derive(Debug)]
+struct Stopped;
 
+/// `bytes` were read: the position moves on, and the last [`TAIL`] bytes
+/// read are kept.
+fn track(pos: &mut u64, tail: &mut Vec<u8>, bytes: &[u8]) {
+    *pos += bytes.len() as u64;
+    let keep = bytes.len().min(TAIL);
+    let drop = (tail.len() + keep).saturating_sub(TAIL);
+    tail.drain(..drop);
+    tail.extend_from_slice(&bytes[bytes.len() - keep..]);
+}
+
+impl Open {
     /// Whether the bytes before `pos` are still those we read.
     fn rewritten(&self) -> bool {
         use std::os::unix::fs::FileExt;
@@ -351,29 +357,10 @@ impl Follower {
         let mut down = false;
         let mut rotated: Option<Open> = None;
         loop {
-            let n = match file.reader.read_until(b'\n', &mut line) {
-                Ok(n) => n,
-                Err(e) => {
-                    let _ = tx.blocking_send(Feed::Down(format!(
-                        "cannot read {}: {e}",
-                        self.path.display()
-                    )));
-                    return;
-                }
-            };
-            let start = line.len() - n;
-            file.consumed(&line[start..]);
-            if line.last() == Some(&b'\n') {
-                self.take(&line, now, &mut batch);
-                line.clear();
-                if batch.len() >= BATCH {
-                    let full = std::mem::replace(&mut batch, Batch::with_capacity(BATCH));
-                    if tx.blocking_send(Feed::Lines(full)).is_err() {
-                        return;
-                    }
-                    now = SystemTime::now();
-                }
-                continue;
+            match self.read_chunk(&mut file, &mut line, &mut batch, &mut now, tx) {
+                Ok(true) => continue,
+                Ok(false) => {}
+                Err(Stopped) => return,
             }
             // End of file (a partial line stays in `line` until its end comes).
             if !batch.is_empty()
@@ -439,6 +426,57 @@ impl Follower {
                 }
             }
         }
+    }
+
+    /// Takes every whole line in the reader's buffer, where it lies (a line
+    /// split across two reads is gathered in `line`); `Ok(false)` at the
+    /// end of the file.
+    fn read_chunk(
+        &mut self,
+        file: &mut Open,
+        line: &mut Vec<u8>,
+        batch: &mut Batch,
+        now: &mut SystemTime,
+        tx: &mpsc::Sender<Feed>,
+    ) -> Result<bool, Stopped> {
+        let Open {
+            reader, pos, tail, ..
+        } = file;
+        let chunk = match reader.fill_buf() {
+            Ok(c) => c,
+            Err(e) => {
+                let why = format!("cannot read {}: {e}", self.path.display());
+                let _ = tx.blocking_send(Feed::Down(why));
+                return Err(Stopped);
+            }
+        };
+        if chunk.is_empty() {
+            return Ok(false);
+        }
+        let mut start = 0;
+        for nl in memchr::memchr_iter(b'\n', chunk) {
+            let piece = &chunk[start..=nl];
+            start = nl + 1;
+            if line.is_empty() {
+                self.take(piece, *now, batch);
+            } else {
+                line.extend_from_slice(piece);
+                self.take(line, *now, batch);
+                line.clear();
+            }
+            if batch.len() >= BATCH {
+                let full = std::mem::replace(batch, Batch::with_capacity(BATCH));
+                if tx.blocking_send(Feed::Lines(full)).is_err() {
+                    return Err(Stopped);
+                }
+                *now = SystemTime::now();
+            }
+        }
+        line.extend_from_slice(&chunk[start..]);
+        let n = chunk.len();
+        track(pos, tail, chunk);
+        reader.consume(n);
+        Ok(true)
     }
 
     fn take(&mut self, raw: &[u8], now: SystemTime, batch: &mut Batch) {
