@@ -98,11 +98,14 @@ impl RuleEngine {
     /// Pushes a line and returns every rule that matches now, in config order.
     pub fn push(&mut self, line: &str) -> Vec<Match> {
         // The slot that falls out of the ring takes the new line: no
-        // allocation per line once the lines are as long as before.
-        let mut slot = self.buffer.pop_front().unwrap_or_default();
-        slot.clear();
-        slot.push_str(line);
-        self.buffer.push_back(slot);
+        // allocation per line once the lines are as long as before. Only
+        // patterns that may span lines read the ring.
+        if !self.multi.is_empty() {
+            let mut slot = self.buffer.pop_front().unwrap_or_default();
+            slot.clear();
+            slot.push_str(line);
+            self.buffer.push_back(slot);
+        }
         // Almost no line matches: one yes/no scan first (it stops early
         // where it can), the per-pattern answer only when something does.
         let candidate = self.prefilter.as_ref().is_none_or(|p| p.is_match(line));
