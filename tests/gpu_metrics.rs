@@ -110,16 +110,27 @@ fn per_gpu_series_name_the_gpu_and_follow_what_was_read() {
 ]}"#,
         &[],
     );
-    let p = m.wait("XID 13 three times on GPU 5 and replays on GPU 3", |p| {
-        value(p, "npd_ext_gpu_xids_total", &gpu(5), &[("xid", "13")]) == Some(3.0)
-            && value(p, "npd_ext_gpu_pcie_replays_total", &gpu(3), &[]).is_some_and(|v| v >= 10.0)
-            && value(
-                p,
-                "npd_ext_gpu_condition",
-                &gpu(1),
-                &[("condition", "GPUResetRequired")],
-            ) == Some(1.0)
-    });
+    // Every step is waited for: the sim may take the steps of one instant
+    // over several polls.
+    let p = m.wait(
+        "XID 13 three times on GPU 5 and every counter moving",
+        |p| {
+            value(p, "npd_ext_gpu_xids_total", &gpu(5), &[("xid", "13")]) == Some(3.0)
+                && value(p, "npd_ext_gpu_pcie_replays_total", &gpu(3), &[])
+                    .is_some_and(|v| v >= 10.0)
+                && value(p, "npd_ext_gpu_ecc_corrected_errors_total", &gpu(3), &[])
+                    .is_some_and(|v| v > 0.0)
+                && value(p, "npd_ext_gpu_nvlink_errors_total", &gpu(6), &[])
+                    .is_some_and(|v| v > 0.0)
+                && value(p, "npd_ext_gpu_xids_total", &gpu(1), &[("xid", "48")]) == Some(1.0)
+                && value(
+                    p,
+                    "npd_ext_gpu_condition",
+                    &gpu(1),
+                    &[("condition", "GPUResetRequired")],
+                ) == Some(1.0)
+        },
+    );
 
     // Every GPU, once, with its own UUID and PCI address.
     let cond: Vec<_> = p.of("npd_ext_gpu_condition").collect();

@@ -367,7 +367,6 @@ impl Sim {
     }
 }
 
-/// Plays `scenario` on a new simulated node of `gpus` GPUs.
 /// Plays `scenario` on a new simulated node of `gpus` GPUs, beating `pulse`.
 pub async fn run(
     scenario: Scenario,
