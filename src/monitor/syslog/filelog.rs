@@ -14,7 +14,7 @@ use std::time::SystemTime;
 use memchr::memmem;
 use regex::{CaptureLocations, Regex};
 use regex_automata::meta;
-use regex_syntax::hir::{Dot, Hir, HirKind, Repetition};
+use regex_syntax::hir::{Dot, Hir, HirKind};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -56,13 +56,19 @@ enum Extract {
 impl Extract {
     fn new(pattern: &str) -> Result<Self, String> {
         let re = goregex::compile(pattern).map_err(|e| e.to_string())?;
+        // The pattern's syntax tree, read once, says which shortcut gives
+        // what the regex gives.
+        let hir = regex_syntax::ParserBuilder::new()
+            .build()
+            .parse(&goregex::go_compatible(pattern))
+            .ok();
         if re.captures_len() == 1 {
-            if let Some(n) = first_chars(&goregex::go_compatible(pattern)) {
+            if let Some(n) = hir.as_ref().and_then(first_chars) {
                 return Ok(Self::FirstChars(n));
             }
             return Ok(Self::Whole(re));
         }
-        if let Some(prefix) = rest_of_line_prefix(&goregex::go_compatible(pattern)) {
+        if let Some(prefix) = hir.as_ref().and_then(rest_of_line_prefix) {
             if let Some((l, s)) = literal_dot_star_literal(&prefix) {
                 return Ok(Self::Between {
                     first_len: l.len(),
@@ -123,22 +129,23 @@ fn literal_dot_star_literal(prefix: &Hir) -> Option<(Vec<u8>, Vec<u8>)> {
     let [l, star, s] = parts.as_slice() else {
         return None;
     };
-    let (HirKind::Literal(l), HirKind::Repetition(r), HirKind::Literal(s)) =
-        (l.kind(), star.kind(), s.kind())
-    else {
+    let (HirKind::Literal(l), HirKind::Literal(s)) = (l.kind(), s.kind()) else {
         return None;
     };
-    let dot_star = r.min == 0 && r.max.is_none() && r.greedy;
-    (dot_star && *r.sub == Hir::dot(Dot::AnyCharExceptLF)).then(|| (l.0.to_vec(), s.0.to_vec()))
+    is_dot_star(star).then(|| (l.0.to_vec(), s.0.to_vec()))
+}
+
+/// Whether `h` is a greedy `.*` (any character but a newline).
+fn is_dot_star(h: &Hir) -> bool {
+    let HirKind::Repetition(r) = h.kind() else {
+        return false;
+    };
+    r.min == 0 && r.max.is_none() && r.greedy && *r.sub == Hir::dot(Dot::AnyCharExceptLF)
 }
 
 /// N when the pattern is `^.{N}` (start of text, then exactly N of any
 /// character but a newline), N ≥ 1.
-fn first_chars(pattern: &str) -> Option<usize> {
-    let hir = regex_syntax::ParserBuilder::new()
-        .build()
-        .parse(pattern)
-        .ok()?;
+fn first_chars(hir: &Hir) -> Option<usize> {
     let HirKind::Concat(parts) = hir.kind() else {
         return None;
     };
@@ -157,11 +164,7 @@ fn first_chars(pattern: &str) -> Option<usize> {
 
 /// The part before a final greedy `(.*)` group, when the pattern is a plain
 /// concatenation ending in one and has no other group.
-fn rest_of_line_prefix(pattern: &str) -> Option<Hir> {
-    let hir = regex_syntax::ParserBuilder::new()
-        .build()
-        .parse(pattern)
-        .ok()?;
+fn rest_of_line_prefix(hir: &Hir) -> Option<Hir> {
     let HirKind::Concat(parts) = hir.kind() else {
         return None;
     };
@@ -169,14 +172,8 @@ fn rest_of_line_prefix(pattern: &str) -> Option<Hir> {
     let HirKind::Capture(cap) = last.kind() else {
         return None;
     };
-    let rest = Hir::repetition(Repetition {
-        min: 0,
-        max: None,
-        greedy: true,
-        sub: Box::new(Hir::dot(Dot::AnyCharExceptLF)),
-    });
     let prefix = Hir::concat(prefix.to_vec());
-    (*cap.sub == rest && prefix.properties().explicit_captures_len() == 0).then_some(prefix)
+    (is_dot_star(&cap.sub) && prefix.properties().explicit_captures_len() == 0).then_some(prefix)
 }
 
 /// Reads a line's time and message the way NPD's filelog translator does.
