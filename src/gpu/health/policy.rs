@@ -13,6 +13,7 @@ use std::time::SystemTime;
 use super::HealthModel;
 use super::REASON_XID_REPEATED;
 use super::driver::Driver;
+use super::xid::count_burst;
 use crate::config::duration::format_go;
 use crate::config::xid_policy::{Raise, XidPolicy, XidRule};
 use crate::gpu::xid::{self as catalog, Classes};
@@ -54,22 +55,14 @@ impl HealthModel {
         else {
             return false;
         };
-        let within = |then: SystemTime, span| at.duration_since(then).unwrap_or_default() <= span;
-        let (last, starts) = self.gpus[pos]
+        let history = self.gpus[pos]
             .policy_bursts
             .entry(rule.index)
             .or_insert((at, VecDeque::new()));
-        let same_burst = !r.burst_gap.is_zero() && !starts.is_empty() && within(*last, r.burst_gap);
-        *last = at;
-        if same_burst {
-            return true;
-        }
-        starts.push_back(at);
         let keep = (r.count as usize).max(catalog::REPEAT_BURSTS_KEPT);
-        while starts.front().is_some_and(|t| !within(*t, r.window)) || starts.len() > keep {
-            starts.pop_front();
-        }
-        let bursts = starts.len();
+        let Some(bursts) = count_burst(history, at, r.burst_gap, r.window, keep) else {
+            return true;
+        };
         if bursts < r.count as usize {
             return true;
         }

@@ -5,7 +5,7 @@
 //! the driver reports lost; and finding a GPU by its PCI address.
 
 use std::collections::VecDeque;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::render::{evidence, truncate};
 use super::state::{GpuState, Slot, Source, fault};
@@ -255,19 +255,16 @@ impl HealthModel {
         if echo {
             return;
         }
-        let (last, starts) = g.xid_bursts.entry(xid).or_insert((at, VecDeque::new()));
-        let same_burst = !starts.is_empty() && within(*last, catalog::REPEAT_BURST_GAP);
-        *last = at;
-        if same_burst {
+        let history = g.xid_bursts.entry(xid).or_insert((at, VecDeque::new()));
+        let Some(bursts) = count_burst(
+            history,
+            at,
+            catalog::REPEAT_BURST_GAP,
+            rule.window,
+            catalog::REPEAT_BURSTS_KEPT,
+        ) else {
             return;
-        }
-        starts.push_back(at);
-        while starts.front().is_some_and(|t| !within(*t, rule.window))
-            || starts.len() > catalog::REPEAT_BURSTS_KEPT
-        {
-            starts.pop_front();
-        }
-        let bursts = starts.len();
+        };
         if replay || bursts < rule.bursts {
             return;
         }
@@ -390,4 +387,30 @@ impl HealthModel {
             self.emit(Severity::Warn, at, "GPULost", &pos.to_string(), message);
         }
     }
+}
+
+/// Counts a report at `at` into an XID's burst history (when it was last
+/// seen, and when each recent burst began): `None` when it is part of the
+/// current burst (within `gap` of the last report; a zero gap makes every
+/// report a burst), else how many bursts began within `window`, keeping
+/// at most `keep`.
+pub(super) fn count_burst(
+    history: &mut (SystemTime, VecDeque<SystemTime>),
+    at: SystemTime,
+    gap: Duration,
+    window: Duration,
+    keep: usize,
+) -> Option<usize> {
+    let within = |then: SystemTime, span| at.duration_since(then).unwrap_or_default() <= span;
+    let (last, starts) = history;
+    let same_burst = !gap.is_zero() && !starts.is_empty() && within(*last, gap);
+    *last = at;
+    if same_burst {
+        return None;
+    }
+    starts.push_back(at);
+    while starts.front().is_some_and(|t| !within(*t, window)) || starts.len() > keep {
+        starts.pop_front();
+    }
+    Some(starts.len())
 }
