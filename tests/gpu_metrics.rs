@@ -8,10 +8,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::{Duration, SystemTime};
 
-use common::bin::{BIN, stop, wait_until};
+use common::bin::{stop, wait_until};
 use common::prom::{Page, scrape};
 use common::{sock, tempdir};
 
@@ -33,19 +33,12 @@ impl Monitor {
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let child = Command::new(BIN)
-            .args(["gpu-monitor", "--backend", "sim", "--sim-gpus", "8"])
-            .arg("--sim-scenario")
-            .arg(&file)
-            .args(["--poll-interval", "100ms"])
+        let child = common::sim_plugin(&sock(&dir), &file)
+            .args(["--sim-gpus", "8", "--poll-interval", "100ms"])
             .arg(format!("--metrics-address=127.0.0.1:{port}"))
             .args(extra)
             .arg("--state-dir")
             .arg(dir.path().join("state"))
-            .arg("--socket")
-            .arg(sock(&dir))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
             .spawn()
             .expect("spawn gpu-monitor");
         Self {

@@ -108,18 +108,11 @@ async fn the_sim_monitor_raises_what_the_policy_says_for_the_gpu_and_names_the_p
     let socket = sock(&dir);
     let policy = fixture("xid-policy/sim-policy.json");
     let scenario = fixture("xid-policy/sim-scenario.json");
-    let mut child = Command::new(BIN)
-        .args(["gpu-monitor", "--backend", "sim", "--sim-gpus", "8"])
-        .arg("--sim-scenario")
-        .arg(&scenario)
-        .arg("--xid-policy")
+    let mut child = common::sim_plugin(&socket, &scenario)
+        .args(["--sim-gpus", "8", "--xid-policy"])
         .arg(&policy)
         .args(["--poll-interval", "100ms", "--state-dir"])
         .arg(dir.path().join("state"))
-        .arg("--socket")
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("spawn gpu-monitor");
     let ids = npd_ext::gpu::sim::identities(8);

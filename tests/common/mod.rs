@@ -65,21 +65,22 @@ pub fn start_plugin(socket: &Path, watch_health: bool) -> RunningPlugin {
 /// `npd-ext gpu-monitor --backend sim` on `socket` as a child process,
 /// playing `scenario` (`builtin:xid79`, a file), its output discarded.
 pub fn spawn_sim_plugin(socket: &Path, scenario: &str) -> std::process::Child {
-    use std::process::{Command, Stdio};
-    Command::new(env!("CARGO_BIN_EXE_npd-ext"))
-        .args([
-            "gpu-monitor",
-            "--backend",
-            "sim",
-            "--sim-scenario",
-            scenario,
-            "--socket",
-        ])
-        .arg(socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    sim_plugin(socket, scenario)
         .spawn()
         .expect("spawn gpu-monitor")
+}
+
+/// The command of [`spawn_sim_plugin`], for a test to add its own flags.
+pub fn sim_plugin(socket: &Path, scenario: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    use std::process::{Command, Stdio};
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_npd-ext"));
+    cmd.args(["gpu-monitor", "--backend", "sim", "--sim-scenario"])
+        .arg(scenario)
+        .arg("--socket")
+        .arg(socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
 }
 
 /// A config for `socket` with fast retries, so failure tests finish quickly.
