@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 
 use aho_corasick::AhoCorasick;
 use regex::{Regex, RegexSet};
-use regex_syntax::hir::{Hir, HirKind, Literal};
+use regex_syntax::hir::{Class, Hir, HirKind, Literal, Look};
 
 use crate::config::goregex::go_compatible;
 use crate::config::syslog::LogRule;
@@ -152,6 +152,40 @@ impl RuleEngine {
     }
 }
 
+/// Tells a follower which lines of a read can matter to the rules, in one
+/// scan over the whole read instead of one per line: a line that holds none
+/// of the literals every rule needs can match no rule, and (no rule
+/// spanning lines) is read by none.
+#[derive(Debug)]
+pub struct LineFilter(Prefilter);
+
+impl LineFilter {
+    /// `None` when a line without any literal could still matter: a rule
+    /// that may span lines (it reads every line), a rule with no literal it
+    /// must contain, or a literal holding U+FFFD (which a line's invalid
+    /// UTF-8 becomes only once decoded).
+    pub fn new(rules: &[LogRule]) -> Option<Self> {
+        let literals = rules
+            .iter()
+            .map(|r| {
+                single_line(&r.pattern)
+                    .then(|| required_literal(&r.pattern))
+                    .flatten()
+                    .filter(|l| !l.windows(3).any(|w| w == "\u{fffd}".as_bytes()))
+            })
+            .collect::<Option<Vec<_>>>()?;
+        if literals.is_empty() {
+            return None;
+        }
+        Prefilter::new(&literals).map(Self)
+    }
+
+    /// Where the leftmost literal that starts at or after `from` starts.
+    pub fn next_hit(&self, haystack: &[u8], from: usize) -> Option<usize> {
+        self.0.find_from(haystack, from)
+    }
+}
+
 /// Finds whether a line holds any of the required literals: Teddy (SIMD)
 /// where the CPU has it, else an Aho-Corasick automaton.
 #[derive(Debug)]
@@ -168,8 +202,25 @@ impl Prefilter {
             .build();
         match packed {
             Some(s) => Some(Self::Packed(s)),
-            None => AhoCorasick::new(literals).ok().map(Self::Automaton),
+            None => AhoCorasick::builder()
+                .match_kind(aho_corasick::MatchKind::LeftmostFirst)
+                .build(literals)
+                .ok()
+                .map(Self::Automaton),
         }
+    }
+
+    /// The start of the leftmost literal in `haystack[from..]`.
+    fn find_from(&self, haystack: &[u8], from: usize) -> Option<usize> {
+        let span = aho_corasick::Span {
+            start: from.min(haystack.len()),
+            end: haystack.len(),
+        };
+        match self {
+            Self::Packed(s) => s.find_in(haystack, span),
+            Self::Automaton(a) => a.find(aho_corasick::Input::new(haystack).span(span)),
+        }
+        .map(|m| m.start())
     }
 
     fn is_match(&self, line: &str) -> bool {
@@ -199,13 +250,34 @@ fn required_literal(pattern: &str) -> Option<Vec<u8>> {
     .filter(|l| !l.is_empty())
 }
 
-/// Whether a pattern provably stays within one line: no newline escape, no
-/// anchors or flags that make the buffer's start matter, and nothing that
-/// can match a newline (`\s`, negated classes, `(?s)`).
+/// Whether a match of `pattern` provably lies within one line, so that
+/// testing the newest line alone gives what the joined buffer gives: no
+/// piece of it can match a newline, and it has no `^`/`\A` (which on the
+/// buffer means the start of its oldest line). A pattern that does not
+/// parse is left to the buffer, where compiling it reports the error.
 fn single_line(pattern: &str) -> bool {
-    !["\\n", "\\s", "[^", "(?", "^", "\\A", "\\x0", "\\x{"]
-        .iter()
-        .any(|needle| pattern.contains(needle))
+    fn within(h: &Hir) -> bool {
+        match h.kind() {
+            HirKind::Empty => true,
+            HirKind::Literal(Literal(bytes)) => !bytes.contains(&b'\n'),
+            HirKind::Class(Class::Unicode(c)) => !c
+                .ranges()
+                .iter()
+                .any(|r| r.start() <= '\n' && '\n' <= r.end()),
+            HirKind::Class(Class::Bytes(c)) => !c
+                .ranges()
+                .iter()
+                .any(|r| r.start() <= b'\n' && b'\n' <= r.end()),
+            HirKind::Look(look) => *look != Look::Start,
+            HirKind::Repetition(r) => within(&r.sub),
+            HirKind::Capture(c) => within(&c.sub),
+            HirKind::Concat(hs) | HirKind::Alternation(hs) => hs.iter().all(within),
+        }
+    }
+    regex_syntax::ParserBuilder::new()
+        .build()
+        .parse(&go_compatible(pattern))
+        .is_ok_and(|hir| within(&hir))
 }
 
 #[cfg(test)]
@@ -405,6 +477,71 @@ mod tests {
             let (rules, size) = stock_kernel_monitor();
             prefilter_changes_no_answer(&rules, size);
         }
+    }
+
+    #[test]
+    fn a_single_line_pattern_is_proved_from_its_syntax_tree() {
+        for p in [
+            "task \\S+:\\w+ blocked for more than \\w+ seconds\\.",
+            "(?i)oops",
+            ".*\\[Hardware Error\\]: event severity: fatal$",
+            "a\\bb",
+            "(?m)^x",
+            "Killed process \\d+ (.+) total-vm:\\d+kB.*",
+        ] {
+            assert!(single_line(p), "{p} stays within a line");
+        }
+        for p in [
+            "first\\nsecond",
+            "a\\sb",
+            "a\\Wb",
+            "x\\Dy",
+            "[^a]",
+            "^start",
+            "\\Astart",
+            "(?s)a.b",
+            "[\\t-\\r]",
+            "\\x0a",
+            "a\\p{Cc}b",
+            "(unclosed",
+        ] {
+            assert!(!single_line(p), "{p} may span lines");
+        }
+        // `\W` matches the newline that joins the buffer's lines, as in
+        // upstream NPD.
+        let rules = vec![LogRule {
+            kind: syslog::RuleKind::Temporary,
+            condition: None,
+            reason: "Split".into(),
+            pattern: "foo\\Wbar".into(),
+            message_suffix: None,
+        }];
+        let mut e = RuleEngine::new(&rules, 2).expect("compiles");
+        assert!(e.push("foo").is_empty());
+        let m = e.push("bar");
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].message.as_str(), m[0].lines_back), ("foo\nbar", 1));
+    }
+
+    #[test]
+    fn the_line_filter_needs_a_literal_from_every_rule_and_no_rule_spanning_lines() {
+        let (rules, _) = shipped_kernel_monitor();
+        let filter = LineFilter::new(&rules).expect("every shipped rule has a literal");
+        let text = b"a\nb Buffer I/O error on dev\nc\n";
+        assert_eq!(filter.next_hit(text, 0), Some(4));
+        assert_eq!(filter.next_hit(text, 5), None);
+        assert_eq!(filter.next_hit(text, 99), None);
+        let mut changed = rules.clone();
+        changed[0].pattern = "first\\nsecond".into();
+        assert!(LineFilter::new(&changed).is_none(), "a rule spans lines");
+        changed[0].pattern = "[a-z]+[0-9]+".into();
+        assert!(LineFilter::new(&changed).is_none(), "a rule has no literal");
+        changed[0].pattern = "bad \u{fffd} byte".into();
+        assert!(
+            LineFilter::new(&changed).is_none(),
+            "a literal holds U+FFFD"
+        );
+        assert!(LineFilter::new(&[]).is_none());
     }
 
     #[test]
