@@ -146,6 +146,8 @@ out=$(podman run --rm --user 1000:1000 --network none "$image" --version)
 user=$(podman image inspect --format '{{.Config.User}}' "$image")
 [ "$user" = "1000:1000" ] || fail "image user $user, want 1000:1000"
 say "npd-ext --version as UID 1000: $out; image USER $user"
+env=$(podman image inspect --format '{{range .Config.Env}}{{println .}}{{end}}' "$image")
+grep -qx 'MALLOC_ARENA_MAX=1' <<<"$env" || fail "image env lacks MALLOC_ARENA_MAX=1: $env"
 
 ctr=$(podman create "$image")
 podman export "$ctr" >"$work/rootfs.tar"
