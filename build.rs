@@ -7,16 +7,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "npd/external/v1/external_exporter.proto",
     ];
     println!("cargo:rerun-if-changed=proto");
-    // The binary's 31 000 relative relocations as a packed bitmap (DT_RELR,
-    // glibc 2.36+, as in the distroless cc-debian12 base) instead of 744 KiB
-    // of `.rela.dyn` that the loader reads at every start: 0.6 MiB less RSS.
-    let target = (
-        std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default(),
-        std::env::var("CARGO_CFG_TARGET_ENV").unwrap_or_default(),
-    );
-    if target == ("linux".into(), "gnu".into()) {
-        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
-    }
     let fds = protox::compile(PROTOS, ["proto"])?;
     tonic_prost_build::configure()
         .build_client(true)
