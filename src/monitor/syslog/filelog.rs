@@ -324,7 +324,8 @@ impl Follower {
     }
 
     /// Lines that `filter` shows no rule can match are not decoded or
-    /// handed on, except the first whole line of each read: a line of every
+    /// handed on, except the first line each read completes (the end of the
+    /// one the last read began, or its first whole line): a line of every
     /// read is still translated, so a wrong `timestampFormat` or `message`
     /// pattern is still reported.
     pub fn with_filter(mut self, filter: Option<LineFilter>) -> Self {
@@ -378,7 +379,9 @@ impl Follower {
                 Err(Stopped) => return,
             }
             // End of file (a partial line stays in `line` until its end comes).
-            if !batch.is_empty()
+            // A batch of only passed-over lines still goes: the monitor's
+            // first status waits for lines.
+            if !batch.nothing_read()
                 && tx
                     .blocking_send(Feed::Lines(std::mem::take(&mut batch)))
                     .is_err()
@@ -488,6 +491,7 @@ impl Follower {
             } else if wanted {
                 self.take(piece, *now, batch);
             } else {
+                batch.pass_over();
                 continue;
             }
             if let Some(f) = &self.filter {
@@ -778,6 +782,48 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A read whose one decoded line does not parse and whose other lines
+    /// hold no literal still tells the monitor that lines came.
+    #[tokio::test]
+    async fn a_read_of_passed_over_lines_still_reaches_the_monitor() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/kernel-monitor-filelog.json");
+        let text = std::fs::read_to_string(&path).expect("fixture");
+        let cfg = syslog::check(&path, &text).config.expect("loads");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("kern.log");
+        std::fs::write(
+            &file,
+            "not a syslog line\nNov 27 01:02:03 node-1 kernel: [    1.000000] eth0: link up\n",
+        )
+        .expect("writes");
+        let follower = Follower::new(
+            file,
+            cfg.skip_list.clone(),
+            Translator::new(&cfg).expect("translator"),
+        )
+        .with_filter(LineFilter::new(&cfg.rules));
+        let (tx, mut rx) = mpsc::channel(16);
+        let stop = CancellationToken::new();
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || follower.run(&tx, &stop, None))
+        };
+        let next = async |rx: &mut mpsc::Receiver<Feed>| {
+            tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+                .await
+                .expect("the follower says something within 10 s")
+        };
+        assert!(matches!(next(&mut rx).await, Some(Feed::Up)));
+        match next(&mut rx).await {
+            Some(Feed::Lines(b)) => assert!(b.is_empty() && !b.nothing_read()),
+            other => panic!("want an empty batch of lines read, got {other:?}"),
+        }
+        stop.cancel();
+        drop(rx);
+        thread.join().expect("the follower returns");
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub struct LogLine {
 pub struct Batch {
     text: String,
     lines: Vec<(SystemTime, usize, usize)>,
+    /// Lines read but passed over (no rule can match them).
+    passed_over: usize,
 }
 
 impl Batch {
@@ -48,7 +50,18 @@ impl Batch {
         Self {
             text: String::with_capacity(lines * 96),
             lines: Vec::with_capacity(lines),
+            passed_over: 0,
         }
+    }
+
+    /// A line was read and passed over: lines came, though none is here.
+    pub fn pass_over(&mut self) {
+        self.passed_over += 1;
+    }
+
+    /// Whether no line came at all, neither held nor passed over.
+    pub fn nothing_read(&self) -> bool {
+        self.lines.is_empty() && self.passed_over == 0
     }
 
     pub fn push(&mut self, at: SystemTime, line: &str) {
