@@ -57,7 +57,7 @@ COPY --from=binary /usr/bin/ /usr/bin/
 COPY --from=binary /home/kubernetes/ /home/kubernetes/
 # One malloc arena: the few threads of either container allocate little and
 # seldom at once, and every extra arena keeps pages of its own (idle detector
-# RssAnon 2.32 -> 1.99 MiB; docs/performance.md, "Memory (issue 17)").
+# RssAnon 2.31 -> 2.05 MiB; docs/performance.md, "Memory (issue 17)").
 ENV MALLOC_ARENA_MAX=1
 USER 1000:1000
 ENTRYPOINT ["/usr/bin/npd-ext"]
