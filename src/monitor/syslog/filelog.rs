@@ -472,17 +472,17 @@ impl Follower {
             return Ok(false);
         }
         let mut start = 0;
-        // Where the next literal a rule needs starts: a line before it can
-        // match no rule.
-        let mut hit = self.filter.as_ref().map(|f| f.next_hit(chunk, 0));
+        // Where the next literal a rule needs starts: a line that ends
+        // before it can match no rule. Without a filter, every line may.
+        let mut hit = self
+            .filter
+            .as_ref()
+            .map_or(Some(0), |f| f.next_hit(chunk, 0));
         for nl in memchr::memchr_iter(b'\n', chunk) {
             let piece = &chunk[start..=nl];
             let first = start == 0;
             start = nl + 1;
-            let wanted = match hit {
-                None => true,
-                Some(at) => first || at.is_some_and(|at| at <= nl),
-            };
+            let wanted = first || hit.is_some_and(|at| at <= nl);
             if !line.is_empty() {
                 // The end of a line begun in the last read: taken whole.
                 line.extend_from_slice(piece);
@@ -495,7 +495,7 @@ impl Follower {
                 continue;
             }
             if let Some(f) = &self.filter {
-                hit = Some(f.next_hit(chunk, start));
+                hit = f.next_hit(chunk, start);
             }
             if batch.len() >= BATCH {
                 let full = std::mem::replace(batch, Batch::with_capacity(BATCH));
@@ -546,12 +546,24 @@ mod tests {
     use crate::config::syslog;
     use crate::monitor::syslog::rules::RuleEngine;
 
-    /// The translator of the filelog config at `path`.
-    fn translator(path: &Path) -> Translator {
+    /// The filelog config at `path`.
+    fn config(path: &Path) -> SyslogMonitorConfig {
         let text =
             std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let cfg = syslog::check(path, &text).config.expect("loads");
-        Translator::new(&cfg).expect("translator")
+        syslog::check(path, &text).config.expect("loads")
+    }
+
+    /// tests/fixtures/kernel-monitor-filelog.json.
+    fn fixture_config() -> SyslogMonitorConfig {
+        config(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/kernel-monitor-filelog.json"),
+        )
+    }
+
+    /// The translator of the filelog config at `path`.
+    fn translator(path: &Path) -> Translator {
+        Translator::new(&config(path)).expect("translator")
     }
 
     #[test]
@@ -708,10 +720,7 @@ mod tests {
     /// as over every line.
     #[test]
     fn the_line_filter_changes_no_rule_answer() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/kernel-monitor-filelog.json");
-        let text = std::fs::read_to_string(&path).expect("fixture");
-        let cfg = syslog::check(&path, &text).config.expect("loads");
+        let cfg = fixture_config();
         let kinds: [&[u8]; 10] = [
             b"Nov 27 01:02:03 node-1 kernel: [    1.000000] eth0: link up",
             b"Nov 27 01:02:03 node-1 kernel: [    2.000000] Killed process 1234 (java) total-vm:1kB, anon-rss:2kB, file-rss:3kB, shmem-rss:0kB",
@@ -788,10 +797,7 @@ mod tests {
     /// hold no literal still tells the monitor that lines came.
     #[tokio::test]
     async fn a_read_of_passed_over_lines_still_reaches_the_monitor() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/kernel-monitor-filelog.json");
-        let text = std::fs::read_to_string(&path).expect("fixture");
-        let cfg = syslog::check(&path, &text).config.expect("loads");
+        let cfg = fixture_config();
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("kern.log");
         std::fs::write(
@@ -828,9 +834,7 @@ mod tests {
 
     #[test]
     fn fixture_filelog_translation() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/fixtures/kernel-monitor-filelog.json");
-        translates_kern_log(translator(&path));
+        translates_kern_log(Translator::new(&fixture_config()).expect("translator"));
     }
 
     mod compat {
