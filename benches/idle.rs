@@ -257,6 +257,18 @@ async fn run(nodes: u64, secs: u64, latency_ms: u64, with_gpu: bool) {
     }
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
     let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
+    // The mean moves with one detector's odd minute (a heartbeat PATCH in
+    // the window); the median is the typical node.
+    let median = |v: &[f64]| {
+        let mut v = v.to_vec();
+        v.sort_by(f64::total_cmp);
+        let m = v.len() / 2;
+        if v.len().is_multiple_of(2) {
+            (v[m - 1] + v[m]) / 2.0
+        } else {
+            v[m]
+        }
+    };
     let anon: Vec<f64> = fleet
         .iter()
         .map(|d| proc::status_kib(d.child.id(), "RssAnon:") as f64 / 1024.0)
@@ -279,8 +291,9 @@ async fn run(nodes: u64, secs: u64, latency_ms: u64, with_gpu: bool) {
         minutes
     );
     println!(
-        "  CPU per detector: mean {:.2} ms a minute, max {:.2}",
+        "  CPU per detector: mean {:.2} ms a minute, median {:.2}, max {:.2}",
         mean(&per_node_cpu),
+        median(&per_node_cpu),
         max(&per_node_cpu)
     );
     println!(

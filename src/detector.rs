@@ -500,7 +500,7 @@ async fn fan_in(
                 conditions,
             },
     } = state;
-    let mut tick = tokio::time::interval(FAN_IN_BEAT);
+    let mut tick = crate::timer::Ticker::new(Duration::ZERO, FAN_IN_BEAT);
     loop {
         pulse.beat(FAN_IN_BEAT * 2);
         let expiry = manager.next_expiry();
@@ -515,7 +515,7 @@ async fn fan_in(
                     break;
                 }
             },
-            _ = tick.tick() => continue,
+            () = tick.tick() => continue,
             () = crate::shutdown::sleep_until_opt(expiry) => {
                 let applied = manager.expire(SystemTime::now());
                 publish(manager, applied, metrics, published, conditions);

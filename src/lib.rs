@@ -23,6 +23,7 @@ pub mod problem;
 pub mod rpc;
 pub mod shutdown;
 pub mod supervisor;
+pub mod timer;
 
 /// Where the unit tests' `compat` modules find upstream's files
 /// (`NPD_EXT_COMPAT_DIR`); the integration tests compile the same file.

@@ -22,10 +22,14 @@ fn main() -> ExitCode {
     npd_ext::supervisor::log_panics();
     match applet {
         Applet::ValidateConfig(args) => cmd::validate_config::run(&args),
-        Applet::Probe(args) => run_async(|| cmd::probe::run(args)),
-        Applet::Detector(args) => run_async(|| report(cmd::detector::run(args))),
-        Applet::GpuMonitor(args) => run_async(|| report(cmd::gpu_monitor::run(args))),
-        Applet::Demo(args) => run_async(|| report(cmd::demo::run(args))),
+        Applet::Probe(args) => run_async(Runtime::OneThread, || cmd::probe::run(args)),
+        Applet::Detector(args) => {
+            run_async(Runtime::OneThread, || report(cmd::detector::run(args)))
+        }
+        Applet::GpuMonitor(args) => {
+            run_async(Runtime::TwoWorkers, || report(cmd::gpu_monitor::run(args)))
+        }
+        Applet::Demo(args) => run_async(Runtime::TwoWorkers, || report(cmd::demo::run(args))),
         Applet::HealthChecker(args) => cmd::health_checker::run(args),
         Applet::LogCounter(args) => cmd::log_counter::run(args),
         Applet::PrepareDir(args) => match cmd::prepare_dir::run(&args) {
@@ -53,18 +57,33 @@ fn normalise_argv0(mut args: impl Iterator<Item = OsString>) -> Vec<OsString> {
     std::iter::once(OsString::from(name)).chain(args).collect()
 }
 
-fn run_async<F, Fut>(f: F) -> ExitCode
+/// Which tokio scheduler an applet runs on.
+enum Runtime {
+    /// Every task on the calling thread. The detector's tasks mostly wait;
+    /// on one thread a wake-up runs its task there and then, where two
+    /// workers hand it to each other (futex, eventfd): with the GPU monitor
+    /// attached, 0.9 against 0.6 wake-ups a second (docs/performance.md).
+    /// Its log followers and blocking work have their own threads anyway.
+    OneThread,
+    /// Two workers: enough for a node agent, and it keeps a 200-core node
+    /// from paying for 200 idle threads.
+    TwoWorkers,
+}
+
+fn run_async<F, Fut>(runtime: Runtime, f: F) -> ExitCode
 where
     F: FnOnce() -> Fut,
     Fut: Future<Output = ExitCode>,
 {
-    // Two workers: enough for a node agent, and it keeps a 200-core node from
-    // paying for 200 idle threads.
-    match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let mut builder = match runtime {
+        Runtime::OneThread => tokio::runtime::Builder::new_current_thread(),
+        Runtime::TwoWorkers => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(2);
+            b
+        }
+    };
+    match builder.enable_all().build() {
         Ok(rt) => rt.block_on(f()),
         Err(e) => {
             tracing::error!("cannot start the async runtime: {e}");

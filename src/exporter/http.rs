@@ -51,12 +51,13 @@ pub(crate) async fn serve_with<F>(
 ) where
     F: Fn(&Method, &str) -> Response<Full<Bytes>> + Clone + Send + Sync + 'static,
 {
+    let mut turn = crate::timer::Ticker::new(TURN, TURN);
     loop {
         if let Some(p) = &pulse {
             p.beat(TURN * 2);
         }
         let (stream, _) = tokio::select! {
-            () = tokio::time::sleep(TURN) => continue,
+            () = turn.tick() => continue,
             r = listener.accept() => match r {
                 Ok(c) => c,
                 Err(e) => {

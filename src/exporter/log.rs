@@ -14,11 +14,12 @@ pub async fn run(
     pulse: crate::liveness::Pulse,
     token: CancellationToken,
 ) {
+    let mut turn = crate::timer::Ticker::new(TURN, TURN);
     loop {
         pulse.beat(TURN * 3);
         let item = tokio::select! {
             r = rx.recv() => r,
-            () = tokio::time::sleep(TURN) => continue,
+            () = turn.tick() => continue,
             () = token.cancelled() => return,
         };
         match item {

@@ -27,6 +27,7 @@ use crate::rpc::client::{self, describe};
 use crate::rpc::pb::external_monitor_client::ExternalMonitorClient;
 use crate::rpc::pb::{HealthCheckRequest, MonitorMetadata};
 use crate::rpc::{API_VERSION, LIMITS, status_from_plugin};
+use crate::timer::Ticker;
 
 pub const REASON_UNREACHABLE: &str = "MonitorUnreachable";
 pub const REASON_RECOVERED: &str = "MonitorRecovered";
@@ -267,9 +268,8 @@ impl Runner {
 
     async fn watch(&mut self, mut stream: tonic::Streaming<crate::rpc::pb::Status>) -> End {
         let hc = self.config.health_check.clone();
-        let mut tick =
-            tokio::time::interval_at(tokio::time::Instant::now() + hc.interval, hc.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The check's tick, every interval of an idle day: one wake-up each.
+        let mut tick = Ticker::new(hc.interval, hc.interval);
         let mut health_service = true;
         // The contract: a full status at once. A stream that stays silent
         // past the call deadline is a plugin that cannot say anything.
@@ -297,7 +297,7 @@ impl Runner {
                     Ok(None) => return End::Failed("plugin closed the WatchHealth stream".into()),
                     Err(s) => return End::Failed(format!("WatchHealth stream: {}", describe(&s))),
                 },
-                _ = tick.tick(), if got_first => {
+                () = tick.tick(), if got_first => {
                     // A plugin that stopped (SIGSTOP, deadlock) keeps the stream
                     // open but cannot answer this. Plugins without
                     // grpc.health.v1 are asked for their metadata instead.
@@ -336,14 +336,13 @@ impl Runner {
     }
 
     async fn poll(&mut self) -> End {
-        let mut tick = tokio::time::interval(self.config.invoke_interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tick = Ticker::new(Duration::ZERO, self.config.invoke_interval);
         loop {
             self.pulse
                 .beat(self.config.invoke_interval + self.config.timeout + SLACK);
             tokio::select! {
                 () = self.token.cancelled() => return End::Cancelled,
-                _ = tick.tick() => {}
+                () = tick.tick() => {}
             }
             let message = self.health_request();
             let request = self.request(message);

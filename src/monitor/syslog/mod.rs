@@ -369,8 +369,7 @@ pub async fn run(
     // The first status (every condition False, as NPD starts them) waits
     // until the source has been read: lines, or up for STABLE.
     let mut src = Source::unread();
-    let mut tick = tokio::time::interval(BEAT);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = crate::timer::Ticker::new(Duration::ZERO, BEAT);
     loop {
         if src.up_since.is_some() {
             pulse.beat(BEAT * 2);
@@ -382,7 +381,7 @@ pub async fn run(
         });
         let feed = tokio::select! {
             f = rx.recv() => match f { Some(f) => f, None => break },
-            _ = tick.tick() => {
+            () = tick.tick() => {
                 if src.reported && !src.reported_down && src.up_since.is_some() && !send(Update::Alive).await {
                     break;
                 }
