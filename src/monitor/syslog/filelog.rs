@@ -494,7 +494,12 @@ impl Follower {
                 batch.pass_over();
                 continue;
             }
-            if let Some(f) = &self.filter {
+            // Search on only past a literal this line held: a hit still
+            // ahead (this line was taken as the read's first or as the end
+            // of a split one) is also the leftmost from here.
+            if let Some(f) = &self.filter
+                && hit.is_some_and(|at| at <= nl)
+            {
                 hit = f.next_hit(chunk, start);
             }
             if batch.len() >= BATCH {
